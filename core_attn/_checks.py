@@ -1,0 +1,49 @@
+"""Argument checks that produce helpful ``ValueError`` messages.
+
+Every message names the parameter, the value received and what was allowed, so a typo in a
+Hydra config surfaces as one readable line instead of a deep stack trace.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from typing import Any
+
+
+def did_you_mean(value: str, allowed: Iterable[str]) -> str:
+    """Return ``" Did you mean 'x'?"`` for the closest allowed name, or an empty string."""
+    close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1, cutoff=0.5)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def check_choice(name: str, value: Any, allowed: Iterable[Any]) -> Any:
+    """Raise ``ValueError`` unless ``value`` is one of ``allowed``."""
+    allowed = list(allowed)
+    if value not in allowed:
+        hint = did_you_mean(value, allowed) if isinstance(value, str) else ""
+        raise ValueError(f"{name}={value!r} is not allowed; expected one of {allowed}.{hint}")
+    return value
+
+
+def check_int(name: str, value: Any, *, min_value: int | None = None, max_value: int | None = None) -> int:
+    """Raise ``ValueError`` unless ``value`` is an int within ``[min_value, max_value]``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name}={value!r} must be an integer")
+    _check_bounds(name, value, min_value, max_value)
+    return value
+
+
+def check_float(name: str, value: Any, *, min_value: float | None = None, max_value: float | None = None) -> float:
+    """Raise ``ValueError`` unless ``value`` is a real number within ``[min_value, max_value]``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name}={value!r} must be a number")
+    _check_bounds(name, value, min_value, max_value)
+    return float(value)
+
+
+def _check_bounds(name: str, value: float, lo: float | None, hi: float | None) -> None:
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        lo_s = "-inf" if lo is None else lo
+        hi_s = "inf" if hi is None else hi
+        raise ValueError(f"{name}={value!r} is out of range; expected {lo_s} <= {name} <= {hi_s}")

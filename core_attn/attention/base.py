@@ -1,0 +1,144 @@
+"""Base classes shared by every attention variant.
+
+Every variant maps ``(q, k, v)`` of shape (B, H, N, D) to (B, H, N, Dv); the parent layer owns the
+projections (torchtune's builder habit), so any layer can take any variant.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from core_attn._checks import check_choice
+from core_attn.patterns import Pattern
+
+BACKENDS = ("auto", "blocked", "flex", "dense")
+
+
+def check_qkv(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None, *, self_attention: bool = False) -> None:
+    """Raise ``ValueError`` when q, k, v and the key padding mask do not fit together."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.dim() != 4:
+            raise ValueError(f"{name} must have shape (B, H, N, D); got {tuple(t.shape)}")
+    if q.shape[:2] != k.shape[:2] or k.shape[:3] != v.shape[:3] or q.shape[-1] != k.shape[-1]:
+        raise ValueError(
+            f"mismatched shapes: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}; expected "
+            "q (B, H, Nq, D), k (B, H, Nk, D), v (B, H, Nk, Dv)"
+        )
+    if self_attention and q.shape[2] != k.shape[2]:
+        raise ValueError(f"this variant is self-attention: q has N={q.shape[2]} but k has N={k.shape[2]}")
+    if key_padding_mask is not None and tuple(key_padding_mask.shape) != (k.shape[0], k.shape[2]):
+        raise ValueError(
+            f"key_padding_mask must have shape (B, N) = {(k.shape[0], k.shape[2])}; got {tuple(key_padding_mask.shape)}"
+        )
+
+
+def autocast_inputs(*tensors: Tensor) -> tuple[Tensor, ...]:
+    """Cast to the autocast dtype when autocast is on, so custom kernels run in the mixed precision the
+    user asked for (autocast does not reach inside custom autograd functions)."""
+    dev = tensors[0].device.type
+    if torch.is_autocast_enabled(dev):
+        dtype = torch.get_autocast_dtype(dev)
+        return tuple(t.to(dtype) if t.is_floating_point() else t for t in tensors)
+    dtype = torch.promote_types(tensors[0].dtype, tensors[1].dtype)
+    return tuple(t.to(dtype) for t in tensors)
+
+
+class AttentionBase(nn.Module):
+    """Every variant: ``forward(q, k, v, key_padding_mask=None) -> out``.
+
+    Class attributes (used by the docs table and the benchmark):
+        name: the registry key.
+        exact: True when the variant computes exact softmax attention over a sparsity pattern.
+        time_complexity / memory_complexity: in N for training (forward + backward).
+    """
+
+    name: str = "?"
+    exact: bool = False
+    time_complexity: str = "O(N^2)"
+    memory_complexity: str = "O(N^2)"
+
+    def __init__(self, *, causal: bool = False):
+        super().__init__()
+        if not isinstance(causal, bool):
+            raise ValueError(f"causal={causal!r} must be a bool")
+        self.causal = causal
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+
+class PatternAttention(AttentionBase):
+    """A variant that computes exact softmax attention over a sparsity :class:`Pattern`.
+
+    Backends:
+        ``blocked``: our eager block-sparse kernel (forward and backward, any device).
+        ``flex``: compiled FlexAttention with the pattern's ``BlockMask`` (no backward on CPU).
+        ``dense``: SDPA with ``dense_mask(n)``: O(N^2), for checking and for short inputs only.
+        ``auto``: ``flex`` on CUDA, ``blocked`` elsewhere.
+    """
+
+    exact = True
+
+    def __init__(self, *, causal: bool = False, backend: str = "auto"):
+        super().__init__(causal=causal)
+        self.backend = check_choice("backend", backend, BACKENDS)
+        self._parts_cache: dict = {}
+        self._flex_cache: dict = {}
+
+    # -- the pattern -------------------------------------------------------------------------------
+    def pattern(self, n: int) -> Pattern:  # pragma: no cover - interface
+        """The sparsity pattern at sequence length ``n``."""
+        raise NotImplementedError
+
+    def check_length(self, n: int) -> None:
+        """Raise ``ValueError`` when the pattern does not fit a sequence of length ``n``."""
+
+    def dense_mask(self, n: int) -> Tensor:
+        """The (n, n) boolean mask (True = attend) this variant implements exactly."""
+        self.check_length(n)
+        return self.pattern(n).dense_mask(n)
+
+    def parts(self, n: int, device) -> list:
+        key = (n, str(device))
+        if key not in self._parts_cache:
+            self._parts_cache[key] = self.pattern(n).parts(n, device)
+        return self._parts_cache[key]
+
+    # -- backends ----------------------------------------------------------------------------------
+    def select_backend(self, q: Tensor, k: Tensor, v: Tensor) -> str:
+        """The backend to run: ``self.backend``, or the best usable one for ``auto``; an unusable choice
+        raises ``ValueError`` listing every backend and why it does or does not fit."""
+        from core_attn import flex as flex_mod
+
+        grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+        reasons = {"blocked": None, "dense": None, "flex": flex_mod.unusable_reason(q.device, grad)}
+        if self.backend == "auto":
+            return "flex" if q.device.type == "cuda" and reasons["flex"] is None else "blocked"
+        if reasons[self.backend] is not None:
+            listing = "; ".join(f"{b}: {r or 'usable'}" for b, r in reasons.items())
+            raise ValueError(f"backend={self.backend!r} cannot run this input ({listing})")
+        return self.backend
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
+        check_qkv(q, k, v, key_padding_mask, self_attention=True)
+        n = q.shape[2]
+        self.check_length(n)
+        q, k, v = autocast_inputs(q, k, v)
+        backend = self.select_backend(q, k, v)
+        with torch.autocast(q.device.type, enabled=False):
+            if backend == "blocked":
+                from core_attn.kernels import pattern_attention
+
+                return pattern_attention(q, k, v, self.pattern(n), key_padding_mask, parts=self.parts(n, q.device))
+            if backend == "flex":
+                from core_attn import flex as flex_mod
+
+                return flex_mod.flex_pattern_attention(q, k, v, self.pattern(n), key_padding_mask, self._flex_cache)
+            from core_attn.reference import reference_attention
+
+            mask = self.pattern(n).dense_mask(n, q.device)
+            return reference_attention(q, k, v, mask=mask, key_padding_mask=key_padding_mask)
+
+    def extra_repr(self) -> str:
+        return f"causal={self.causal}, backend={self.backend!r}"

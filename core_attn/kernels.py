@@ -1,0 +1,221 @@
+"""The eager block-sparse attention kernel (forward and backward) behind every pattern variant.
+
+:func:`block_sparse_attention` runs one :class:`~core_attn.patterns.Part`: queries in blocks, each block
+visiting a short list of key blocks gathered from a (possibly permuted) sequence. It is a custom
+autograd function in the manner of FlashAttention: the forward keeps only the output and the row
+log-sum-exp, the backward recomputes the scores block by block, so memory grows with the number of
+visited pairs in one chunk, not with the whole pattern. :func:`pattern_attention` runs all parts of a
+pattern and merges them exactly through their log-sum-exps.
+
+References: Dao et al. 2022 (FlashAttention) for the recompute-in-backward scheme; Milakov &
+Gimelshein 2018 for merging partial softmaxes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from core_attn.patterns import Part, Pattern
+
+# Elements of one chunk's score tensor (B * H * blocks * block_q * keys); ~8M fp32 = 32 MB.
+CHUNK_ELEMENTS = 1 << 23
+
+
+def _chunk_blocks(b: int, h: int, block_q: int, keys: int) -> int:
+    return max(1, CHUNK_ELEMENTS // max(1, b * h * block_q * keys))
+
+
+def _gather_blocks(x_b: Tensor, idx: Tensor) -> Tensor:
+    """x_b: (B, H, nb, bk, D), idx: (c, C) -> (B, H, c, C * bk, D)."""
+    b, h, _, bk, d = x_b.shape
+    c, cc = idx.shape
+    return x_b[:, :, idx.reshape(-1)].reshape(b, h, c, cc * bk, d)
+
+
+def _chunk_mask(part_mask, q_pos_b: Tensor, k_pos_b: Tensor, idx: Tensor, s: int, e: int,
+                key_pad: Tensor | None) -> tuple[Tensor, Tensor]:
+    """The boolean mask (Bm, Hm, c, bq, C * bk) of chunk [s, e) and the clamped key-block index."""
+    blk = idx[..., s:e, :]
+    valid_blk = blk >= 0
+    blk0 = blk.clamp(min=0)
+    kp = k_pos_b[..., blk0, :]  # (.., c, C, bk)
+    kp = torch.where(valid_blk[..., None], kp, -1).flatten(-2)  # (.., c, C*bk)
+    qp = q_pos_b[..., s:e, :]  # (.., c, bq)
+    qi, kj = qp[..., :, None], kp[..., None, :]
+    m = part_mask(qi, kj) & (kj >= 0) & (qi >= 0)
+    if key_pad is not None:  # (B, n + 1): slot n is the padding position
+        kp_i = torch.where(kp >= 0, kp, key_pad.shape[1] - 1)
+        if kp_i.dim() == 2:  # positions shared by the batch: (B, 1, c, C*bk)
+            pad = key_pad[:, kp_i][:, None]
+        else:  # positions per batch element and head (LSH): (B, H, c, C*bk)
+            bidx = torch.arange(key_pad.shape[0], device=kp.device).view(-1, *([1] * (kp_i.dim() - 1)))
+            pad = key_pad[bidx, kp_i]
+        m = m & ~pad[..., None, :]
+    while m.dim() < 5:
+        m = m[None]
+    return m, blk0
+
+
+class _BlockSparseAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, q_pos, k_pos, kv_index, block_q, block_k, part_mask, key_pad, scale):
+        b, h, lq, d = q.shape
+        lk = k.shape[2]
+        nqb, nkb = lq // block_q, lk // block_k
+        qb = q.view(b, h, nqb, block_q, d)
+        kb, vb = k.view(b, h, nkb, block_k, d), v.view(b, h, nkb, block_k, -1)
+        q_pos_b = q_pos.view(*q_pos.shape[:-1], nqb, block_q)
+        k_pos_b = k_pos.view(*k_pos.shape[:-1], nkb, block_k)
+        out = q.new_empty(b, h, nqb, block_q, v.shape[-1])
+        lse = torch.empty(b, h, nqb, block_q, dtype=torch.float32, device=q.device)
+        cq = _chunk_blocks(b, h, block_q, kv_index.shape[-1] * block_k)
+        masks = []
+        for s in range(0, nqb, cq):
+            e = min(nqb, s + cq)
+            m, blk0 = _chunk_mask(part_mask, q_pos_b, k_pos_b, kv_index, s, e, key_pad)
+            masks.append(m)
+            kc, vc = _gather_blocks(kb, blk0), _gather_blocks(vb, blk0)
+            sc = torch.matmul(qb[:, :, s:e], kc.transpose(-1, -2)).float().mul_(scale)
+            sc.masked_fill_(~m, float("-inf"))
+            mx = sc.amax(-1, keepdim=True)
+            mx = torch.where(torch.isinf(mx), torch.zeros_like(mx), mx)
+            p = sc.sub_(mx).exp_()
+            l = p.sum(-1, keepdim=True)
+            o = torch.matmul(p.to(v.dtype), vc)
+            out[:, :, s:e] = (o / l.clamp_min(1e-30).to(o.dtype)).to(out.dtype)
+            lse[:, :, s:e] = (mx + l.log()).squeeze(-1)
+        ctx.save_for_backward(q, k, v, out, lse, kv_index, q_pos, k_pos)
+        ctx.masks, ctx.meta = masks, (block_q, block_k, scale, cq)
+        return out.view(b, h, lq, -1), lse.view(b, h, lq)
+
+    @staticmethod
+    def backward(ctx, dout, dlse):
+        q, k, v, out, lse, kv_index, q_pos, k_pos = ctx.saved_tensors
+        block_q, block_k, scale, cq = ctx.meta
+        b, h, lq, d = q.shape
+        nqb, nkb = lq // block_q, k.shape[2] // block_k
+        qb = q.view(b, h, nqb, block_q, d)
+        kb, vb = k.view(b, h, nkb, block_k, d), v.view(b, h, nkb, block_k, -1)
+        dout = dout.reshape(b, h, nqb, block_q, -1)
+        dq = torch.zeros_like(qb, dtype=torch.float32)
+        dk = torch.zeros(b, h, nkb, block_k * d, dtype=torch.float32, device=k.device)
+        dv = torch.zeros(b, h, nkb, block_k * v.shape[-1], dtype=torch.float32, device=v.device)
+        lse_safe = torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)
+        delta = (dout.float() * out.float()).sum(-1)  # (B, H, nqb, bq)
+        if dlse is not None:
+            delta = delta - dlse.view(b, h, nqb, block_q).float()
+        for ci, s in enumerate(range(0, nqb, cq)):
+            e = min(nqb, s + cq)
+            m = ctx.masks[ci]
+            blk0 = kv_index[s:e].clamp(min=0)
+            kc, vc = _gather_blocks(kb, blk0), _gather_blocks(vb, blk0)
+            qc, doc = qb[:, :, s:e], dout[:, :, s:e]
+            sc = torch.matmul(qc, kc.transpose(-1, -2)).float().mul_(scale)
+            p = sc.sub_(lse_safe[:, :, s:e, :, None]).exp_().masked_fill_(~m, 0.0)
+            dv_c = torch.matmul(p.to(doc.dtype).transpose(-1, -2), doc)  # (B, H, c, C*bk, Dv)
+            dp = torch.matmul(doc, vc.transpose(-1, -2)).float()
+            ds = p.mul_(dp.sub_(delta[:, :, s:e, :, None])).mul_(scale).to(q.dtype)
+            dq[:, :, s:e] = torch.matmul(ds, kc).float()
+            dk_c = torch.matmul(ds.transpose(-1, -2), qc)  # (B, H, c, C*bk, D)
+            flat = blk0.reshape(-1)
+            dk.index_add_(2, flat, dk_c.reshape(b, h, flat.numel(), -1).float())
+            dv.index_add_(2, flat, dv_c.reshape(b, h, flat.numel(), -1).float())
+        dq = dq.view(b, h, lq, d).to(q.dtype)
+        dk = dk.view(b, h, -1, d).to(k.dtype)
+        dv = dv.view(b, h, -1, v.shape[-1]).to(v.dtype)
+        return dq, dk, dv, None, None, None, None, None, None, None, None
+
+
+def block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, part: Part, part_mask=None,
+                           key_pad: Tensor | None = None, scale: float | None = None) -> tuple[Tensor, Tensor]:
+    """Attention over the pairs of one part, in the part's visiting order.
+
+    Args:
+        q, k, v: (B, H, Lq, D), (B, H, Lk, D), (B, H, Lk, Dv), already gathered in visiting order.
+        part: the plan (block sizes, key-block lists, original positions).
+        part_mask: predicate over original positions (default ``part.mask``).
+        key_pad: (B, n + 1) bool, True = padded key; the last slot stands for positions of -1.
+        scale: softmax scale (default ``1 / sqrt(D)``).
+
+    Returns:
+        ``out`` (B, H, Lq, Dv) and ``lse`` (B, H, Lq) in fp32; rows with no visible key give 0 and -inf.
+    """
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    return _BlockSparseAttention.apply(q, k, v, part.q_pos, part.k_pos, part.kv_index, part.block_q,
+                                       part.block_k, part_mask or part.mask, key_pad, scale)
+
+
+def _take(x: Tensor, pos: Tensor, identity: bool, n: int) -> Tensor:
+    """Rows of x (B, H, n, D) at positions ``pos`` (-1 -> a zero row)."""
+    if identity:
+        pad = pos.numel() - n
+        return torch.nn.functional.pad(x, (0, 0, 0, pad)) if pad else x
+    x_ext = torch.nn.functional.pad(x, (0, 0, 0, 1))
+    return x_ext.index_select(2, torch.where(pos >= 0, pos, n))
+
+
+def _place(y: Tensor, pos: Tensor, identity: bool, n: int, fill: float) -> Tensor:
+    """Inverse of :func:`_take` for outputs: y (B, H, L, ...) in visiting order -> (B, H, n, ...)."""
+    if identity:
+        return y[:, :, :n]
+    shape = list(y.shape)
+    shape[2] = n + 1
+    base = y.new_full(shape, fill)
+    return base.index_copy(2, torch.where(pos >= 0, pos, n), y)[:, :, :n]
+
+
+def merge_partials(outs: list[Tensor], lses: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """Combine softmax attention over disjoint key sets: weights exp(lse_p - lse) (exact)."""
+    if len(outs) == 1:
+        return outs[0], lses[0]
+    lse = torch.logsumexp(torch.stack(lses), 0)
+    lse_safe = torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)
+    out = None
+    for o, l in zip(outs, lses):
+        w = torch.exp(l - lse_safe).unsqueeze(-1).to(o.dtype)
+        out = o * w if out is None else out + o * w
+    return out, lse
+
+
+def pattern_attention(q: Tensor, k: Tensor, v: Tensor, pattern: Pattern,
+                      key_padding_mask: Tensor | None = None, scale: float | None = None,
+                      parts: list[Part] | None = None) -> Tensor:
+    """Exact attention restricted to ``pattern`` (self-attention: q, k, v share the length N).
+
+    Args:
+        q, k, v: (B, H, N, D).
+        pattern: the sparsity pattern; causal patterns also hide j > i.
+        key_padding_mask: (B, N) bool, True marks padding keys (``torch.nn.MultiheadAttention``'s rule).
+        parts: precomputed ``pattern.parts(N)`` (cached by the attention modules).
+
+    Returns:
+        (B, H, N, Dv); a query that sees no key gets zeros.
+    """
+    n = q.shape[2]
+    parts = pattern.parts(n, q.device) if parts is None else parts
+    key_pad = None
+    if key_padding_mask is not None:
+        key_pad = torch.nn.functional.pad(key_padding_mask.to(torch.bool), (0, 1), value=True)
+    outs, lses = [], []
+    for p, part in enumerate(parts):
+        earlier = [pp.mask for pp in parts[:p]]
+
+        def part_mask(i, j, part=part, earlier=earlier):
+            m = part.mask(i, j)
+            for em in earlier:  # each pair belongs to the first part that visits it
+                m = m & ~em(i, j)
+            if pattern.is_causal:
+                m = m & (j <= i)
+            return m
+
+        qp = _take(q, part.q_pos, part.identity_q, n)
+        kp = _take(k, part.k_pos, part.identity_k, n)
+        vp = _take(v, part.k_pos, part.identity_k, n)
+        o, lse = block_sparse_attention(qp, kp, vp, part, part_mask, key_pad, scale)
+        outs.append(_place(o, part.q_pos, part.identity_q, n, 0.0))
+        lses.append(_place(lse, part.q_pos, part.identity_q, n, float("-inf")))
+    out, _ = merge_partials(outs, lses)
+    return out
