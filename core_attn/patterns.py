@@ -19,6 +19,7 @@ References: Longformer (Beltagy et al. 2020), BigBird (Zaheer et al. 2020), Spar
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Callable
@@ -93,7 +94,13 @@ class Component:
     """One building block of a pattern; subclasses define ``mask`` and ``parts``."""
 
     def mask(self, i: Tensor, j: Tensor) -> Tensor:  # pragma: no cover - interface
+        """Whether key position ``j`` is visible from query position ``i`` (broadcasting tensors)."""
         raise NotImplementedError
+
+    def mask_fn(self, n: int, device=None) -> MaskFn:
+        """``mask`` for length ``n`` as a pure function (tables captured, no mutable state), safe to
+        keep in a cached plan or hand to ``torch.compile``."""
+        return self.mask
 
     def parts(self, n: int, device=None) -> list[Part]:  # pragma: no cover - interface
         raise NotImplementedError
@@ -193,46 +200,49 @@ class Global(Component):
             self._cache[key] = table
         return self._cache[key]
 
-    def bind(self, n: int, device=None) -> "Global":
-        """Attach the lookup table for length ``n`` (needed before ``mask`` is evaluated)."""
-        self._bound = self._table(n, device)
-        return self
+    @staticmethod
+    def _is_global(table: Tensor, x: Tensor) -> Tensor:
+        last = table.numel() - 1  # slot n stands for padding (-1) and is never global
+        return table[torch.where(x >= 0, x, last).clamp(max=last)]
 
-    def is_global(self, x):
-        table = self._bound
-        return table[torch.where(x >= 0, x, table.numel() - 1).clamp(max=table.numel() - 1)]
+    @staticmethod
+    def _mask(table: Tensor, i: Tensor, j: Tensor) -> Tensor:
+        return Global._is_global(table, i) | Global._is_global(table, j)
 
-    def mask(self, i, j):
-        return self.is_global(i) | self.is_global(j)
+    def mask_fn(self, n, device=None):
+        return functools.partial(Global._mask, self._table(n, device))
 
     def parts(self, n, device=None):
-        self.bind(n, device)
+        table = self._table(n, device)
         g = self.positions(n, device)
         bq = max(8, min(self.block, 1 << math.ceil(math.log2(max(len(g), 1)))))
         g_pad = torch.cat([g, g.new_full(((-len(g)) % bq,), -1)])
         bk = 128
         all_pos = _padded_arange(n, bk, device)
         rows_kv = torch.arange(all_pos.numel() // bk, device=device).expand(g_pad.numel() // bq, -1)
-        rows = Part(g_pad, all_pos, rows_kv.contiguous(), bq, bk, lambda i, j: self.is_global(i), identity_k=True)
+        rows = Part(g_pad, all_pos, rows_kv.contiguous(), bq, bk, lambda i, j: Global._is_global(table, i) & (j == j), identity_k=True)
         q_all = _padded_arange(n, 128, device)
         cols_kv = torch.arange(g_pad.numel() // bq, device=device).expand(q_all.numel() // 128, -1)
-        cols = Part(q_all, g_pad, cols_kv.contiguous(), 128, bq, lambda i, j: self.is_global(j), identity_q=True)
+        cols = Part(q_all, g_pad, cols_kv.contiguous(), 128, bq, lambda i, j: Global._is_global(table, j) & (i == i), identity_q=True)
         return [rows, cols]
 
 
 class RandomBlocks(Component):
     """BigBird's random blocks: each query block attends to ``num_random_blocks`` key blocks drawn once
     from a generator seeded with ``seed`` (so train and eval see the same pattern for a given length).
-    Blocks of the window (``exclude_window`` each side) and the first ``exclude_global`` blocks are not
-    drawn, since those pairs are present anyway."""
+
+    Blocks within ``exclude_window`` of the query block and the blocks in ``exclude_blocks`` (negative
+    counts from the end; BigBird's global blocks) are not drawn, since those pairs are present anyway;
+    with ``causal`` only earlier blocks are drawn."""
 
     def __init__(self, block_size: int, num_random_blocks: int, seed: int = 0, exclude_window: int = 1,
-                 exclude_global: int = 0):
+                 exclude_blocks=(), causal: bool = False):
         self.block_size = check_int("block_size", block_size, min_value=1)
         self.r = check_int("num_random_blocks", num_random_blocks, min_value=0)
         self.seed = int(seed)
         self.exclude_window = exclude_window
-        self.exclude_global = exclude_global
+        self.exclude_blocks = list(exclude_blocks)
+        self.causal = causal
         self._cache: dict = {}
 
     def __repr__(self) -> str:
@@ -244,38 +254,36 @@ class RandomBlocks(Component):
         if key not in self._cache:
             nb = math.ceil(n / self.block_size)
             gen = torch.Generator().manual_seed(self.seed)
+            excluded = {e % nb for e in self.exclude_blocks if -nb <= e < nb}
             rows = []
             for b in range(nb):
-                cand = [c for c in range(nb)
-                        if abs(c - b) > self.exclude_window and c >= self.exclude_global]
+                hi = b - self.exclude_window if self.causal else nb
+                cand = [c for c in range(max(hi, 0)) if abs(c - b) > self.exclude_window and c not in excluded]
                 order = torch.randperm(len(cand), generator=gen)[: self.r].sort().values
                 picked = [cand[o] for o in order.tolist()]
                 rows.append(picked + [-1] * (self.r - len(picked)))
             self._cache[key] = torch.tensor(rows, dtype=torch.long).reshape(nb, self.r).to(device)
         return self._cache[key]
 
-    def bind(self, n: int, device=None) -> "RandomBlocks":
-        self._bound = self.table(n, device)
-        return self
-
-    def mask(self, i, j):
-        bs = self.block_size
-        table = self._bound
-        qb = torch.div(i, bs, rounding_mode="floor").clamp(0, table.shape[0] - 1)
-        kb = torch.div(j, bs, rounding_mode="floor")
-        hit = torch.zeros_like(kb == kb) if self.r == 0 else None
-        for c in range(self.r):  # r is small (2-4): a loop keeps it vmap- and memory-friendly
-            m = table[:, c][qb] == kb
-            hit = m if hit is None else hit | m
+    @staticmethod
+    def _mask(block_size: int, table: Tensor, i: Tensor, j: Tensor) -> Tensor:
+        qb = torch.div(i, block_size, rounding_mode="floor").clamp(0, table.shape[0] - 1)
+        kb = torch.div(j, block_size, rounding_mode="floor")
+        hit = (qb < 0) & (kb < 0)  # all False, broadcast shape
+        for c in range(table.shape[1]):  # r is small (2-4): a loop keeps it vmap- and memory-friendly
+            hit = hit | (table[:, c][qb] == kb)
         return hit
 
+    def mask_fn(self, n, device=None):
+        return functools.partial(RandomBlocks._mask, self.block_size, self.table(n, device))
+
     def parts(self, n, device=None):
-        self.bind(n, device)
         if self.r == 0:
             return []
         bs = self.block_size
         pos = _padded_arange(n, bs, device)
-        return [Part(pos, pos, self._bound, bs, bs, self.mask, identity_q=True, identity_k=True)]
+        return [Part(pos, pos, self.table(n, device), bs, bs, self.mask_fn(n, device), identity_q=True,
+                     identity_k=True)]
 
 
 class Strided(Component):
@@ -365,31 +373,27 @@ class Pattern:
         """This pattern intersected with the causal mask."""
         return Pattern(list(self.components), True)
 
-    def bind(self, n: int, device=None) -> "Pattern":
-        for c in self.components:
-            if hasattr(c, "bind"):
-                c.bind(n, device)
-        return self
+    def mask_fn(self, n: int, device=None) -> MaskFn:
+        """Whether key position ``j`` is visible from query position ``i`` at length ``n`` (a pure,
+        broadcasting function of two position tensors)."""
+        fns = [c.mask_fn(n, device) for c in self.components]
+        causal = self.is_causal
 
-    def mask(self, i: Tensor, j: Tensor) -> Tensor:
-        """Whether key position ``j`` is visible from query position ``i`` (broadcasting)."""
-        m = None
-        for c in self.components:
-            cm = c.mask(i, j)
-            m = cm if m is None else m | cm
-        if self.is_causal:
-            m = m & (j <= i)
-        return m
+        def mask(i: Tensor, j: Tensor) -> Tensor:
+            m = fns[0](i, j)
+            for f in fns[1:]:
+                m = m | f(i, j)
+            return m & (j <= i) if causal else m
+
+        return mask
 
     def dense_mask(self, n: int, device=None) -> Tensor:
         """The (n, n) boolean mask this pattern implements (True = attend). Tests and pictures only."""
-        self.bind(n, device)
         i = torch.arange(n, device=device)
-        return self.mask(i[:, None], i[None, :])
+        return self.mask_fn(n, device)(i[:, None], i[None, :])
 
     def parts(self, n: int, device=None) -> list[Part]:
-        """Kernel plans for length ``n``; parts that visit whole rows come first."""
-        self.bind(n, device)
+        """Kernel plans for length ``n`` (their union covers exactly ``mask_fn(n)``'s pairs)."""
         out: list[Part] = []
         for c in self.components:
             out.extend(c.parts(n, device))
@@ -398,22 +402,22 @@ class Pattern:
     def block_layout(self, n: int, block: int) -> Tensor:
         """(nb, nb) bool: which (query block, key block) pairs hold at least one visible pair.
         Computed block row by block row, never as an (n, n) mask."""
-        self.bind(n)
+        mask = self.mask_fn(n)
         nb = math.ceil(n / block)
         out = torch.zeros(nb, nb, dtype=torch.bool)
         j = torch.arange(n)
         for b in range(nb):
             i = torch.arange(b * block, min(n, (b + 1) * block))
-            m = self.mask(i[:, None], j[None, :]).any(0)
+            m = mask(i[:, None], j[None, :]).any(0)
             out[b] = torch.nn.functional.pad(m, (0, nb * block - n)).view(nb, block).any(1)
         return out
 
     def mask_mod(self, n: int, device=None, key_padding_mask: Tensor | None = None):
         """A FlexAttention ``mask_mod(b, h, q_idx, kv_idx)`` for this pattern at length ``n``."""
-        self.bind(n, device)
+        mask = self.mask_fn(n, device)
 
         def mask_mod(b, h, q_idx, kv_idx):
-            m = self.mask(q_idx, kv_idx)
+            m = mask(q_idx, kv_idx)
             if key_padding_mask is not None:
                 m = m & ~key_padding_mask[b, kv_idx]
             return m
