@@ -24,6 +24,11 @@ from core_attn.patterns import Part, Pattern
 CHUNK_ELEMENTS = 1 << 23
 
 
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Softmax statistics and gradient accumulators: fp32 for half types, fp64 stays fp64."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def _chunk_blocks(b: int, h: int, block_q: int, keys: int) -> int:
     return max(1, CHUNK_ELEMENTS // max(1, b * h * block_q * keys))
 
@@ -70,7 +75,8 @@ class _BlockSparseAttention(torch.autograd.Function):
         q_pos_b = q_pos.view(*q_pos.shape[:-1], nqb, block_q)
         k_pos_b = k_pos.view(*k_pos.shape[:-1], nkb, block_k)
         out = q.new_empty(b, h, nqb, block_q, v.shape[-1])
-        lse = torch.empty(b, h, nqb, block_q, dtype=torch.float32, device=q.device)
+        acc = _acc_dtype(q.dtype)
+        lse = torch.empty(b, h, nqb, block_q, dtype=acc, device=q.device)
         cq = _chunk_blocks(b, h, block_q, kv_index.shape[-1] * block_k)
         masks = []
         for s in range(0, nqb, cq):
@@ -78,7 +84,7 @@ class _BlockSparseAttention(torch.autograd.Function):
             m, blk0 = _chunk_mask(part_mask, q_pos_b, k_pos_b, kv_index, s, e, key_pad)
             masks.append(m)
             kc, vc = _gather_blocks(kb, blk0), _gather_blocks(vb, blk0)
-            sc = torch.matmul(qb[:, :, s:e], kc.transpose(-1, -2)).float().mul_(scale)
+            sc = torch.matmul(qb[:, :, s:e], kc.transpose(-1, -2)).to(acc).mul_(scale)
             sc.masked_fill_(~m, float("-inf"))
             mx = sc.amax(-1, keepdim=True)
             mx = torch.where(torch.isinf(mx), torch.zeros_like(mx), mx)
@@ -100,29 +106,30 @@ class _BlockSparseAttention(torch.autograd.Function):
         qb = q.view(b, h, nqb, block_q, d)
         kb, vb = k.view(b, h, nkb, block_k, d), v.view(b, h, nkb, block_k, -1)
         dout = dout.reshape(b, h, nqb, block_q, -1)
-        dq = torch.zeros_like(qb, dtype=torch.float32)
-        dk = torch.zeros(b, h, nkb, block_k * d, dtype=torch.float32, device=k.device)
-        dv = torch.zeros(b, h, nkb, block_k * v.shape[-1], dtype=torch.float32, device=v.device)
+        acc = _acc_dtype(q.dtype)
+        dq = torch.zeros_like(qb, dtype=acc)
+        dk = torch.zeros(b, h, nkb, block_k * d, dtype=acc, device=k.device)
+        dv = torch.zeros(b, h, nkb, block_k * v.shape[-1], dtype=acc, device=v.device)
         lse_safe = torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)
-        delta = (dout.float() * out.float()).sum(-1)  # (B, H, nqb, bq)
+        delta = (dout.to(acc) * out.to(acc)).sum(-1)  # (B, H, nqb, bq)
         if dlse is not None:
-            delta = delta - dlse.view(b, h, nqb, block_q).float()
+            delta = delta - dlse.view(b, h, nqb, block_q).to(acc)
         for ci, s in enumerate(range(0, nqb, cq)):
             e = min(nqb, s + cq)
             m = ctx.masks[ci]
             blk0 = kv_index[s:e].clamp(min=0)
             kc, vc = _gather_blocks(kb, blk0), _gather_blocks(vb, blk0)
             qc, doc = qb[:, :, s:e], dout[:, :, s:e]
-            sc = torch.matmul(qc, kc.transpose(-1, -2)).float().mul_(scale)
+            sc = torch.matmul(qc, kc.transpose(-1, -2)).to(acc).mul_(scale)
             p = sc.sub_(lse_safe[:, :, s:e, :, None]).exp_().masked_fill_(~m, 0.0)
             dv_c = torch.matmul(p.to(doc.dtype).transpose(-1, -2), doc)  # (B, H, c, C*bk, Dv)
-            dp = torch.matmul(doc, vc.transpose(-1, -2)).float()
+            dp = torch.matmul(doc, vc.transpose(-1, -2)).to(acc)
             ds = p.mul_(dp.sub_(delta[:, :, s:e, :, None])).mul_(scale).to(q.dtype)
-            dq[:, :, s:e] = torch.matmul(ds, kc).float()
+            dq[:, :, s:e] = torch.matmul(ds, kc).to(acc)
             dk_c = torch.matmul(ds.transpose(-1, -2), qc)  # (B, H, c, C*bk, D)
             flat = blk0.reshape(-1)
-            dk.index_add_(2, flat, dk_c.reshape(b, h, flat.numel(), -1).float())
-            dv.index_add_(2, flat, dv_c.reshape(b, h, flat.numel(), -1).float())
+            dk.index_add_(2, flat, dk_c.reshape(b, h, flat.numel(), -1).to(acc))
+            dv.index_add_(2, flat, dv_c.reshape(b, h, flat.numel(), -1).to(acc))
         dq = dq.view(b, h, lq, d).to(q.dtype)
         dk = dk.view(b, h, -1, d).to(k.dtype)
         dv = dv.view(b, h, -1, v.shape[-1]).to(v.dtype)

@@ -14,7 +14,7 @@ from torch import Tensor
 def reference_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None,
                         key_padding_mask: Tensor | None = None, causal: bool = False,
                         scale: float | None = None) -> Tensor:
-    """Dense attention in fp32 math.
+    """Dense attention in fp32 (or fp64) math.
 
     Args:
         q, k, v: (B, H, Nq, D), (B, H, Nk, D), (B, H, Nk, Dv).
@@ -27,7 +27,8 @@ def reference_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = N
         (B, H, Nq, Dv) in q's dtype; a query with no visible key gets zeros (SDPA would give NaN).
     """
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    s = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
+    acc = torch.promote_types(q.dtype, torch.float32)  # fp32 math for half types, fp64 stays fp64
+    s = torch.matmul(q.to(acc), k.to(acc).transpose(-1, -2)) * scale
     allowed = torch.ones(s.shape[-2:], dtype=torch.bool, device=q.device)
     if causal:
         allowed = allowed.tril(s.shape[-1] - s.shape[-2])
@@ -38,4 +39,4 @@ def reference_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = N
         allowed = allowed & ~key_padding_mask[:, None, None, :]
     s = s.masked_fill(~allowed, float("-inf"))
     p = torch.softmax(s, -1).nan_to_num(0.0)
-    return torch.matmul(p, v.float()).to(q.dtype)
+    return torch.matmul(p, v.to(acc)).to(q.dtype)

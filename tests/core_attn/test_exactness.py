@@ -1,0 +1,178 @@
+"""Pattern variants are exact: output and input gradients equal dense attention with dense_mask(n)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import core_attn
+from core_attn.attention.base import PatternAttention
+from core_attn.reference import reference_attention
+from tests.core_attn.variants import SETTINGS
+
+PATTERN_CASES = [
+    pytest.param(name, kw, id=f"{name}-{i}")
+    for name in core_attn.list_attention()
+    if issubclass(core_attn.get_attention_class(name), PatternAttention)
+    for i, (kw, _) in enumerate(SETTINGS.get(name, []))
+]
+
+
+def _grads(out, inputs, g):
+    return torch.autograd.grad(out, inputs, g)
+
+
+def _check(attn, b, h, n, d, padded, dtype=torch.float32, atol=1e-5):
+    q, k, v = (torch.randn(b, h, n, d, dtype=dtype, requires_grad=True) for _ in range(3))
+    kpm = None
+    if padded:
+        kpm = torch.zeros(b, n, dtype=torch.bool)
+        kpm[-1, n - max(1, n // 5):] = True
+    out = attn(q, k, v, key_padding_mask=kpm)
+    mask = attn.dense_mask(n)
+    if kpm is None:  # the acceptance oracle: torch SDPA with the dense mask
+        ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    else:  # rows that see only padding are zeros by contract (SDPA gives NaN there)
+        ref = reference_attention(q, k, v, mask=mask, key_padding_mask=kpm)
+    g = torch.randn_like(out)
+    torch.testing.assert_close(out, ref, atol=atol, rtol=1e-4)
+    for a, r in zip(_grads(out, (q, k, v), g), _grads(ref, (q, k, v), g)):
+        torch.testing.assert_close(a, r, atol=atol, rtol=1e-4)
+
+
+@pytest.mark.parametrize("padded", [False, True], ids=["nopad", "pad"])
+@pytest.mark.parametrize("name,kw", PATTERN_CASES)
+def test_pattern_variant_exact(name, kw, padded):
+    attn = core_attn.build_attention(name, backend="blocked", **kw)
+    for n in (61, 96):  # one length not a multiple of any block size, one that is
+        _check(attn, b=2, h=3, n=n, d=8, padded=padded)
+
+
+@pytest.mark.parametrize("name,kw", PATTERN_CASES[:1] + [p for p in PATTERN_CASES if "bigbird" in p.id][:1])
+def test_dense_backend_matches_blocked(name, kw):
+    q, k, v = (torch.randn(1, 2, 70, 8) for _ in range(3))
+    blocked = core_attn.build_attention(name, backend="blocked", **kw)(q, k, v)
+    dense = core_attn.build_attention(name, backend="dense", **kw)(q, k, v)
+    torch.testing.assert_close(blocked, dense, atol=1e-5, rtol=1e-4)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n=st.integers(8, 150),
+    window=st.integers(1, 40),
+    dilation=st.integers(1, 3),
+    causal=st.booleans(),
+    block=st.sampled_from([8, 16, 32]),
+    n_global=st.integers(0, 3),
+    pad=st.integers(0, 7),
+    b=st.integers(1, 2),
+    h=st.integers(1, 3),
+)
+def test_local_exact_property(n, window, dilation, causal, block, n_global, pad, b, h):
+    window = min(window, n // dilation)
+    globals_ = [0, n - 1, n // 2][:n_global]
+    attn = core_attn.build_attention("local", window=window, dilation=dilation, causal=causal,
+                                     global_tokens=globals_, block_size=block, backend="blocked")
+    q, k, v = (torch.randn(b, h, n, 4, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    kpm = torch.zeros(b, n, dtype=torch.bool)
+    kpm[0, n - min(pad, n - 1):] = pad > 0
+    out = attn(q, k, v, key_padding_mask=kpm)
+    ref = reference_attention(q, k, v, mask=attn.dense_mask(n), key_padding_mask=kpm)
+    torch.testing.assert_close(out, ref, atol=1e-9, rtol=1e-7)
+    g = torch.randn_like(out)
+    for a, r in zip(_grads(out, (q, k, v), g), _grads(ref, (q, k, v), g)):
+        torch.testing.assert_close(a, r, atol=1e-9, rtol=1e-7)
+
+
+@settings(max_examples=15, deadline=None)
+@given(nb=st.integers(5, 14), bs=st.sampled_from([2, 4, 8]), extra=st.integers(0, 7), r=st.integers(0, 3),
+       g=st.integers(0, 2), causal=st.booleans(), seed=st.integers(0, 3))
+def test_bigbird_exact_property(nb, bs, extra, r, g, causal, seed):
+    n = nb * bs + min(extra, bs - 1)
+    attn = core_attn.build_attention("bigbird", block_size=bs, num_window_blocks=3, num_global_blocks=g,
+                                     num_random_blocks=r, seed=seed, causal=causal, backend="blocked")
+    q, k, v = (torch.randn(1, 2, n, 4, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    out = attn(q, k, v)
+    ref = reference_attention(q, k, v, mask=attn.dense_mask(n))
+    torch.testing.assert_close(out, ref, atol=1e-9, rtol=1e-7)
+    gq = torch.autograd.grad(out.sum(), q)[0]
+    torch.testing.assert_close(gq, torch.autograd.grad(ref.sum(), q)[0], atol=1e-9, rtol=1e-7)
+
+
+def test_bigbird_random_blocks_fixed_by_seed():
+    a = core_attn.build_attention("bigbird", block_size=4, seed=1)
+    m1 = a.dense_mask(64)
+    a.train()
+    m_train = a.dense_mask(64)
+    a.eval()
+    assert torch.equal(m1, m_train) and torch.equal(m1, a.dense_mask(64))
+    assert torch.equal(m1, core_attn.build_attention("bigbird", block_size=4, seed=1).dense_mask(64))
+    assert not torch.equal(m1, core_attn.build_attention("bigbird", block_size=4, seed=2).dense_mask(64))
+    q, k, v = (torch.randn(1, 1, 64, 4) for _ in range(3))
+    a.train()
+    o_train = a(q, k, v)
+    a.eval()
+    torch.testing.assert_close(o_train, a(q, k, v))
+
+
+def test_bf16_autocast_blocked():
+    attn = core_attn.build_attention("local", window=8, backend="blocked")
+    q, k, v = (torch.randn(1, 2, 64, 16, requires_grad=True) for _ in range(3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = attn(q, k, v)
+    assert out.dtype == torch.bfloat16
+    out.float().sum().backward()
+    assert q.grad is not None and q.grad.dtype == torch.float32
+    ref = reference_attention(q, k, v, mask=attn.dense_mask(64))
+    assert (out.float() - ref).abs().max() < 0.05
+
+
+def test_flex_backend_refuses_cpu_training_with_reasons():
+    attn = core_attn.build_attention("local", window=8, backend="flex")
+    q, k, v = (torch.randn(1, 1, 32, 8, requires_grad=True) for _ in range(3))
+    with pytest.raises(ValueError, match=r"backend='flex' cannot run this input \(blocked: usable; dense: usable; "
+                                         r"flex: FlexAttention has no CPU backward"):
+        attn(q, k, v)
+
+
+def test_auto_uses_blocked_on_cpu():
+    attn = core_attn.build_attention("local", window=8)
+    q = torch.randn(1, 1, 32, 8)
+    assert attn.select_backend(q, q, q) == "blocked"
+
+
+@pytest.mark.slow
+def test_flex_backend_matches_blocked_forward():
+    attn_flex = core_attn.build_attention("bigbird", block_size=16, backend="flex")
+    attn_blk = core_attn.build_attention("bigbird", block_size=16, backend="blocked")
+    q, k, v = (torch.randn(1, 2, 256, 16) for _ in range(3))
+    with torch.no_grad():
+        torch.testing.assert_close(attn_flex(q, k, v), attn_blk(q, k, v), atol=1e-5, rtol=1e-4)
+
+
+def test_window_larger_than_sequence():
+    attn = core_attn.build_attention("local", window=64)
+    q = torch.randn(1, 1, 32, 8)
+    with pytest.raises(ValueError, match=r"window=64 \(x dilation=1\) is larger than the sequence length N=32"):
+        attn(q, q, q)
+
+
+def test_bigbird_too_short():
+    attn = core_attn.build_attention("bigbird", block_size=64)
+    q = torch.randn(1, 1, 100, 8)
+    with pytest.raises(ValueError, match=r"sequence length N=100 is too short for bigbird.*need N >= 320"):
+        attn(q, q, q)
+
+
+def test_mismatched_shapes():
+    attn = core_attn.build_attention("local", window=4)
+    q = torch.randn(1, 2, 32, 8)
+    with pytest.raises(ValueError, match=r"mismatched shapes: q \(1, 2, 32, 8\), k \(1, 3, 32, 8\)"):
+        attn(q, torch.randn(1, 3, 32, 8), torch.randn(1, 3, 32, 8))
+    with pytest.raises(ValueError, match=r"q must have shape \(B, H, N, D\); got \(2, 32, 8\)"):
+        attn(q[0], q[0], q[0])
+    with pytest.raises(ValueError, match=r"key_padding_mask must have shape \(B, N\) = \(1, 32\); got \(1, 31\)"):
+        attn(q, q, q, key_padding_mask=torch.zeros(1, 31, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"self-attention: q has N=32 but k has N=16"):
+        attn(q, q[:, :, :16], q[:, :, :16])
