@@ -6,6 +6,7 @@
 
 from core_attn import attention as attention  # registers the variants
 from core_attn.attention import AttentionBase, PatternAttention
+from core_attn.layers import MultiheadAttention, TransformerBlock, TransformerEncoder
 from core_attn.patterns import Pattern
 from core_attn.reference import reference_attention
 from core_attn.registry import build_attention, get_attention_class, list_attention, register_attention
@@ -13,6 +14,9 @@ from core_attn.registry import build_attention, get_attention_class, list_attent
 __all__ = [
     "AttentionBase",
     "PatternAttention",
+    "MultiheadAttention",
+    "TransformerBlock",
+    "TransformerEncoder",
     "Pattern",
     "build_attention",
     "get_attention_class",
