@@ -64,18 +64,46 @@ def _chunk_mask(part_mask, q_pos_b: Tensor, k_pos_b: Tensor, idx: Tensor, s: int
     return m, blk0
 
 
+def band_offset(kv_index: Tensor) -> int | None:
+    """``o0`` when every listed key block of row r, column c is ``r + c + o0`` (a band, as local and
+    BigBird-window plans are); ``None`` otherwise. Bands accumulate key gradients by slices."""
+    if kv_index.dim() != 2:
+        return None
+    rows, cols = kv_index.shape
+    base = kv_index - torch.arange(rows, device=kv_index.device)[:, None] - torch.arange(cols, device=kv_index.device)
+    vals = base[kv_index >= 0]
+    if vals.numel() == 0 or not bool((vals == vals[0]).all()):
+        return None
+    return int(vals[0])
+
+
+def _scatter_blocks(acc: Tensor, contrib: Tensor, blk0: Tensor, s: int, band: int | None) -> None:
+    """acc (B, H, nkb, X) += contributions (B, H, c, C, X) of the key blocks ``blk0`` (c, C)."""
+    b, h, c, cc, x = contrib.shape
+    if band is None:
+        acc.index_add_(2, blk0.reshape(-1), contrib.reshape(b, h, c * cc, x))
+        return
+    nkb = acc.shape[2]
+    for o in range(cc):  # column o of rows s..s+c-1 is the slice of key blocks s+o+band ...
+        first = s + o + band
+        r0, r1 = max(0, -first), min(c, nkb - first)
+        if r1 > r0:  # entries outside [0, nkb) are unlisted blocks: their contributions are zero
+            acc[:, :, first + r0:first + r1] += contrib[:, :, r0:r1, o]
+
+
 class _BlockSparseAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, q_pos, k_pos, kv_index, block_q, block_k, part_mask, key_pad, scale):
+    def forward(ctx, q, k, v, q_pos, k_pos, kv_index, block_q, block_k, part_mask, key_pad, scale, band):
         b, h, lq, d = q.shape
         lk = k.shape[2]
         nqb, nkb = lq // block_q, lk // block_k
-        qb = q.view(b, h, nqb, block_q, d)
+        acc = _acc_dtype(q.dtype)
+        qs = q * scale  # fold the softmax scale into q once, not into every score block
+        qb = qs.view(b, h, nqb, block_q, d)
         kb, vb = k.view(b, h, nkb, block_k, d), v.view(b, h, nkb, block_k, -1)
         q_pos_b = q_pos.view(*q_pos.shape[:-1], nqb, block_q)
         k_pos_b = k_pos.view(*k_pos.shape[:-1], nkb, block_k)
         out = q.new_empty(b, h, nqb, block_q, v.shape[-1])
-        acc = _acc_dtype(q.dtype)
         lse = torch.empty(b, h, nqb, block_q, dtype=acc, device=q.device)
         cq = _chunk_blocks(b, h, block_q, kv_index.shape[-1] * block_k)
         masks = []
@@ -84,33 +112,34 @@ class _BlockSparseAttention(torch.autograd.Function):
             m, blk0 = _chunk_mask(part_mask, q_pos_b, k_pos_b, kv_index, s, e, key_pad)
             masks.append(m)
             kc, vc = _gather_blocks(kb, blk0), _gather_blocks(vb, blk0)
-            sc = torch.matmul(qb[:, :, s:e], kc.transpose(-1, -2)).to(acc).mul_(scale)
+            sc = torch.matmul(qb[:, :, s:e], kc.transpose(-1, -2)).to(acc)
             sc.masked_fill_(~m, float("-inf"))
             mx = sc.amax(-1, keepdim=True)
-            mx = torch.where(torch.isinf(mx), torch.zeros_like(mx), mx)
+            mx.masked_fill_(torch.isinf(mx), 0.0)
             p = sc.sub_(mx).exp_()
             l = p.sum(-1, keepdim=True)
             o = torch.matmul(p.to(v.dtype), vc)
             out[:, :, s:e] = (o / l.clamp_min(1e-30).to(o.dtype)).to(out.dtype)
             lse[:, :, s:e] = (mx + l.log()).squeeze(-1)
-        ctx.save_for_backward(q, k, v, out, lse, kv_index, q_pos, k_pos)
-        ctx.masks, ctx.meta = masks, (block_q, block_k, scale, cq)
+        ctx.save_for_backward(qs, k, v, out, lse, kv_index)
+        ctx.masks, ctx.meta = masks, (block_q, block_k, scale, cq, band)
         return out.view(b, h, lq, -1), lse.view(b, h, lq)
 
     @staticmethod
     def backward(ctx, dout, dlse):
-        q, k, v, out, lse, kv_index, q_pos, k_pos = ctx.saved_tensors
-        block_q, block_k, scale, cq = ctx.meta
-        b, h, lq, d = q.shape
+        qs, k, v, out, lse, kv_index = ctx.saved_tensors
+        block_q, block_k, scale, cq, band = ctx.meta
+        b, h, lq, d = qs.shape
+        dv_dim = v.shape[-1]
         nqb, nkb = lq // block_q, k.shape[2] // block_k
-        qb = q.view(b, h, nqb, block_q, d)
-        kb, vb = k.view(b, h, nkb, block_k, d), v.view(b, h, nkb, block_k, -1)
+        acc = _acc_dtype(qs.dtype)
+        qb = qs.view(b, h, nqb, block_q, d)
+        kb, vb = k.view(b, h, nkb, block_k, d), v.view(b, h, nkb, block_k, dv_dim)
         dout = dout.reshape(b, h, nqb, block_q, -1)
-        acc = _acc_dtype(q.dtype)
-        dq = torch.zeros_like(qb, dtype=acc)
+        dq = torch.empty(b, h, nqb, block_q, d, dtype=qs.dtype, device=qs.device)
         dk = torch.zeros(b, h, nkb, block_k * d, dtype=acc, device=k.device)
-        dv = torch.zeros(b, h, nkb, block_k * v.shape[-1], dtype=acc, device=v.device)
-        lse_safe = torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)
+        dv = torch.zeros(b, h, nkb, block_k * dv_dim, dtype=acc, device=v.device)
+        lse_safe = lse.masked_fill(torch.isinf(lse), 0.0)
         delta = (dout.to(acc) * out.to(acc)).sum(-1)  # (B, H, nqb, bq)
         if dlse is not None:
             delta = delta - dlse.view(b, h, nqb, block_q).to(acc)
@@ -120,20 +149,20 @@ class _BlockSparseAttention(torch.autograd.Function):
             blk0 = kv_index[s:e].clamp(min=0)
             kc, vc = _gather_blocks(kb, blk0), _gather_blocks(vb, blk0)
             qc, doc = qb[:, :, s:e], dout[:, :, s:e]
-            sc = torch.matmul(qc, kc.transpose(-1, -2)).to(acc).mul_(scale)
+            sc = torch.matmul(qc, kc.transpose(-1, -2)).to(acc)
             p = sc.sub_(lse_safe[:, :, s:e, :, None]).exp_().masked_fill_(~m, 0.0)
             dv_c = torch.matmul(p.to(doc.dtype).transpose(-1, -2), doc)  # (B, H, c, C*bk, Dv)
             dp = torch.matmul(doc, vc.transpose(-1, -2)).to(acc)
-            ds = p.mul_(dp.sub_(delta[:, :, s:e, :, None])).mul_(scale).to(q.dtype)
-            dq[:, :, s:e] = torch.matmul(ds, kc).to(acc)
-            dk_c = torch.matmul(ds.transpose(-1, -2), qc)  # (B, H, c, C*bk, D)
-            flat = blk0.reshape(-1)
-            dk.index_add_(2, flat, dk_c.reshape(b, h, flat.numel(), -1).to(acc))
-            dv.index_add_(2, flat, dv_c.reshape(b, h, flat.numel(), -1).to(acc))
-        dq = dq.view(b, h, lq, d).to(q.dtype)
+            ds = p.mul_(dp.sub_(delta[:, :, s:e, :, None])).to(qs.dtype)  # dL/dscores
+            dq[:, :, s:e] = torch.matmul(ds, kc).mul_(scale)  # scores = (q * scale) k^T
+            dk_c = torch.matmul(ds.transpose(-1, -2), qc)  # (B, H, c, C*bk, D), qc already scaled
+            cc = blk0.shape[1]
+            _scatter_blocks(dk, dk_c.reshape(b, h, e - s, cc, block_k * d).to(acc), blk0, s, band)
+            _scatter_blocks(dv, dv_c.reshape(b, h, e - s, cc, block_k * dv_dim).to(acc), blk0, s, band)
+        dq = dq.view(b, h, lq, d)
         dk = dk.view(b, h, -1, d).to(k.dtype)
-        dv = dv.view(b, h, -1, v.shape[-1]).to(v.dtype)
-        return dq, dk, dv, None, None, None, None, None, None, None, None
+        dv = dv.view(b, h, -1, dv_dim).to(v.dtype)
+        return dq, dk, dv, None, None, None, None, None, None, None, None, None
 
 
 def block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, part: Part, part_mask=None,
@@ -151,8 +180,12 @@ def block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, part: Part, part_mas
         ``out`` (B, H, Lq, Dv) and ``lse`` (B, H, Lq) in fp32; rows with no visible key give 0 and -inf.
     """
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    if part.band is None:  # computed once per plan; False = not a band
+        offset = band_offset(part.kv_index)
+        part.band = False if offset is None else offset
+    band = None if part.band is False else part.band
     return _BlockSparseAttention.apply(q, k, v, part.q_pos, part.k_pos, part.kv_index, part.block_q,
-                                       part.block_k, part_mask or part.mask, key_pad, scale)
+                                       part.block_k, part_mask or part.mask, key_pad, scale, band)
 
 
 def _take(x: Tensor, pos: Tensor, identity: bool, n: int) -> Tensor:
@@ -178,12 +211,20 @@ def merge_partials(outs: list[Tensor], lses: list[Tensor]) -> tuple[Tensor, Tens
     """Combine softmax attention over disjoint key sets: weights exp(lse_p - lse) (exact)."""
     if len(outs) == 1:
         return outs[0], lses[0]
-    lse = torch.logsumexp(torch.stack(lses), 0)
-    lse_safe = torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)
+    # Not torch.logsumexp: its backward is NaN on rows where every partial is -inf (a query that sees
+    # no key at all). The shift mx is a constant of the result, so detaching it is exact.
+    stacked = torch.stack(lses)  # (P, ...)
+    mx = stacked.amax(0).detach()
+    mx = torch.where(torch.isinf(mx), torch.zeros_like(mx), mx)
+    w = torch.exp(stacked - mx)  # 0 for -inf partials
+    total = w.sum(0)
+    seen = total > 0
+    total = torch.where(seen, total, torch.ones_like(total))
     out = None
-    for o, l in zip(outs, lses):
-        w = torch.exp(l - lse_safe).unsqueeze(-1).to(o.dtype)
-        out = o * w if out is None else out + o * w
+    for o, wp in zip(outs, w):
+        term = o * (wp / total).unsqueeze(-1).to(o.dtype)
+        out = term if out is None else out + term
+    lse = torch.where(seen, mx + total.log(), torch.full_like(mx, float("-inf")))
     return out, lse
 
 

@@ -53,6 +53,7 @@ class Part:
     mask: MaskFn
     identity_q: bool = False  # q_pos == arange(n) padded at the end: no gather needed
     identity_k: bool = False
+    band: int | bool | None = None  # kv_index[r, c] == r + c + band: set lazily by the kernel
 
 
 def _padded_arange(n: int, block: int, device=None) -> Tensor:
