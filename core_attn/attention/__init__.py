@@ -6,6 +6,12 @@ from core_attn.attention.dense import DenseAttention
 from core_attn.attention.local import LocalAttention
 from core_attn.attention.sparse_fixed import SparseFixedAttention
 from core_attn.attention.sparse_strided import SparseStridedAttention
+from core_attn.attention.linear import LinearAttention
+from core_attn.attention.linformer import LinformerAttention
+from core_attn.attention.nystrom import NystromAttention
+from core_attn.attention.lsh import LSHAttention
+from core_attn.attention.hierarchical import HierarchicalAttention
+from core_attn.attention.perceiver import PerceiverAttention
 
 __all__ = [
     "AttentionBase",
@@ -15,4 +21,10 @@ __all__ = [
     "LocalAttention",
     "SparseFixedAttention",
     "SparseStridedAttention",
+    "LinearAttention",
+    "LinformerAttention",
+    "NystromAttention",
+    "LSHAttention",
+    "HierarchicalAttention",
+    "PerceiverAttention",
 ]
