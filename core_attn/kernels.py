@@ -115,19 +115,23 @@ class _BlockSparseAttention(torch.autograd.Function):
             sc = torch.matmul(qb[:, :, s:e], kc.transpose(-1, -2)).to(acc)
             sc.masked_fill_(~m, float("-inf"))
             mx = sc.amax(-1, keepdim=True)
-            mx.masked_fill_(torch.isinf(mx), 0.0)
-            p = sc.sub_(mx).exp_()
+            mx.masked_fill_(torch.isinf(mx), 0.0)  # rows with no visible key: exp(-inf) = 0 below
+            p = sc.sub_(mx).exp_()  # separate passes beat torch.softmax on CPU here (measured)
             l = p.sum(-1, keepdim=True)
             o = torch.matmul(p.to(v.dtype), vc)
-            out[:, :, s:e] = (o / l.clamp_min(1e-30).to(o.dtype)).to(out.dtype)
+            out[:, :, s:e] = o.div_(l.clamp_min(1e-30).to(o.dtype))
             lse[:, :, s:e] = (mx + l.log()).squeeze(-1)
-        ctx.save_for_backward(qs, k, v, out, lse, kv_index)
+        ctx.save_for_backward(qs, k, v, kv_index, lse)
         ctx.masks, ctx.meta = masks, (block_q, block_k, scale, cq, band)
+        ctx.set_materialize_grads(False)  # an unused lse gets no zero-filled gradient to multiply
         return out.view(b, h, lq, -1), lse.view(b, h, lq)
 
     @staticmethod
     def backward(ctx, dout, dlse):
-        qs, k, v, out, lse, kv_index = ctx.saved_tensors
+        qs, k, v, kv_index, lse = ctx.saved_tensors
+        lse_safe = lse.masked_fill(torch.isinf(lse), 0.0)  # rows with no visible key
+        if dout is None:  # only the lse was used
+            dout = torch.zeros(*qs.shape[:3], v.shape[-1], dtype=v.dtype, device=v.device)
         block_q, block_k, scale, cq, band = ctx.meta
         b, h, lq, d = qs.shape
         dv_dim = v.shape[-1]
@@ -139,21 +143,23 @@ class _BlockSparseAttention(torch.autograd.Function):
         dq = torch.empty(b, h, nqb, block_q, d, dtype=qs.dtype, device=qs.device)
         dk = torch.zeros(b, h, nkb, block_k * d, dtype=acc, device=k.device)
         dv = torch.zeros(b, h, nkb, block_k * dv_dim, dtype=acc, device=v.device)
-        lse_safe = lse.masked_fill(torch.isinf(lse), 0.0)
-        delta = (dout.to(acc) * out.to(acc)).sum(-1)  # (B, H, nqb, bq)
         if dlse is not None:
-            delta = delta - dlse.view(b, h, nqb, block_q).to(acc)
+            dlse = dlse.view(b, h, nqb, block_q).to(acc)
         for ci, s in enumerate(range(0, nqb, cq)):
             e = min(nqb, s + cq)
             m = ctx.masks[ci]
             blk0 = kv_index[s:e].clamp(min=0)
             kc, vc = _gather_blocks(kb, blk0), _gather_blocks(vb, blk0)
             qc, doc = qb[:, :, s:e], dout[:, :, s:e]
-            sc = torch.matmul(qc, kc.transpose(-1, -2)).to(acc)
-            p = sc.sub_(lse_safe[:, :, s:e, :, None]).exp_().masked_fill_(~m, 0.0)
+            sc = torch.matmul(qc, kc.transpose(-1, -2)).to(acc).masked_fill_(~m, float("-inf"))
+            p = sc.sub_(lse_safe[:, :, s:e, :, None]).exp_()  # the probabilities, recomputed
             dv_c = torch.matmul(p.to(doc.dtype).transpose(-1, -2), doc)  # (B, H, c, C*bk, Dv)
             dp = torch.matmul(doc, vc.transpose(-1, -2)).to(acc)
-            ds = p.mul_(dp.sub_(delta[:, :, s:e, :, None])).to(qs.dtype)  # dL/dscores
+            # dL/dscores = p * (dp - rowsum(dp * p)) [+ p * dlse when the lse feeds a merge]
+            ds = torch._softmax_backward_data(dp, p, -1, acc)
+            if dlse is not None:
+                ds.addcmul_(p, dlse[:, :, s:e, :, None])
+            ds = ds.to(qs.dtype)
             dq[:, :, s:e] = torch.matmul(ds, kc).mul_(scale)  # scores = (q * scale) k^T
             dk_c = torch.matmul(ds.transpose(-1, -2), qc)  # (B, H, c, C*bk, D), qc already scaled
             cc = blk0.shape[1]
