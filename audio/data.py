@@ -1,0 +1,424 @@
+"""Speech data: LibriSpeech folders, JSONL manifests and the built-in synthetic corpus.
+
+Every source becomes a list of :class:`Segment` (file, transcript, offset, duration). Audio is read with
+``soundfile`` (any format libsndfile reads: FLAC, WAV, OGG, ...), mixed to mono and resampled to the
+model's rate with ``torchaudio.functional.resample``. At setup every segment is read once and checked:
+unreadable or wrong-format files, truncated files, empty audio and silence-only audio raise a
+:class:`BadAudioError` naming the file, or with ``skip_bad=True`` are left out and counted per reason.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from audio.text import CharTokenizer, normalize_text
+from core_attn._checks import check_float, check_int
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+
+class BadAudioError(ValueError):
+    """An audio file that cannot be used; ``reason`` is one of ``unreadable``, ``truncated``, ``empty``,
+    ``silent``."""
+
+    def __init__(self, path: str | Path, reason: str, detail: str):
+        self.path, self.reason = str(path), reason
+        super().__init__(f"bad audio {path}: {reason}: {detail}; fix or remove it, or set data.skip_bad=true "
+                         "to skip bad audio (skipped files are counted and logged)")
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A transcribed stretch of one audio file: ``duration`` None means to the end of the file."""
+
+    audio: str
+    text: str
+    offset: float = 0.0
+    duration: float | None = None
+
+
+# -- sources -----------------------------------------------------------------------------------------
+def read_librispeech(root: str | Path, split: str) -> list[Segment]:
+    """The utterances of ``<root>/<split>/<speaker>/<chapter>/`` (``*.flac`` plus ``*.trans.txt``), sorted."""
+    base = Path(root) / split
+    if not base.is_dir():
+        raise FileNotFoundError(f"LibriSpeech split folder {base} does not exist (data.root={str(root)!r}, "
+                                f"split {split!r})")
+    out = []
+    for trans in sorted(base.glob("*/*/*.trans.txt")):
+        for n, line in enumerate(trans.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            uid, _, text = line.strip().partition(" ")
+            audio = trans.parent / f"{uid}.flac"
+            if not text:
+                raise ValueError(f"{trans}:{n}: expected '<utterance id> <TRANSCRIPT>'; got {line!r}")
+            out.append(Segment(str(audio), text))
+    if not out:
+        raise ValueError(f"no transcripts (*/*/*.trans.txt) under {base}")
+    return out
+
+
+def read_manifest(path: str | Path) -> list[Segment]:
+    """One :class:`Segment` per line of a JSONL manifest: ``{"audio": path, "text": ..., "offset": s,
+    "duration": s}`` (offset and duration optional; relative paths are relative to the manifest)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest {path} does not exist")
+    out = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            audio, text = row["audio"], row["text"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ValueError(f"{path}:{n}: expected a JSON object with 'audio' and 'text'; {type(e).__name__}: {e}") from e
+        duration = row.get("duration")
+        audio_path = Path(audio) if Path(audio).is_absolute() else path.parent / audio
+        out.append(Segment(str(audio_path), str(text), float(row.get("offset") or 0.0),
+                           None if duration is None else float(duration)))
+    return out
+
+
+# -- reading audio -------------------------------------------------------------------------------------
+_CHUNK_SIZE = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+
+
+def _check_header(path: str, info: str) -> None:
+    """WAV/AIFF: libsndfile clamps a data chunk that runs past the end of the file and notes the size it
+    should have had; a shorter file than its header announces is truncated. (Streaming writers leave a
+    placeholder size, 0 or near 2**31/2**32, which is not a truncation.)"""
+    m = _CHUNK_SIZE.search(info)
+    if m:
+        announced, actual = int(m.group(1)), int(m.group(2))
+        if 0 < announced < 0x7FFF0000 and actual < announced:
+            raise BadAudioError(path, "truncated", f"the header announces {announced} bytes of audio but the file "
+                                f"holds {actual}")
+
+
+def load_audio(seg: Segment | str, sample_rate: int, *, silence_db: float = -60.0) -> Tensor:
+    """Float32 mono samples (L,) of a segment (or a whole file) at ``sample_rate``; raises :class:`BadAudioError`."""
+    seg = Segment(str(seg), "") if not isinstance(seg, Segment) else seg
+    opened = False
+    try:
+        with sf.SoundFile(seg.audio) as f:
+            opened = True
+            rate, frames = f.samplerate, f.frames
+            _check_header(seg.audio, f.extra_info)
+            start = int(round(seg.offset * rate))
+            want = frames - start if seg.duration is None else int(round(seg.duration * rate))
+            if start > frames or (seg.duration is not None and start + want > frames + 1):
+                raise BadAudioError(seg.audio, "truncated", f"the file has {frames / rate:.3f} s but the segment "
+                                    f"asks for {seg.offset:.3f} + {(seg.duration or 0):.3f} s")
+            f.seek(min(start, frames))
+            data = f.read(max(0, min(want, frames - start)), dtype="float32", always_2d=True)
+    except BadAudioError:
+        raise
+    except Exception as e:  # libsndfile raises LibsndfileError/RuntimeError/TypeError for unreadable files
+        # opened but not decodable to the end (e.g. FLAC "lost sync"): cut short or corrupt
+        reason = "truncated" if opened else "unreadable"
+        raise BadAudioError(seg.audio, reason, f"{type(e).__name__}: {e}") from e
+    if data.shape[0] == 0:
+        raise BadAudioError(seg.audio, "empty", "no samples")
+    if data.shape[0] < want - 1:
+        raise BadAudioError(seg.audio, "truncated", f"read {data.shape[0]} of the {want} samples its header announces")
+    if not np.isfinite(data).all():
+        raise BadAudioError(seg.audio, "unreadable", "samples are NaN or infinite")
+    wave = torch.from_numpy(data.mean(axis=1))
+    peak = float(wave.abs().max())
+    if peak <= 10 ** (silence_db / 20):
+        raise BadAudioError(seg.audio, "silent", f"peak level {20 * math.log10(max(peak, 1e-12)):.1f} dBFS is at or "
+                            f"below silence_db={silence_db}")
+    if rate != sample_rate:
+        wave = AF.resample(wave, rate, sample_rate)
+    return wave
+
+
+class SpeechDataset(Dataset):
+    """Segments read on demand: item ``i`` is ``(waveform (L,), token ids (S,), normalised text)``."""
+
+    def __init__(self, segments: list[Segment], durations: list[float], sample_rate: int, silence_db: float):
+        self.segments, self.durations = segments, durations
+        self.sample_rate, self.silence_db = sample_rate, silence_db
+        self.tokenizer = CharTokenizer()
+
+    def __len__(self) -> int:
+        return len(self.segments)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor, str]:
+        seg = self.segments[index]
+        wave = load_audio(seg, self.sample_rate, silence_db=self.silence_db)
+        return wave, self.tokenizer.encode(seg.text), normalize_text(seg.text)
+
+
+def collate(items: list[tuple[Tensor, Tensor, str]]) -> dict:
+    """Pad a list of dataset items into ``{"audio" (B, L), "audio_lens" (B,), "targets" (B, S),
+    "target_lens" (B,), "texts" [B]}``."""
+    waves, targets, texts = zip(*items)
+    audio = torch.nn.utils.rnn.pad_sequence(list(waves), batch_first=True)
+    tgt = torch.nn.utils.rnn.pad_sequence(list(targets), batch_first=True)
+    return {"audio": audio, "audio_lens": torch.tensor([len(w) for w in waves]),
+            "targets": tgt, "target_lens": torch.tensor([len(t) for t in targets]), "texts": list(texts)}
+
+
+class BucketBatchSampler(Sampler[list[int]]):
+    """Batches of similar length (less padding): shuffle, sort within pools of ``50 * batch_size``, cut
+    into batches, shuffle the batches. The order is a pure function of ``(seed, epoch)``; without
+    ``shuffle`` the batches follow the sorted lengths.
+    """
+
+    def __init__(self, durations: list[float], batch_size: int, *, shuffle: bool, seed: int = 0):
+        self.durations, self.batch_size, self.shuffle, self.seed = durations, batch_size, shuffle, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _batches(self) -> list[list[int]]:
+        n, bs = len(self.durations), self.batch_size
+        if not self.shuffle:
+            order = sorted(range(n), key=lambda i: self.durations[i])
+            return [order[i:i + bs] for i in range(0, n, bs)]
+        rng = np.random.default_rng((self.seed, self.epoch))
+        order = rng.permutation(n).tolist()
+        pool = 50 * bs
+        batches = []
+        for p in range(0, n, pool):
+            chunk = sorted(order[p:p + pool], key=lambda i: self.durations[i])
+            batches += [chunk[i:i + bs] for i in range(0, len(chunk), bs)]
+        return [batches[i] for i in rng.permutation(len(batches))]
+
+    def __iter__(self):
+        return iter(self._batches())
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.durations) / self.batch_size)
+
+
+# -- datamodules ---------------------------------------------------------------------------------------
+class SpeechDataModule(pl.LightningDataModule):
+    """The part shared by every speech source: checking, filtering, batching.
+
+    Args:
+        sample_rate: the model's sample rate; other rates are resampled.
+        batch_size: utterances per batch (batches group similar lengths).
+        num_workers: DataLoader worker processes.
+        max_train_seconds: training utterances longer than this are left out (counted, logged).
+        silence_db: a segment whose peak is at or below this level (dBFS) is silence-only: bad audio.
+        skip_bad: skip and count bad audio instead of raising.
+        seed: the batch order.
+    """
+
+    def __init__(self, *, sample_rate: int = 16000, batch_size: int = 16, num_workers: int = 0,
+                 max_train_seconds: float = 20.0, silence_db: float = -60.0, skip_bad: bool = False, seed: int = 0):
+        super().__init__()
+        check_int("sample_rate", sample_rate, min_value=1000)
+        check_int("batch_size", batch_size, min_value=1)
+        check_int("num_workers", num_workers, min_value=0)
+        check_float("max_train_seconds", max_train_seconds, min_value=0.1)
+        check_float("silence_db", silence_db, max_value=0.0)
+        self.sample_rate, self.batch_size, self.num_workers = sample_rate, batch_size, num_workers
+        self.max_train_seconds, self.silence_db, self.skip_bad, self.seed = max_train_seconds, silence_db, skip_bad, seed
+        self.datasets: dict[str, SpeechDataset] = {}
+        self.skipped: Counter = Counter()  # reason -> count
+        self.skipped_files: list[str] = []
+
+    def segments(self, split: str) -> list[Segment]:  # pragma: no cover - interface
+        """The segments of ``split`` (``train``/``val``/``test``)."""
+        raise NotImplementedError
+
+    def _checked(self, split: str) -> SpeechDataset:
+        good, durations = [], []
+        for seg in self.segments(split):
+            try:
+                wave = load_audio(seg, self.sample_rate, silence_db=self.silence_db)
+            except BadAudioError as e:
+                if not self.skip_bad:
+                    raise
+                self.skipped[e.reason] += 1
+                self.skipped_files.append(e.path)
+                continue
+            seconds = len(wave) / self.sample_rate
+            if split == "train" and seconds > self.max_train_seconds:
+                self.skipped["too_long"] += 1
+                continue
+            good.append(seg)
+            durations.append(seconds)
+        if not good:
+            raise ValueError(f"no usable audio in the {split} split (skipped: {dict(self.skipped)})")
+        return SpeechDataset(good, durations, self.sample_rate, self.silence_db)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        for split in SPLITS:
+            self.datasets[split] = self._checked(split)
+        if self.skipped:
+            shown = ", ".join(self.skipped_files[:5])
+            log.warning("skipped %s (data.skip_bad=%s, data.max_train_seconds=%s)%s", dict(self.skipped),
+                        self.skip_bad, self.max_train_seconds, f": {shown} ..." if shown else "")
+
+    def _loader(self, split: str) -> DataLoader:
+        self.setup()
+        ds = self.datasets[split]
+        sampler = BucketBatchSampler(ds.durations, self.batch_size, shuffle=split == "train", seed=self.seed)
+        return DataLoader(ds, batch_sampler=sampler, collate_fn=collate, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+
+class LibriSpeechDataModule(SpeechDataModule):
+    """LibriSpeech folders: ``<root>/<split>/<speaker>/<chapter>/*.flac`` with ``*.trans.txt``.
+
+    Args:
+        root: the folder holding the split folders (e.g. ``LibriSpeech/``).
+        train_split / val_split / test_split: split folder names (e.g. ``train-clean-100``, ``dev-clean``).
+        **common: see :class:`SpeechDataModule`.
+    """
+
+    def __init__(self, *, root: str, train_split: str = "train-clean-100", val_split: str = "dev-clean",
+                 test_split: str = "test-clean", sample_rate: int = 16000, batch_size: int = 16,
+                 num_workers: int = 0, max_train_seconds: float = 20.0, silence_db: float = -60.0,
+                 skip_bad: bool = False, seed: int = 0):
+        super().__init__(sample_rate=sample_rate, batch_size=batch_size, num_workers=num_workers,
+                         max_train_seconds=max_train_seconds, silence_db=silence_db, skip_bad=skip_bad, seed=seed)
+        self.save_hyperparameters()
+        self.root = root
+        self.splits = {"train": train_split, "val": val_split, "test": test_split}
+
+    def segments(self, split: str) -> list[Segment]:
+        return read_librispeech(self.root, self.splits[split])
+
+
+class ManifestDataModule(SpeechDataModule):
+    """JSONL manifests, one per split (see :func:`read_manifest`).
+
+    Args:
+        train / val / test: manifest paths.
+        **common: see :class:`SpeechDataModule`.
+    """
+
+    def __init__(self, *, train: str, val: str, test: str, sample_rate: int = 16000, batch_size: int = 16,
+                 num_workers: int = 0, max_train_seconds: float = 20.0, silence_db: float = -60.0,
+                 skip_bad: bool = False, seed: int = 0):
+        super().__init__(sample_rate=sample_rate, batch_size=batch_size, num_workers=num_workers,
+                         max_train_seconds=max_train_seconds, silence_db=silence_db, skip_bad=skip_bad, seed=seed)
+        self.save_hyperparameters()
+        self.manifests = {"train": train, "val": val, "test": test}
+
+    def segments(self, split: str) -> list[Segment]:
+        return read_manifest(self.manifests[split])
+
+
+class SyntheticSpeechDataModule(SpeechDataModule):
+    """The built-in corpus (:mod:`audio.synth`): generated once into ``<cache_dir>/<hash of the spec>/``.
+
+    Args:
+        cache_dir: where corpora are kept (``${paths.data_dir}/audio/synthetic``).
+        train / val / test / longform_recordings / longform_minutes / engines / sentences_file / corpus_seed:
+            the corpus (see :class:`audio.synth.CorpusSpec`).
+        test_split: ``test`` (single utterances), ``long-form`` (whole recordings) or
+            ``long-form-segments`` (the long-form recordings cut per utterance).
+        synth_workers: synthesiser processes run in parallel while generating.
+        **common: see :class:`SpeechDataModule`.
+    """
+
+    def __init__(self, *, cache_dir: str = "data/audio/synthetic", train: int = 4000, val: int = 200, test: int = 300,
+                 longform_recordings: int = 4, longform_minutes: float = 3.0, engines: tuple[str, ...] = ("espeak-ng",),
+                 sentences_file: str | None = None, corpus_seed: int = 0, test_split: str = "test",
+                 synth_workers: int = 2, sample_rate: int = 16000, batch_size: int = 16, num_workers: int = 0,
+                 max_train_seconds: float = 20.0, silence_db: float = -60.0, skip_bad: bool = False, seed: int = 0):
+        super().__init__(sample_rate=sample_rate, batch_size=batch_size, num_workers=num_workers,
+                         max_train_seconds=max_train_seconds, silence_db=silence_db, skip_bad=skip_bad, seed=seed)
+        from audio.synth import CorpusSpec
+
+        engines = tuple(engines)  # a Hydra ListConfig would not load from a checkpoint with weights_only
+        self.save_hyperparameters()
+        for name, n in (("train", train), ("val", val), ("test", test)):
+            check_int(name, n, min_value=1)
+        check_int("longform_recordings", longform_recordings, min_value=0)
+        if test_split not in ("test", "long-form", "long-form-segments"):
+            raise ValueError(f"test_split={test_split!r} is not allowed; expected one of "
+                             "['test', 'long-form', 'long-form-segments']")
+        self.spec = CorpusSpec(train=train, val=val, test=test, longform_recordings=longform_recordings,
+                               longform_minutes=float(longform_minutes), engines=tuple(engines),
+                               sentences_file=sentences_file, seed=corpus_seed)
+        self.cache_dir, self.test_split, self.synth_workers = Path(cache_dir), test_split, synth_workers
+        self._folder: Path | None = None
+
+    @property
+    def folder(self) -> Path:
+        """The corpus folder (generated on first use)."""
+        if self._folder is None:
+            self._folder = ensure_corpus(self.cache_dir, self.spec, workers=self.synth_workers)
+        return self._folder
+
+    def prepare_data(self) -> None:
+        self.folder  # noqa: B018 - generates the corpus once, before any worker starts
+
+    def manifest(self, name: str) -> Path:
+        """The manifest of ``name``: train, val, test, long-form or long-form-segments."""
+        return self.folder / f"{name}.jsonl"
+
+    def segments(self, split: str) -> list[Segment]:
+        return read_manifest(self.manifest(self.test_split if split == "test" else split))
+
+    def _loader(self, split: str) -> DataLoader:
+        if split == "test" and self.test_split == "long-form":  # whole recordings, one at a time
+            self.setup()
+            return DataLoader(self.datasets["test"], batch_size=1, collate_fn=collate, num_workers=self.num_workers)
+        return super()._loader(split)
+
+
+def ensure_corpus(cache_dir: str | Path, spec, *, workers: int = 2) -> Path:
+    """The folder of the corpus ``spec`` under ``cache_dir``, synthesised first if it is not there yet
+    (into a temporary folder renamed when complete, so an interrupted run leaves nothing half-made)."""
+    import os
+    import shutil
+
+    from audio.synth import build_corpus, check_engines
+
+    check_engines(spec.engines)
+    folder = Path(cache_dir) / spec.key()
+    if (folder / "corpus.json").is_file():
+        return folder
+    tmp = Path(cache_dir) / f".{folder.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    log.info("synthesising the built-in speech corpus into %s (once; cached)", folder)
+    try:
+        build_corpus(tmp, spec, workers=workers, log=log.info)
+        if (folder / "corpus.json").is_file():  # another process finished first
+            shutil.rmtree(tmp)
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+            os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder

@@ -1,0 +1,146 @@
+"""CTC decoding (greedy and beam search), word timestamps from the CTC alignment, WER and CER.
+
+Greedy decoding takes the best class per frame, merges repeats and drops blanks (Graves et al. 2006);
+each emitted character keeps the frames of its run, so a word spans from the first frame of its first
+letter to the last frame of its last letter. Beam search is flashlight's lexicon-free CTC decoder
+through ``torchaudio.models.decoder.ctc_decoder`` (optional package ``flashlight-text``), with an
+optional KenLM language model and lexicon; its word times come from the decoder's token time steps.
+WER and CER are torchmetrics' (Levenshtein distance over words / characters).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from audio.text import CharTokenizer
+from core_attn._checks import check_choice, check_float, check_int
+
+BEAM_HINT = "beam search needs the flashlight-text package: `pip install flashlight-text` (or use decoder=greedy)"
+
+
+@dataclass
+class Word:
+    """A recognised word and its time span in seconds."""
+
+    word: str
+    start: float
+    end: float
+
+
+@dataclass
+class Transcript:
+    """Text and word timings of one recording."""
+
+    text: str
+    words: list[Word] = field(default_factory=list)
+
+
+def collapse(ids: Tensor, blank: int = 0) -> tuple[list[int], list[tuple[int, int]]]:
+    """CTC collapse of a frame-level path (N,): the tokens and each token's (first, last) frame."""
+    ids = ids.tolist()
+    tokens, spans = [], []
+    prev = blank
+    for t, i in enumerate(ids):
+        if i != blank and i == prev:
+            spans[-1] = (spans[-1][0], t)
+        elif i != blank:
+            tokens.append(i)
+            spans.append((t, t))
+        prev = i
+    return tokens, spans
+
+
+def words_from_tokens(tokens: Sequence[int], frames: Sequence[tuple[int, int]], tokenizer: CharTokenizer,
+                      frame_seconds: float, offset: float = 0.0) -> list[Word]:
+    """Group characters into words at spaces; a word spans its letters' frames (end exclusive)."""
+    words, chars, first, last = [], [], None, None
+    for tok, (f0, f1) in list(zip(tokens, frames)) + [(tokenizer.space, (0, 0))]:
+        if tok == tokenizer.space:
+            if chars:
+                words.append(Word("".join(chars), round(offset + first * frame_seconds, 3),
+                                  round(offset + (last + 1) * frame_seconds, 3)))
+            chars, first = [], None
+            continue
+        chars.append(tokenizer.vocab[tok])
+        first = f0 if first is None else first
+        last = f1
+    return words
+
+
+def greedy_decode(log_probs: Tensor, tokenizer: CharTokenizer, frame_seconds: float) -> Transcript:
+    """Best path of (N, V) log-probabilities, with word timestamps."""
+    tokens, spans = collapse(log_probs.argmax(-1), tokenizer.blank)
+    words = words_from_tokens(tokens, spans, tokenizer, frame_seconds)
+    return Transcript(" ".join(w.word for w in words), words)
+
+
+def greedy_texts(log_probs: Tensor, lengths: Tensor, tokenizer: CharTokenizer) -> list[str]:
+    """Greedy transcripts of a batch (B, N, V) with valid ``lengths``."""
+    best = log_probs.argmax(-1)
+    return [" ".join(tokenizer.decode(collapse(best[b, :n], tokenizer.blank)[0]).split())
+            for b, n in enumerate(lengths.tolist())]
+
+
+class BeamSearchDecoder:
+    """Flashlight's CTC beam search (``torchaudio.models.decoder.ctc_decoder``), lexicon-free unless a
+    lexicon is given.
+
+    Args:
+        tokenizer: the character vocabulary (blank -> ``-``, space -> ``|`` for flashlight).
+        beam_size: hypotheses kept per frame.
+        beam_threshold: prune hypotheses scoring this far below the best.
+        lm: a KenLM language model file (``.arpa`` or ``.bin``), or ``None``.
+        lexicon: a lexicon file (``word c h a r s |`` per line) restricting words, or ``None``.
+        lm_weight: language model weight.
+        word_score: score added per word.
+    """
+
+    def __init__(self, tokenizer: CharTokenizer, *, beam_size: int = 16, beam_threshold: float = 25.0,
+                 lm: str | None = None, lexicon: str | None = None, lm_weight: float = 2.0, word_score: float = 0.0):
+        try:
+            from torchaudio.models.decoder import ctc_decoder
+            from flashlight.lib.text import decoder as _  # noqa: F401 - import check for the message below
+        except ImportError as e:
+            raise ImportError(BEAM_HINT) from e
+        self.tokenizer = tokenizer
+        tokens = ["-", "|"] + list(tokenizer.vocab[2:])
+        self.decoder = ctc_decoder(lexicon=lexicon, tokens=tokens, lm=lm, nbest=1,
+                                   beam_size=check_int("beam_size", beam_size, min_value=1),
+                                   beam_threshold=check_float("beam_threshold", beam_threshold, min_value=0.0),
+                                   lm_weight=lm_weight, word_score=word_score, blank_token="-", sil_token="|")
+
+    def decode(self, log_probs: Tensor, frame_seconds: float) -> Transcript:
+        """Best hypothesis of (N, V) log-probabilities, with word timestamps."""
+        hyp = self.decoder(log_probs[None].float().cpu().contiguous())[0][0]
+        tokens = [int(t) for t in hyp.tokens]
+        steps = [int(s) for s in hyp.timesteps]
+        keep = [(t, (s, s)) for t, s in zip(tokens, steps) if t != self.tokenizer.blank]
+        words = words_from_tokens([t for t, _ in keep], [f for _, f in keep], self.tokenizer, frame_seconds)
+        return Transcript(" ".join(w.word for w in words), words)
+
+    def texts(self, log_probs: Tensor, lengths: Tensor) -> list[str]:
+        """Transcripts of a batch (B, N, V) with valid ``lengths``."""
+        hyps = self.decoder(log_probs.float().cpu().contiguous(), lengths.cpu().to(torch.int32))
+        return [" ".join(self.tokenizer.decode([int(t) for t in h[0].tokens]).split()) for h in hyps]
+
+
+def make_decoder(kind: str, tokenizer: CharTokenizer, *, beam_size: int = 16, lm: str | None = None,
+                 lexicon: str | None = None, lm_weight: float = 2.0, word_score: float = 0.0):
+    """``None`` for greedy, else a :class:`BeamSearchDecoder`."""
+    check_choice("decoder", kind, ("greedy", "beam"))
+    if kind == "greedy":
+        return None
+    return BeamSearchDecoder(tokenizer, beam_size=beam_size, lm=lm, lexicon=lexicon, lm_weight=lm_weight,
+                             word_score=word_score)
+
+
+def error_rates(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """``{"wer": ..., "cer": ...}`` of whole corpora (errors summed over utterances / reference length)."""
+    from torchmetrics.functional.text import char_error_rate, word_error_rate
+
+    return {"wer": float(word_error_rate(list(predictions), list(references))),
+            "cer": float(char_error_rate(list(predictions), list(references)))}

@@ -1,0 +1,230 @@
+"""Log-mel features, SpecAugment, and their streaming forms for recordings of any length.
+
+Park et al. 2019, "SpecAugment: A Simple Data Augmentation Method for Automatic Speech Recognition"
+(arXiv:1904.08779). The streaming resampler and log-mel give the same frames as the whole-file
+computation (tested), so one-pass transcription reads a file block by block and never holds more than
+the features of the recording (80 floats per 10 ms: 115 MB per hour).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio
+import torchaudio.functional as AF
+from torch import Tensor, nn
+
+from core_attn._checks import check_float, check_int
+
+# Fixed normalisation of log-mel values (measured on the built-in corpus: mean -5.3, std 5.3). A fixed
+# affine, unlike per-utterance statistics, is the same for a 3 s utterance and an hour-long recording.
+LOG_MEL_MEAN = -5.3
+LOG_MEL_STD = 5.3
+
+
+class LogMelFeatures(nn.Module):
+    """Normalised log-mel filterbank features of 16 kHz (or ``sample_rate``) audio.
+
+    Frames are not centred: frame ``t`` covers samples ``[t * hop, t * hop + n_fft)``, so a recording
+    can be cut into blocks and featurised block by block with identical results.
+
+    Args:
+        sample_rate: audio sample rate.
+        n_fft: window length in samples (400: 25 ms).
+        hop_length: frame step in samples (160: 10 ms).
+        n_mels: mel bands.
+        f_min / f_max: band edges in Hz (``f_max`` None: Nyquist).
+    """
+
+    def __init__(self, *, sample_rate: int = 16000, n_fft: int = 400, hop_length: int = 160, n_mels: int = 80,
+                 f_min: float = 20.0, f_max: float | None = None):
+        super().__init__()
+        self.sample_rate = check_int("sample_rate", sample_rate, min_value=1000)
+        self.n_fft = check_int("n_fft", n_fft, min_value=16)
+        self.hop_length = check_int("hop_length", hop_length, min_value=1, max_value=n_fft)
+        self.n_mels = check_int("n_mels", n_mels, min_value=1)
+        self.mel = torchaudio.transforms.MelSpectrogram(sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels,
+                                                        f_min=check_float("f_min", f_min, min_value=0.0),
+                                                        f_max=f_max, center=False, power=2.0)
+
+    @property
+    def frame_seconds(self) -> float:
+        return self.hop_length / self.sample_rate
+
+    def num_frames(self, lengths: Tensor) -> Tensor:
+        """Frames of waveforms with ``lengths`` samples (0 when shorter than one window)."""
+        return torch.where(lengths >= self.n_fft, 1 + (lengths - self.n_fft).div(self.hop_length, rounding_mode="floor"), 0)
+
+    def forward(self, audio: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(B, L) samples -> (B, T, n_mels) features and (B,) frame counts."""
+        if audio.dim() != 2:
+            raise ValueError(f"audio must have shape (B, L); got {tuple(audio.shape)}")
+        if audio.shape[-1] < self.n_fft:
+            raise ValueError(f"audio of {audio.shape[-1]} samples is shorter than one analysis window "
+                             f"(n_fft={self.n_fft} samples, {self.n_fft / self.sample_rate * 1000:.0f} ms)")
+        if lengths is None:
+            lengths = torch.full((audio.shape[0],), audio.shape[-1], device=audio.device)
+        with torch.autocast(audio.device.type, enabled=False):
+            mel = self.mel(audio.float())  # (B, n_mels, T)
+            feats = (torch.log(mel + 1e-6) - LOG_MEL_MEAN) / LOG_MEL_STD
+        return feats.transpose(1, 2), self.num_frames(lengths)
+
+
+class SpecAugment(nn.Module):
+    """Frequency and time masks (torchaudio's ``FrequencyMasking``/``TimeMasking``, independent per
+    utterance), applied in training only.
+
+    Args:
+        freq_masks: number of frequency masks.
+        freq_width: largest frequency mask, in mel bands.
+        time_masks: number of time masks.
+        time_width: largest time mask, in frames.
+        time_fraction: a time mask covers at most this fraction of the utterance.
+    """
+
+    def __init__(self, *, freq_masks: int = 2, freq_width: int = 15, time_masks: int = 5, time_width: int = 40,
+                 time_fraction: float = 0.05):
+        super().__init__()
+        self.freq_masks = check_int("freq_masks", freq_masks, min_value=0)
+        self.time_masks = check_int("time_masks", time_masks, min_value=0)
+        self.freq = torchaudio.transforms.FrequencyMasking(check_int("freq_width", freq_width, min_value=0), iid_masks=True)
+        self.time = torchaudio.transforms.TimeMasking(check_int("time_width", time_width, min_value=0), iid_masks=True,
+                                                      p=check_float("time_fraction", time_fraction, min_value=0.0, max_value=1.0))
+
+    def forward(self, feats: Tensor) -> Tensor:
+        """(B, T, F) -> (B, T, F) with masked stretches set to 0 (the normalised mean)."""
+        if not self.training:
+            return feats
+        x = feats.transpose(1, 2).unsqueeze(1)  # (B, 1, F, T)
+        for _ in range(self.freq_masks):
+            x = self.freq(x)
+        for _ in range(self.time_masks):
+            x = self.time(x)
+        return x.squeeze(1).transpose(1, 2)
+
+
+class WaveAugment(nn.Module):
+    """Random gain and additive white noise per utterance, in training only (synthetic speech has
+    digital silence and one loudness; real recordings have neither).
+
+    Args:
+        gain_db: the gain is uniform in ``[-gain_db, gain_db]`` dB.
+        snr_db: noise at a signal-to-noise ratio uniform in ``[snr_db[0], snr_db[1]]`` dB.
+    """
+
+    def __init__(self, *, gain_db: float = 6.0, snr_db: tuple[float, float] = (15.0, 50.0)):
+        super().__init__()
+        self.gain_db = check_float("gain_db", gain_db, min_value=0.0)
+        if len(snr_db) != 2 or snr_db[0] > snr_db[1]:
+            raise ValueError(f"snr_db={list(snr_db)} must be [low, high] with low <= high")
+        self.snr_db = (float(snr_db[0]), float(snr_db[1]))
+
+    def forward(self, audio: Tensor, lengths: Tensor) -> Tensor:
+        """(B, L) -> (B, L); padding stays zero."""
+        if not self.training:
+            return audio
+        b = audio.shape[0]
+        valid = torch.arange(audio.shape[1], device=audio.device)[None, :] < lengths[:, None]  # (B, L)
+        rms = (audio.square().sum(1) / lengths.clamp_min(1)).sqrt()  # (B,)
+        snr = torch.empty(b, device=audio.device).uniform_(*self.snr_db)
+        gain = 10 ** (torch.empty(b, device=audio.device).uniform_(-self.gain_db, self.gain_db) / 20)
+        noise = torch.randn_like(audio) * (rms * 10 ** (-snr / 20))[:, None]
+        return (audio + noise * valid) * gain[:, None]
+
+
+# -- streaming ---------------------------------------------------------------------------------------
+class StreamingResampler:
+    """``torchaudio.functional.resample`` of a long signal given in blocks, with the same output as
+    resampling it whole: each block is resampled with enough context on both sides for the sinc
+    filter, at input positions that are multiples of ``orig / gcd``, so output samples line up."""
+
+    def __init__(self, orig_freq: int, new_freq: int):
+        g = math.gcd(orig_freq, new_freq)
+        self.orig, self.new, self.og, self.ng = orig_freq, new_freq, orig_freq // g, new_freq // g
+        width = math.ceil(6 * self.og / (min(self.og, self.ng) * 0.99))  # torchaudio's filter half-width
+        self.ctx = self.og * math.ceil((width + self.og + 1) / self.og)
+        self.buf = torch.zeros(0)
+        self.buf_start = 0  # global input index of buf[0]
+        self.done = 0  # inputs [0, done) have been emitted; a multiple of og
+
+    def _run(self, end: int, final: bool) -> Tensor:
+        left = min(self.ctx, self.done)
+        a = self.done - left
+        seg = self.buf[a - self.buf_start:(end if final else end + self.ctx) - self.buf_start]
+        y = AF.resample(seg, self.orig, self.new)
+        first = left // self.og * self.ng
+        out = y[first:] if final else y[first:first + (end - self.done) // self.og * self.ng]
+        self.done = end
+        keep_from = max(0, end - self.ctx) - self.buf_start
+        self.buf, self.buf_start = self.buf[keep_from:], self.buf_start + keep_from
+        return out
+
+    def push(self, x: Tensor) -> Tensor:
+        """Add samples; return the output samples that are final."""
+        if self.orig == self.new:
+            return x
+        self.buf = torch.cat([self.buf, x])
+        total = self.buf_start + len(self.buf)
+        end = (total - self.ctx) // self.og * self.og
+        return self._run(end, False) if end > self.done else x.new_zeros(0)
+
+    def flush(self) -> Tensor:
+        """The rest of the output, after the last block."""
+        if self.orig == self.new:
+            return torch.zeros(0)
+        return self._run(self.buf_start + len(self.buf), True)
+
+
+class StreamingLogMel:
+    """:class:`LogMelFeatures` of a signal given in blocks; frames identical to the whole-signal ones."""
+
+    def __init__(self, features: LogMelFeatures):
+        self.features = features
+        self.buf = torch.zeros(0)
+
+    def push(self, x: Tensor) -> Tensor:
+        """Add samples; return the new complete frames (T, n_mels)."""
+        self.buf = torch.cat([self.buf, x])
+        f = self.features
+        if len(self.buf) < f.n_fft:
+            return torch.zeros(0, f.n_mels)
+        n = 1 + (len(self.buf) - f.n_fft) // f.hop_length
+        used = (n - 1) * f.hop_length + f.n_fft
+        feats, _ = f(self.buf[None, :used])
+        self.buf = self.buf[n * f.hop_length:]
+        return feats[0]
+
+
+def read_blocks(path: str | Path, block_seconds: float = 30.0) -> Iterator[tuple[Tensor, int]]:
+    """Mono float32 blocks of ``path`` and its sample rate, read with soundfile (any length)."""
+    with sf.SoundFile(str(path)) as f:
+        block = max(1, int(block_seconds * f.samplerate))
+        while True:
+            data = f.read(block, dtype="float32", always_2d=True)
+            if data.shape[0] == 0:
+                return
+            yield torch.from_numpy(np.ascontiguousarray(data.mean(axis=1))), f.samplerate
+
+
+def stream_features(path: str | Path, features: LogMelFeatures, *, block_seconds: float = 30.0) -> tuple[Tensor, float]:
+    """Features (T, n_mels) of a whole recording computed block by block, and its duration in seconds."""
+    resampler: StreamingResampler | None = None
+    mel = StreamingLogMel(features)
+    chunks, samples, rate = [], 0, features.sample_rate
+    for block, rate in read_blocks(path, block_seconds):
+        if resampler is None:
+            resampler = StreamingResampler(rate, features.sample_rate)
+        samples += len(block)
+        chunks.append(mel.push(resampler.push(block)))
+    if resampler is None:
+        raise ValueError(f"{path}: no audio samples")
+    chunks.append(mel.push(resampler.flush()))
+    feats = torch.cat(chunks)
+    if feats.shape[0] == 0:
+        raise ValueError(f"{path}: shorter than one analysis window ({features.n_fft / features.sample_rate * 1000:.0f} ms)")
+    return feats, samples / rate

@@ -1,0 +1,92 @@
+"""The LightningModule of the audio app: CTC training, WER/CER in validation and test."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from torch import Tensor, nn
+from torchmetrics import MinMetric
+from torchmetrics.text import CharErrorRate, WordErrorRate
+
+from audio.decoding import greedy_texts, make_decoder
+from audio.text import VOCAB, CharTokenizer
+from core_attn.training.optim import configure_optimizers
+
+
+class SpeechRecognizer(pl.LightningModule):
+    """Trains a CTC speech model; logs ``{train,val,test}/loss``, ``{val,test}/{wer,cer}`` and ``val/wer_best``.
+
+    Validation decodes greedily; the test decodes with ``decoder`` (``greedy`` or ``beam``). The
+    hyper-parameters are plain configs, so ``SpeechRecognizer.load_from_checkpoint(path)`` rebuilds the
+    network (features included: a checkpoint is all ``audio.transcribe`` needs).
+
+    Args:
+        model: the network's config (``audio.model.ConformerCTC`` with its features and encoder).
+        optimizer: a ``_partial_`` optimizer config.
+        scheduler: a ``_partial_`` scheduler config, or ``None``/empty for a constant learning rate.
+        decoder: test decoding, ``greedy`` or ``beam``.
+        beam_size: beam width for ``decoder=beam``.
+    """
+
+    def __init__(self, *, model: dict[str, Any], optimizer: dict[str, Any], scheduler: dict[str, Any] | None = None,
+                 decoder: str = "greedy", beam_size: int = 16):
+        super().__init__()
+        self.save_hyperparameters()
+        self.net: nn.Module = instantiate(model)
+        self.tokenizer = CharTokenizer()
+        if self.net.vocab_size != len(VOCAB):
+            raise ValueError(f"model.vocab_size={self.net.vocab_size} but the character vocabulary has {len(VOCAB)} "
+                             "tokens (audio.text.VOCAB); set model.vocab_size to it")
+        self.test_decoder = make_decoder(decoder, self.tokenizer, beam_size=beam_size)
+        self.wer = nn.ModuleDict({s: WordErrorRate() for s in ("val", "test")})
+        self.cer = nn.ModuleDict({s: CharErrorRate() for s in ("val", "test")})
+        self.val_wer_best = MinMetric()
+
+    def forward(self, audio: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, L) samples -> (B, N, V) log-probabilities and (B,) frame counts."""
+        return self.net(audio, lengths)
+
+    def _loss(self, batch: dict) -> tuple[Tensor, Tensor, Tensor]:
+        log_probs, lengths = self(batch["audio"], batch["audio_lens"])
+        loss = F.ctc_loss(log_probs.transpose(0, 1), batch["targets"], lengths, batch["target_lens"],
+                          blank=self.tokenizer.blank, reduction="mean", zero_infinity=True)
+        return loss, log_probs, lengths
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        loss, _, _ = self._loss(batch)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["texts"]))
+        return loss
+
+    def _eval_step(self, batch: dict, stage: str) -> None:
+        loss, log_probs, lengths = self._loss(batch)
+        if stage == "test" and self.test_decoder is not None:
+            hyps = self.test_decoder.texts(log_probs, lengths)
+        else:
+            hyps = greedy_texts(log_probs, lengths, self.tokenizer)
+        refs = batch["texts"]
+        self.wer[stage](hyps, refs)
+        self.cer[stage](hyps, refs)
+        n = len(refs)
+        self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=stage == "val", batch_size=n)
+        self.log(f"{stage}/wer", self.wer[stage], on_epoch=True, prog_bar=True, batch_size=n)
+        self.log(f"{stage}/cer", self.cer[stage], on_epoch=True, prog_bar=True, batch_size=n)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        self.val_wer_best(self.wer["val"].compute())
+        self.log("val/wer_best", self.val_wer_best.compute(), prog_bar=True)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def configure_optimizers(self) -> Any:
+        return configure_optimizers(self.net, self.hparams.optimizer, self.hparams.scheduler,
+                                    self.trainer.estimated_stepping_batches)

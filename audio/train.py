@@ -1,0 +1,23 @@
+"""Train the audio app: ``python -m audio.train [overrides]`` (Hydra; config ``conf/audio.yaml``).
+
+    python -m audio.train                                          # built-in synthetic corpus, CPU
+    python -m audio.train data=audio_librispeech data.root=/data/LibriSpeech model=audio_conformer_medium trainer=gpu
+    python -m audio.train -m attention=local,bigbird,linear        # summary.csv/md in the sweep dir
+"""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from core_attn.training import train
+
+
+@hydra.main(config_path="../conf", config_name="audio", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    """Returns the test metric (test/wer; the objective for Hydra sweepers)."""
+    return train(cfg).get("metric")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""Transcribe recordings of any length in one pass, with word timestamps.
+
+    python -m audio.transcribe recording.wav ckpt_path=model.ckpt                  # text on stdout
+    python -m audio.transcribe talk.flac ckpt_path=model.ckpt --format srt --output talk.srt
+    python -m audio.transcribe talk.flac ckpt_path=model.ckpt --format json mode=chunked decoder=beam
+
+One pass: the file is read and featurised in blocks (:func:`audio.features.stream_features`), the
+subsampling runs in exact chunks, and the encoder sees the whole sequence at once (memory linear in the
+length under a linear attention variant such as the default local window). ``mode=chunked`` instead
+runs overlapping windows (``chunk_seconds`` long, ``overlap_seconds`` dropped at inner edges) and
+concatenates their frame posteriors, for comparison. Word times come from the CTC alignment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from audio.decoding import Transcript, greedy_decode, make_decoder
+from audio.features import stream_features
+from audio.model import ConformerCTC
+from audio.text import CharTokenizer
+from core_attn._checks import check_choice, did_you_mean
+
+FORMATS = ("txt", "json", "srt")
+OPTIONS = {"ckpt_path": str, "mode": str, "chunk_seconds": float, "overlap_seconds": float, "decoder": str,
+           "beam_size": int, "threads": int, "block_seconds": float}
+
+
+def load_model(ckpt_path: str | Path) -> ConformerCTC:
+    """The network of a training checkpoint, in eval mode on the CPU."""
+    from audio.module import SpeechRecognizer
+
+    if not Path(ckpt_path).is_file():
+        raise FileNotFoundError(f"ckpt_path={str(ckpt_path)!r}: no such checkpoint file")
+    module = SpeechRecognizer.load_from_checkpoint(str(ckpt_path), map_location="cpu", decoder="greedy")
+    return module.net.eval()
+
+
+@torch.inference_mode()
+def log_probs_of(model: ConformerCTC, feats: torch.Tensor, *, mode: str = "full", chunk_seconds: float = 20.0,
+                 overlap_seconds: float = 2.0) -> torch.Tensor:
+    """(T, F) features -> (N, V) log-probabilities, in one pass (``full``) or overlapping windows (``chunked``)."""
+    check_choice("mode", mode, ("full", "chunked"))
+    if mode == "full":
+        return model.log_probs_long(feats)
+    fs = model.features.frame_seconds
+    return model.log_probs_chunked(feats, window=int(chunk_seconds / fs), overlap=int(overlap_seconds / fs))
+
+
+def transcribe(model: ConformerCTC, path: str | Path, *, mode: str = "full", chunk_seconds: float = 20.0,
+               overlap_seconds: float = 2.0, decoder=None, block_seconds: float = 30.0) -> tuple[Transcript, dict]:
+    """Transcribe the file ``path``; return the transcript and ``{"duration", "seconds", "real_time_factor"}``."""
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        feats, duration = stream_features(path, model.features, block_seconds=block_seconds)
+    log_probs = log_probs_of(model, feats, mode=mode, chunk_seconds=chunk_seconds, overlap_seconds=overlap_seconds)
+    if decoder is None:
+        out = greedy_decode(log_probs, CharTokenizer(), model.frame_seconds)
+    else:
+        out = decoder.decode(log_probs, model.frame_seconds)
+    seconds = time.perf_counter() - t0
+    return out, {"duration": round(duration, 3), "seconds": round(seconds, 3),
+                 "real_time_factor": round(seconds / max(duration, 1e-9), 5)}
+
+
+# -- output formats ----------------------------------------------------------------------------------
+def _srt_time(t: float) -> str:
+    ms = int(round(t * 1000))
+    h, ms = divmod(ms, 3_600_000)
+    m, ms = divmod(ms, 60_000)
+    s, ms = divmod(ms, 1000)
+    return f"{h:02d}:{m:02d}:{s:02d},{ms:03d}"
+
+
+def cues(transcript: Transcript, *, max_words: int = 12, max_seconds: float = 6.0, pause: float = 0.8) -> list[list]:
+    """Words grouped into subtitle cues: a new cue after a pause, or when one is full."""
+    out: list[list] = []
+    for w in transcript.words:
+        cur = out[-1] if out else None
+        if cur is None or len(cur) >= max_words or w.end - cur[0].start > max_seconds or w.start - cur[-1].end > pause:
+            out.append([w])
+        else:
+            cur.append(w)
+    return out
+
+
+def format_transcript(transcript: Transcript, fmt: str, meta: dict | None = None) -> str:
+    """The transcript as ``txt`` (the text), ``json`` (text, words with start/end seconds, and ``meta``)
+    or ``srt`` (numbered subtitle cues)."""
+    check_choice("format", fmt, FORMATS)
+    if fmt == "txt":
+        return transcript.text + "\n"
+    if fmt == "json":
+        words = [{"word": w.word, "start": w.start, "end": w.end} for w in transcript.words]
+        return json.dumps({**(meta or {}), "text": transcript.text, "words": words}, indent=2) + "\n"
+    blocks = []
+    for i, cue in enumerate(cues(transcript), 1):
+        text = " ".join(w.word for w in cue)
+        blocks.append(f"{i}\n{_srt_time(cue[0].start)} --> {_srt_time(cue[-1].end)}\n{text}\n")
+    return "\n".join(blocks)
+
+
+# -- command line ------------------------------------------------------------------------------------
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict]:
+    parser = argparse.ArgumentParser(
+        prog="python -m audio.transcribe", description=__doc__.split("\n\n")[0],
+        epilog="options as key=value: " + ", ".join(OPTIONS) + " (mode=full|chunked, decoder=greedy|beam)")
+    parser.add_argument("inputs", nargs="+", help="audio files, then key=value options (ckpt_path=... is required)")
+    parser.add_argument("--format", default="txt", choices=FORMATS)
+    parser.add_argument("--output", default=None, help="write here instead of stdout (one input only)")
+    args = parser.parse_intermixed_args(argv)
+    opts: dict = {"mode": "full", "chunk_seconds": 20.0, "overlap_seconds": 2.0, "decoder": "greedy",
+                  "beam_size": 16, "threads": None, "block_seconds": 30.0, "ckpt_path": None}
+    files = []
+    for item in args.inputs:
+        key, eq, value = item.partition("=")
+        if not eq or Path(item).exists():
+            files.append(item)
+            continue
+        if key not in OPTIONS:
+            parser.error(f"unknown option {key!r}; expected one of {list(OPTIONS)}.{did_you_mean(key, OPTIONS)}")
+        try:
+            opts[key] = OPTIONS[key](value)
+        except ValueError:
+            parser.error(f"{key}={value!r} must be a {OPTIONS[key].__name__}")
+    if not opts["ckpt_path"]:
+        parser.error("ckpt_path=<a training checkpoint (.ckpt)> is required")
+    if not files:
+        parser.error("give at least one audio file")
+    if args.output and len(files) > 1:
+        parser.error("--output takes one input file")
+    args.files = files
+    return args, opts
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, opts = parse_args(sys.argv[1:] if argv is None else argv)
+    if opts["threads"]:
+        torch.set_num_threads(opts["threads"])
+    model = load_model(opts["ckpt_path"])
+    decoder = make_decoder(opts["decoder"], CharTokenizer(), beam_size=opts["beam_size"])
+    for path in args.files:
+        out, stats = transcribe(model, path, mode=opts["mode"], chunk_seconds=opts["chunk_seconds"],
+                                overlap_seconds=opts["overlap_seconds"], decoder=decoder,
+                                block_seconds=opts["block_seconds"])
+        meta = {"audio": str(path), "mode": opts["mode"], "decoder": opts["decoder"], **stats}
+        text = format_transcript(out, args.format, meta)
+        if args.output:
+            Path(args.output).write_text(text, encoding="utf-8")
+        else:
+            sys.stdout.write(text)
+        print(f"{path}: {stats['duration']:.1f} s of audio in {stats['seconds']:.1f} s "
+              f"(real-time factor {stats['real_time_factor']:.4f}, mode={opts['mode']})", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

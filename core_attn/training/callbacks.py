@@ -1,0 +1,143 @@
+"""Callbacks the runtime always attaches: throughput/memory measurement and the config record."""
+
+from __future__ import annotations
+
+import resource
+import time
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor
+
+CONFIG_KEY = "longattn_config"  # where the run's resolved config lives inside a checkpoint
+
+
+def _batch_size(batch: Any) -> int:
+    """Samples in a batch: the leading dimension of its first tensor."""
+    if isinstance(batch, Tensor):
+        return batch.shape[0]
+    if isinstance(batch, dict):
+        batch = list(batch.values())
+    if isinstance(batch, (list, tuple)):
+        for item in batch:
+            n = _batch_size(item)
+            if n:
+                return n
+    return 0
+
+
+def reset_peak_memory() -> None:
+    """Start a new peak-memory window: CUDA's allocator peak and, on Linux, the process RSS high-water mark
+    (writing 5 to /proc/self/clear_refs), so jobs run one after another in one process do not inherit peaks."""
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def peak_memory_mb() -> dict[str, float | None]:
+    """Peak resident memory of this process (MiB) and, on CUDA, the allocator's peak (MiB)."""
+    rss = None
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    rss = int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    if rss is None:  # ru_maxrss is KiB on Linux: a lifetime peak, not reset between jobs
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    cuda = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+    return {"peak_rss_mb": round(rss, 1), "cuda_peak_memory_mb": None if cuda is None else round(cuda, 1)}
+
+
+class _Timer:
+    """Sums samples and seconds over batches, skipping the first ``skip`` (warm-up)."""
+
+    def __init__(self, skip: int):
+        self.skip = skip
+        self.reset()
+
+    def reset(self) -> None:
+        self.batches = self.samples = 0
+        self.seconds = 0.0
+        self.all_samples = 0
+        self.all_seconds = 0.0
+        self._start = None
+
+    def start(self) -> None:
+        self._start = time.perf_counter()
+
+    def stop(self, n: int) -> None:
+        if self._start is None:
+            return
+        dt = time.perf_counter() - self._start
+        self._start = None
+        self.batches += 1
+        self.all_samples += n
+        self.all_seconds += dt
+        if self.batches > self.skip:
+            self.samples += n
+            self.seconds += dt
+
+    def rate(self) -> float | None:
+        """Samples per second after warm-up (over all batches when there were too few to skip)."""
+        if self.seconds > 0:
+            return self.samples / self.seconds
+        return self.all_samples / self.all_seconds if self.all_seconds > 0 else None
+
+
+def _sync(trainer: pl.Trainer) -> None:
+    if trainer.strategy.root_device.type == "cuda":
+        torch.cuda.synchronize(trainer.strategy.root_device)
+
+
+class ThroughputMonitor(pl.Callback):
+    """Measures samples per second of each training step (forward, backward, optimizer) and of each test
+    batch, excluding data loading; the first ``skip_batches`` batches of each are warm-up and not counted.
+
+    ``train_samples_per_s`` and ``test_samples_per_s`` are per process (multiply by the world size for DDP).
+    """
+
+    def __init__(self, skip_batches: int = 2):
+        self.train = _Timer(skip_batches)
+        self.test = _Timer(skip_batches)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        _sync(trainer)
+        self.train.start()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        _sync(trainer)
+        self.train.stop(_batch_size(batch))
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        self.test.reset()
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        _sync(trainer)
+        self.test.start()
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        _sync(trainer)
+        self.test.stop(_batch_size(batch))
+
+    def results(self) -> dict[str, float | None]:
+        """``{"train_samples_per_s": ..., "test_samples_per_s": ...}`` (None where nothing ran)."""
+        rnd = lambda r: None if r is None else round(r, 2)  # noqa: E731
+        return {"train_samples_per_s": rnd(self.train.rate()), "test_samples_per_s": rnd(self.test.rate())}
+
+
+class ConfigInCheckpoint(pl.Callback):
+    """Stores the run's resolved config in every checkpoint (under ``"longattn_config"``), so
+    ``evaluate`` can rebuild the data pipeline of a checkpoint without the original run directory."""
+
+    def __init__(self, config: dict[str, Any]):
+        self.config = config
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CONFIG_KEY] = self.config

@@ -1,0 +1,273 @@
+"""``train(cfg)`` and ``evaluate(cfg)``: the plain functions under every app's ``@hydra.main``.
+
+Shaped after lightning-hydra-template's ``src/train.py``: seed, instantiate datamodule, module,
+callbacks, loggers and trainer from the config, fit, test the best checkpoint, and return the metrics
+(also written to ``<run dir>/metrics.json``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from core_attn.training.callbacks import (
+    CONFIG_KEY,
+    ConfigInCheckpoint,
+    ThroughputMonitor,
+    peak_memory_mb,
+    reset_peak_memory,
+)
+
+log = logging.getLogger(__name__)
+
+
+# -- small helpers ---------------------------------------------------------------------------------
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and ``os.replace`` (readers never see half a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` as indented JSON to ``path`` atomically (see :func:`write_text_atomic`)."""
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def resolved_config(cfg: DictConfig) -> dict[str, Any]:
+    """The config as plain containers with interpolations resolved, without the ``hydra`` node."""
+    keys = [k for k in cfg if k != "hydra"]
+    return OmegaConf.to_container(OmegaConf.masked_copy(cfg, keys), resolve=True)
+
+
+def variant_name(attention: Any) -> str | None:
+    """The registry key of an attention config, from its ``_target_``
+    (``core_attn.attention.<key>.<Name>Attention``: file name == registry key)."""
+    target = attention.get("_target_") if hasattr(attention, "get") else None
+    return target.rsplit(".", 2)[-2] if target and target.count(".") >= 2 else None
+
+
+def task_overrides() -> list[str]:
+    """The command-line overrides of this Hydra job (empty outside a Hydra run)."""
+    if not HydraConfig.initialized():
+        return []
+    return list(HydraConfig.get().overrides.task)
+
+
+def _floats(metrics: dict[str, Any]) -> dict[str, float]:
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, torch.Tensor) and v.numel() == 1:
+            out[k] = float(v)
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[k] = float(v)
+    return out
+
+
+def apply_extras(cfg: DictConfig) -> None:
+    """``extras.ignore_warnings`` silences Python warnings; ``extras.print_config`` prints the config."""
+    extras = cfg.get("extras") or {}
+    if extras.get("ignore_warnings"):
+        warnings.filterwarnings("ignore")
+    if extras.get("print_config"):
+        from lightning.pytorch.utilities import rank_zero_only
+
+        @rank_zero_only
+        def _print() -> None:
+            from rich.console import Console
+            from rich.syntax import Syntax
+
+            Console().print(Syntax(OmegaConf.to_yaml(cfg, resolve=False), "yaml"))
+
+        _print()
+
+
+def instantiate_callbacks(callbacks_cfg: DictConfig | None) -> list[pl.Callback]:
+    """One callback per entry of ``cfg.callbacks`` (entries set to null are skipped)."""
+    out = []
+    for name, cb in (callbacks_cfg or {}).items():
+        if cb is None:
+            continue
+        if not isinstance(cb, DictConfig) or "_target_" not in cb:
+            raise ValueError(f"callbacks.{name} must be a config with a _target_ (or null to drop it); got {cb!r}")
+        out.append(instantiate(cb))
+    return out
+
+
+def instantiate_loggers(logger_cfg: DictConfig | None) -> list[Any]:
+    """One Lightning logger per entry of ``cfg.logger`` (entries set to null are skipped)."""
+    out = []
+    for name, lg in (logger_cfg or {}).items():
+        if lg is None:
+            continue
+        if not isinstance(lg, DictConfig) or "_target_" not in lg:
+            raise ValueError(f"logger.{name} must be a config with a _target_ (or null to drop it); got {lg!r}")
+        out.append(instantiate(lg))
+    return out
+
+
+def _make_trainer(cfg: DictConfig, callbacks: list[pl.Callback]) -> pl.Trainer:
+    loggers = instantiate_loggers(cfg.get("logger"))
+    if not loggers:  # LearningRateMonitor raises without a logger; it has nothing to log to anyway
+        from lightning.pytorch.callbacks import LearningRateMonitor
+
+        dropped = [c for c in callbacks if isinstance(c, LearningRateMonitor)]
+        if dropped:
+            log.info("no logger configured: LearningRateMonitor dropped")
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+
+def _resume_path(cfg: DictConfig, trainer: pl.Trainer, output_dir: Path) -> str | None:
+    """``cfg.ckpt_path`` as a file: ``last`` means ``last.ckpt`` in this run's checkpoint folder."""
+    ckpt = cfg.get("ckpt_path")
+    if ckpt is None:
+        return None
+    if ckpt == "last":
+        cb = trainer.checkpoint_callback
+        folder = Path(cb.dirpath) if cb is not None and cb.dirpath else output_dir / "checkpoints"
+        path = folder / "last.ckpt"
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"ckpt_path=last but {path} does not exist; to resume an earlier run, point this run at its "
+                "directory with hydra.run.dir=<that run's dir> (or pass ckpt_path=<path to a .ckpt>)"
+            )
+        return str(path)
+    if not Path(ckpt).is_file():
+        raise FileNotFoundError(f"ckpt_path={ckpt!r}: no such checkpoint file")
+    return str(ckpt)
+
+
+def _count_params(module: torch.nn.Module) -> dict[str, int]:
+    return {
+        "params": sum(p.numel() for p in module.parameters()),
+        "trainable_params": sum(p.numel() for p in module.parameters() if p.requires_grad),
+    }
+
+
+def _test_metric_name(cfg: DictConfig) -> str:
+    monitor = str(cfg.get("monitor") or "val/acc")
+    return "test/" + monitor.split("/", 1)[1] if monitor.startswith("val/") else monitor
+
+
+# -- the two entry points --------------------------------------------------------------------------
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit and test the app described by ``cfg``; return the metrics and write them to
+    ``<cfg.paths.output_dir>/metrics.json``.
+
+    ``cfg`` needs: ``data`` (a LightningDataModule config), ``module`` (a LightningModule config whose
+    hyper-parameters rebuild the model), ``trainer``, optional ``callbacks``/``logger`` (name -> config),
+    ``paths.output_dir``, ``seed``, ``train``, ``test``, ``ckpt_path``, ``monitor``.
+    """
+    apply_extras(cfg)
+    output_dir = Path(cfg.paths.output_dir)
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True)
+    config = resolved_config(cfg)  # fails early on a dangling interpolation
+
+    datamodule: pl.LightningDataModule = instantiate(cfg.data)
+    module: pl.LightningModule = instantiate(cfg.module, _recursive_=False, _convert_="all")
+    throughput = ThroughputMonitor()
+    callbacks = instantiate_callbacks(cfg.get("callbacks")) + [throughput, ConfigInCheckpoint(config)]
+    trainer = _make_trainer(cfg, callbacks)
+
+    reset_peak_memory()
+    metrics: dict[str, Any] = {"status": "ok", "app": cfg.get("app"), "variant": variant_name(cfg.get("attention")),
+                               "overrides": task_overrides(), "seed": cfg.get("seed"), **_count_params(module)}
+    ckpt_for_test = _resume_path(cfg, trainer, output_dir)
+    if cfg.get("train", True):
+        t0 = time.perf_counter()
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_for_test)
+        metrics["fit_seconds"] = round(time.perf_counter() - t0, 2)
+        metrics["final"] = _floats(trainer.callback_metrics)
+        cb = trainer.checkpoint_callback
+        best = cb.best_model_path if cb is not None else ""
+        if cb is not None and cb.best_model_score is not None:
+            metrics["best_" + str(cb.monitor)] = float(cb.best_model_score)
+        metrics["last_ckpt"] = cb.last_model_path if cb is not None and cb.last_model_path else None
+        ckpt_for_test = best or None
+        if not best:
+            log.warning("no best checkpoint was saved (no checkpoint callback, or fast_dev_run): "
+                        "testing the weights at the end of training")
+    elif cfg.get("test", True) and ckpt_for_test is None:
+        raise ValueError("train=false needs ckpt_path=<a .ckpt> to test (there are no trained weights)")
+    metrics["epochs"] = trainer.current_epoch
+    metrics["steps"] = trainer.global_step
+
+    if cfg.get("test", True):
+        t0 = time.perf_counter()
+        results = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_for_test)
+        metrics["test_seconds"] = round(time.perf_counter() - t0, 2)
+        metrics["test"] = _floats(results[0]) if results else {}
+        metrics["test_ckpt"] = ckpt_for_test or "end-of-training weights"
+        name = _test_metric_name(cfg)
+        metrics["metric_name"], metrics["metric"] = name, metrics["test"].get(name)
+
+    metrics.update(throughput.results())
+    metrics.update(peak_memory_mb())
+    metrics["peak_memory_mb"] = metrics["cuda_peak_memory_mb"] or metrics["peak_rss_mb"]
+    metrics["world_size"] = trainer.world_size
+    if trainer.is_global_zero:
+        write_json_atomic(output_dir / "metrics.json", metrics)
+        log.info("metrics written to %s", output_dir / "metrics.json")
+    return metrics
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Test the checkpoint ``cfg.ckpt_path``; return the metrics and write them to
+    ``<cfg.paths.output_dir>/metrics.json``.
+
+    The module is rebuilt from the checkpoint's saved hyper-parameters (class ``cfg.module._target_``).
+    The data is ``cfg.data`` when given, else the data config stored in the checkpoint by :func:`train`.
+    """
+    apply_extras(cfg)
+    ckpt = cfg.get("ckpt_path")
+    if not ckpt or not Path(ckpt).is_file():
+        raise FileNotFoundError(f"ckpt_path={ckpt!r}: no such checkpoint file (pass ckpt_path=<path to a .ckpt>)")
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True)
+    stored = torch.load(ckpt, map_location="cpu", weights_only=False).get(CONFIG_KEY) or {}
+    module_cls = get_class(cfg.module._target_)
+    module = module_cls.load_from_checkpoint(ckpt, map_location="cpu")
+    if cfg.get("data") is not None:
+        datamodule = instantiate(cfg.data)
+    elif stored.get("data") is not None:
+        datamodule = instantiate(stored["data"])
+    else:
+        raise ValueError(f"{ckpt} stores no data config; choose the data with data=<option> (e.g. data=mega_mnist)")
+
+    throughput = ThroughputMonitor()
+    trainer = _make_trainer(cfg, instantiate_callbacks(cfg.get("callbacks")) + [throughput])
+    reset_peak_memory()
+    t0 = time.perf_counter()
+    results = trainer.test(module, datamodule=datamodule)
+    test = _floats(results[0]) if results else {}
+    name = _test_metric_name(cfg)
+    metrics = {"status": "ok", "app": cfg.get("app"), "ckpt_path": str(ckpt), "overrides": task_overrides(),
+               "variant": variant_name(stored.get("attention")),
+               "test": test, "metric_name": name, "metric": test.get(name),
+               "test_seconds": round(time.perf_counter() - t0, 2), **_count_params(module),
+               "test_samples_per_s": throughput.results()["test_samples_per_s"], **peak_memory_mb()}
+    metrics["peak_memory_mb"] = metrics["cuda_peak_memory_mb"] or metrics["peak_rss_mb"]
+    if trainer.is_global_zero:
+        write_json_atomic(Path(cfg.paths.output_dir) / "metrics.json", metrics)
+    return metrics

@@ -1,0 +1,138 @@
+"""Count-based baselines the neural models must beat: an order-k Markov chain and residue frequencies.
+
+The Markov chain uses add-alpha smoothing, ``p(x | c) = (n(c, x) + alpha) / (n(c) + S alpha)`` over the
+S symbols of the alphabet; counts are kept sparse (sorted unique context codes), so high orders cost
+memory in the number of distinct contexts seen, not S**k. Order and alpha are chosen on validation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from core_attn._checks import check_float, check_int
+
+
+def _codes(x: np.ndarray, order: int, num_symbols: int) -> tuple[np.ndarray, np.ndarray]:
+    """(context code, context+symbol code) for each position ``i >= order`` of ``x`` (int64 arrays)."""
+    n = len(x) - order
+    ctx = np.zeros(max(n, 0), dtype=np.int64)
+    for t in range(order):  # most significant first: x[i-order] .. x[i-1]
+        ctx = ctx * num_symbols + x[t:t + n]
+    return ctx, ctx * num_symbols + x[order:]
+
+
+class _SparseCounts:
+    """Counts of int64 codes as sorted unique keys with their counts."""
+
+    def __init__(self, codes: list[np.ndarray]):
+        allc = np.concatenate(codes) if codes else np.zeros(0, dtype=np.int64)
+        self.keys, self.counts = np.unique(allc, return_counts=True)
+
+    def __call__(self, codes: np.ndarray) -> np.ndarray:
+        if self.keys.size == 0:
+            return np.zeros(len(codes), dtype=np.int64)
+        idx = np.searchsorted(self.keys, codes).clip(max=self.keys.size - 1)
+        return np.where(self.keys[idx] == codes, self.counts[idx], 0)
+
+
+class MarkovChain:
+    """An order-``order`` Markov chain over ``num_symbols`` symbols with add-``alpha`` smoothing.
+
+    Positions with fewer than ``order`` preceding symbols in their segment use the longest context they
+    have (orders ``0 .. order - 1`` are counted too). The first symbol of a segment is not scored.
+
+    Args:
+        order: context length k.
+        alpha: add-alpha pseudo-count (> 0).
+        num_symbols: alphabet size S; inputs are symbol indices ``0 .. S-1``.
+    """
+
+    def __init__(self, *, order: int, alpha: float, num_symbols: int):
+        self.order = check_int("order", order, min_value=0)
+        self.alpha = check_float("alpha", alpha, min_value=1e-12)
+        self.num_symbols = check_int("num_symbols", num_symbols, min_value=2)
+        self._joint: list[_SparseCounts] = []
+        self._ctx: list[_SparseCounts] = []
+
+    def _check(self, seg: np.ndarray) -> np.ndarray:
+        seg = np.asarray(seg, dtype=np.int64)
+        if seg.size and (seg.min() < 0 or seg.max() >= self.num_symbols):
+            raise ValueError(f"symbols must lie in [0, {self.num_symbols}); got values in [{seg.min()}, {seg.max()}]")
+        return seg
+
+    def fit(self, segments: Sequence[np.ndarray]) -> MarkovChain:
+        """Count contexts of every order ``0 .. order`` in ``segments`` (arrays of symbol indices)."""
+        segments = [self._check(s) for s in segments]
+        self._joint, self._ctx = [], []
+        for j in range(self.order + 1):
+            pairs = [_codes(s, j, self.num_symbols) for s in segments if len(s) > j]
+            self._ctx.append(_SparseCounts([c for c, _ in pairs]))
+            self._joint.append(_SparseCounts([jc for _, jc in pairs]))
+        return self
+
+    def log2_probs(self, segment: np.ndarray) -> np.ndarray:
+        """log2 p(x_i | context) for ``i = 1 .. len(segment) - 1`` (the first symbol is not scored)."""
+        if not self._joint:
+            raise ValueError("MarkovChain.log2_probs called before fit()")
+        x = self._check(segment)
+        out = np.empty(max(len(x) - 1, 0), dtype=np.float64)
+        s_alpha = self.num_symbols * self.alpha
+        for i in range(1, min(self.order, len(x))):  # positions 1..order-1 use order i
+            ctx, joint = _codes(x[:i + 1], i, self.num_symbols)
+            out[i - 1] = math.log2((self._joint[i](joint[-1:])[0] + self.alpha) / (self._ctx[i](ctx[-1:])[0] + s_alpha))
+        if len(x) > self.order:
+            ctx, joint = _codes(x, self.order, self.num_symbols)
+            num = self._joint[self.order](joint) + self.alpha
+            den = self._ctx[self.order](ctx) + s_alpha
+            start = max(self.order, 1)
+            vals = np.log2(num / den)
+            out[start - 1:] = vals[start - self.order:]
+        return out
+
+    def bits_per_symbol(self, segments: Sequence[np.ndarray]) -> tuple[float, int]:
+        """(mean -log2 p over the scored positions of ``segments``, number of scored positions)."""
+        total, count = 0.0, 0
+        for s in segments:
+            lp = self.log2_probs(s)
+            total -= float(lp.sum())
+            count += lp.size
+        return (total / count if count else float("nan")), count
+
+
+@dataclass
+class MarkovSelection:
+    """The chain chosen on validation and the validation bits per symbol of every (order, alpha) tried."""
+
+    chain: MarkovChain
+    val_bits: dict[tuple[int, float], float]
+
+
+def select_markov(train: Sequence[np.ndarray], val: Sequence[np.ndarray], *, num_symbols: int, max_order: int = 10,
+                  alphas: Sequence[float] = (0.01, 0.1, 1.0)) -> MarkovSelection:
+    """Fit chains of order ``0 .. max_order`` on ``train`` and keep the (order, alpha) with the fewest
+    bits per symbol on ``val``."""
+    check_int("max_order", max_order, min_value=0)
+    if not alphas:
+        raise ValueError("alphas is empty; give at least one add-alpha pseudo-count")
+    scores: dict[tuple[int, float], float] = {}
+    best: tuple[float, int, float] | None = None
+    for k in range(max_order + 1):
+        chain = MarkovChain(order=k, alpha=alphas[0], num_symbols=num_symbols).fit(train)
+        for a in alphas:
+            chain.alpha = check_float("alpha", a, min_value=1e-12)
+            bits, _ = chain.bits_per_symbol(val)
+            scores[(k, float(a))] = bits
+            if best is None or bits < best[0]:
+                best = (bits, k, float(a))
+    _, k, a = best
+    return MarkovSelection(MarkovChain(order=k, alpha=a, num_symbols=num_symbols).fit(train), scores)
+
+
+def unigram_log_probs(counts: np.ndarray, alpha: float = 1.0) -> np.ndarray:
+    """Natural-log probabilities of each symbol from its counts with add-``alpha`` smoothing."""
+    counts = np.asarray(counts, dtype=np.float64) + check_float("alpha", alpha, min_value=0.0)
+    return np.log(counts / counts.sum())

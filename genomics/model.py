@@ -1,0 +1,107 @@
+"""The sequence network of the genomics app: token embedding, optional patching, a core_attn encoder, a head.
+
+``patch_size > 1`` merges that many bases into one attention token with a strided convolution (ViT's
+patch embedding in 1-D), so a 100,000-base window costs 100,000 / patch_size attention tokens; per-base
+outputs then come back through an upsampling of the token features added to a per-base local branch
+(a small non-causal convolution over the embeddings). ``pool="mean"`` averages tokens into one
+prediction per sequence. The causal language model needs ``patch_size=1`` and a causal variant.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from core_attn._checks import check_choice, check_int
+from core_attn.layers import TransformerEncoder
+from genomics.tokenizers import PAD
+
+
+class SequenceTransformer(nn.Module):
+    """Embedding -> [patching] -> :class:`core_attn.layers.TransformerEncoder` -> per-token or pooled head.
+
+    Args:
+        vocab_size: token ids ``0 .. vocab_size-1`` (0 is padding).
+        num_outputs: outputs per position (``pool="none"``) or per sequence (``pool="mean"``).
+        dim: model width.
+        depth: transformer blocks.
+        num_heads: attention heads.
+        mlp_ratio: MLP width as a multiple of ``dim``.
+        patch_size: bases per attention token (1: per base).
+        pool: ``none`` (per-base outputs) or ``mean`` (one output per sequence, padding excluded).
+        positions: ``rotary`` (relative; lengths beyond training work), ``learned`` (needs ``max_len``) or ``none``.
+        max_len: the longest input in bases, for learned positions and length-aware variants.
+        dropout: dropout in the blocks.
+        local_kernel: width of the per-base convolution of the upsampling branch (``patch_size > 1``).
+        attention: the variant: a zero-argument factory (a Hydra ``_partial_`` config), an instance, or ``None``.
+        gradient_checkpointing: recompute blocks in the backward pass.
+    """
+
+    def __init__(self, *, vocab_size: int, num_outputs: int, dim: int = 128, depth: int = 4, num_heads: int = 4,
+                 mlp_ratio: float = 2.0, patch_size: int = 1, pool: str = "none", positions: str = "rotary",
+                 max_len: int | None = None, dropout: float = 0.0, local_kernel: int = 9,
+                 attention: Callable[[], nn.Module] | nn.Module | None = None, gradient_checkpointing: bool = False):
+        super().__init__()
+        self.vocab_size = check_int("vocab_size", vocab_size, min_value=2)
+        self.num_outputs = check_int("num_outputs", num_outputs, min_value=1)
+        self.patch_size = check_int("patch_size", patch_size, min_value=1)
+        self.pool = check_choice("pool", pool, ("none", "mean"))
+        check_int("local_kernel", local_kernel, min_value=1)
+        if local_kernel % 2 == 0:
+            raise ValueError(f"local_kernel={local_kernel} must be odd (a centred convolution)")
+        self.embed = nn.Embedding(vocab_size, dim, padding_idx=PAD)
+        if patch_size > 1:
+            self.patch = nn.Conv1d(dim, dim, kernel_size=patch_size, stride=patch_size)
+            if pool == "none":
+                self.local = nn.Conv1d(dim, dim, kernel_size=local_kernel, padding=local_kernel // 2)
+        token_len = None if max_len is None else -(-max_len // patch_size)
+        self.encoder = TransformerEncoder(dim, depth, num_heads, attention=attention, mlp_ratio=mlp_ratio,
+                                          dropout=dropout, positions=positions, max_len=token_len,
+                                          gradient_checkpointing=gradient_checkpointing)
+        self.out_norm = nn.LayerNorm(dim) if patch_size > 1 and pool == "none" else nn.Identity()
+        self.head = nn.Linear(dim, num_outputs)
+        nn.init.normal_(self.embed.weight, std=0.02)
+        nn.init.trunc_normal_(self.head.weight, std=0.02)
+        nn.init.zeros_(self.head.bias)
+
+    @property
+    def is_causal(self) -> bool:
+        """True when every block's attention hides the future (what a causal LM needs)."""
+        return all(getattr(b.attn.attention, "causal", False) for b in self.encoder.blocks)
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names excluded from weight decay (timm's convention)."""
+        return {"encoder.pos_embed", "embed.weight"}
+
+    def forward(self, tokens: Tensor, pad: Tensor | None = None) -> Tensor:
+        """tokens (B, L) int64, pad (B, L) bool (True = padding) -> (B, L, num_outputs) or (B, num_outputs)."""
+        if tokens.dim() != 2:
+            raise ValueError(f"tokens must have shape (B, L); got {tuple(tokens.shape)}")
+        b, n = tokens.shape
+        p = self.patch_size
+        if n % p:
+            raise ValueError(f"sequence length {n} is not a multiple of patch_size={p}; pad it (data.window / "
+                             "data.max_len a multiple of model.patch_size)")
+        x = self.embed(tokens)  # (B, L, C)
+        token_pad = pad
+        if p > 1:
+            base = x
+            x = self.patch(x.transpose(1, 2)).transpose(1, 2)  # (B, L/p, C)
+            if pad is not None:
+                token_pad = pad.view(b, n // p, p).all(dim=-1)  # a token is padding when all its bases are
+        if token_pad is not None and not bool(token_pad.any()):
+            token_pad = None  # no padding: keep the variants' fast paths (e.g. SDPA without a mask)
+        h = self.encoder(x, key_padding_mask=token_pad)  # (B, N, C)
+        if self.pool == "mean":
+            if token_pad is None:
+                return self.head(h.mean(dim=1))
+            keep = (~token_pad).unsqueeze(-1).to(h.dtype)  # (B, N, 1)
+            return self.head((h * keep).sum(dim=1) / keep.sum(dim=1).clamp(min=1.0))
+        if p > 1:
+            up = h.repeat_interleave(p, dim=1)  # (B, L, C): each base gets its token's features
+            h = self.out_norm(up + self.local(base.transpose(1, 2)).transpose(1, 2))
+            h = F.gelu(h)
+        return self.head(h)  # (B, L, num_outputs)

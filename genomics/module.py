@@ -1,0 +1,268 @@
+"""The LightningModules of the genomics app, one per task, all over :class:`genomics.model.SequenceTransformer`.
+
+- :class:`CausalLM`: next-base prediction; ``{val,test}/bpb`` (bits per base) and, at test, the Markov
+  baseline's ``test/markov_bpb`` on the same positions.
+- :class:`MaskedLM`: ESM-style masked residues; ``{val,test}/ppl`` and, at test, ``test/unigram_ppl``.
+- :class:`SequenceClassifier`: one label per record; ``acc`` and ``f1`` (macro).
+- :class:`TokenClassifier`: per-base labels (coding or not); ``acc``, ``f1`` (coding class), ``mcc``.
+
+Each takes the same plain-config hyper-parameters (``model``, ``optimizer``, ``scheduler``), saved with
+``save_hyperparameters`` so ``load_from_checkpoint`` rebuilds the network.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from hydra.utils import get_class, instantiate
+from torch import Tensor, nn
+from torchmetrics import MaxMetric, MeanMetric, MinMetric
+from torchmetrics.classification import (BinaryF1Score, BinaryMatthewsCorrCoef, MulticlassAccuracy,
+                                         MulticlassF1Score)
+
+from core_attn.training.callbacks import CONFIG_KEY
+from core_attn.training.optim import configure_optimizers
+from genomics.datasets import IGNORE
+from genomics.tokenizers import SPECIALS
+
+LN2 = math.log(2.0)
+STAGES = ("train", "val", "test")
+
+
+class GenomicsModule(pl.LightningModule):
+    """The base of the task modules: builds the network from its config, optimizer and scheduler from
+    ``_partial_`` configs. ``GenomicsModule.load_from_checkpoint(path)`` returns the task's subclass named
+    in the checkpoint's stored run config (so one evaluation config serves every task)."""
+
+    monitor_best: type = MaxMetric
+
+    def __init__(self, *, model: dict[str, Any], optimizer: dict[str, Any], scheduler: dict[str, Any] | None = None):
+        super().__init__()
+        self.save_hyperparameters()
+        self.net: nn.Module = instantiate(model)
+        self.best = self.monitor_best()
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs):  # noqa: D102 - Lightning's signature
+        if cls is not GenomicsModule:
+            return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+        stored = torch.load(checkpoint_path, map_location="cpu", weights_only=False).get(CONFIG_KEY) or {}
+        target = (stored.get("module") or {}).get("_target_")
+        sub = get_class(target) if target else None
+        if sub is None or not issubclass(sub, GenomicsModule):
+            raise ValueError(f"{checkpoint_path} stores module._target_={target!r}, not a genomics task module; "
+                             "pass module._target_=genomics.module.<CausalLM|MaskedLM|SequenceClassifier|TokenClassifier>")
+        return sub.load_from_checkpoint(checkpoint_path, *args, **kwargs)
+
+    def forward(self, tokens: Tensor, pad: Tensor | None = None) -> Tensor:
+        return self.net(tokens, pad)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def _per_stage(self, name: str, factory) -> None:
+        """One metric per stage, as attributes ``train_<name>``, ``val_<name>``, ``test_<name>``."""
+        for stage in STAGES:
+            setattr(self, f"{stage}_{name}", factory())
+
+    def metric(self, stage: str, name: str):
+        """The ``name`` metric of ``stage``."""
+        return getattr(self, f"{stage}_{name}")
+
+    def _log_best(self, value: Tensor, name: str) -> None:
+        if self.trainer.sanity_checking:
+            return
+        self.best(value)
+        self.log(name, self.best.compute(), prog_bar=True)
+
+    def _datamodule(self):
+        trainer = self._trainer
+        return getattr(trainer, "datamodule", None) if trainer is not None else None
+
+    def configure_optimizers(self) -> Any:
+        return configure_optimizers(self.net, self.hparams.optimizer, self.hparams.scheduler,
+                                    self.trainer.estimated_stepping_batches)
+
+
+def _scored_nll(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """(mean negative log-likelihood in nats over targets != IGNORE, their count)."""
+    count = (targets != IGNORE).sum()
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
+                           ignore_index=IGNORE, reduction="sum")
+    return loss / count.clamp(min=1), count
+
+
+class CausalLM(GenomicsModule):
+    """Causal per-base DNA language model; predicts the next base among the alphabet's symbols.
+
+    Logs ``{stage}/bpb`` (bits per base over the scored positions), ``val/bpb_best``, and at test the
+    Markov baseline of the data module (``test/markov_bpb``, ``test/markov_order``) on the same positions.
+    """
+
+    monitor_best = MinMetric
+
+    def __init__(self, *, model: dict[str, Any], optimizer: dict[str, Any], scheduler: dict[str, Any] | None = None):
+        super().__init__(model=model, optimizer=optimizer, scheduler=scheduler)
+        if not getattr(self.net, "is_causal", False):
+            raise ValueError("the DNA language model needs a causal attention variant (attention.causal=true; "
+                             "causal variants: local, linear, lsh, hierarchical, bigbird, sparse_*, dense)")
+        if getattr(self.net, "patch_size", 1) != 1 or getattr(self.net, "pool", "none") != "none":
+            raise ValueError("the DNA language model predicts every base: needs model.patch_size=1 and model.pool=none")
+        self._per_stage("bpb", MeanMetric)
+
+    def log_probs(self, tokens: Tensor, pad: Tensor | None = None) -> Tensor:
+        """(B, L, S) natural-log probabilities of the next base over the S alphabet symbols."""
+        return torch.log_softmax(self(tokens, pad)[..., len(SPECIALS):].float(), dim=-1)
+
+    def _step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
+        targets = batch["targets"]
+        targets = torch.where(targets == IGNORE, targets, targets - len(SPECIALS))  # symbol index
+        logits = self(batch["tokens"], batch["pad"])[..., len(SPECIALS):]
+        nll, count = _scored_nll(logits, targets)
+        self.metric(stage, "bpb")(nll / LN2, weight=count)
+        self.log(f"{stage}/loss", nll, on_step=stage == "train", on_epoch=True, prog_bar=True,
+                 batch_size=len(targets))
+        self.log(f"{stage}/bpb", self.metric(stage, "bpb"), on_step=False, on_epoch=True, prog_bar=stage != "train")
+        return nll
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_best(self.metric("val", "bpb").compute(), "val/bpb_best")
+
+    def on_test_epoch_end(self) -> None:
+        dm = self._datamodule()
+        if dm is not None and hasattr(dm, "markov_baseline"):
+            base = dm.markov_baseline()
+            self.log("test/markov_bpb", float(base["test_bpb"]))
+            self.log("test/markov_order", float(base["order"]))
+
+
+class MaskedLM(GenomicsModule):
+    """Masked language model over residues (ESM-style masking is done by the data module).
+
+    Logs ``{stage}/loss`` (nats per masked residue), ``{stage}/ppl``, and at test the unigram baseline's
+    perplexity on the same masked residues (``test/unigram_ppl``) and the relative gain
+    ``test/ppl_gain = 1 - ppl / unigram_ppl``.
+    """
+
+    monitor_best = MinMetric
+
+    def __init__(self, *, model: dict[str, Any], optimizer: dict[str, Any], scheduler: dict[str, Any] | None = None):
+        super().__init__(model=model, optimizer=optimizer, scheduler=scheduler)
+        self._per_stage("nll", MeanMetric)
+        self.unigram_nll = MeanMetric()
+        self._unigram: Tensor | None = None
+
+    def on_test_epoch_start(self) -> None:
+        dm = self._datamodule()
+        self._unigram = dm.unigram_log_probs().to(self.device) if hasattr(dm, "unigram_log_probs") else None
+
+    def _step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
+        targets = batch["targets"]
+        logits = self(batch["tokens"], batch["pad"])
+        nll, count = _scored_nll(logits, targets)
+        self.metric(stage, "nll")(nll, weight=count)
+        self.log(f"{stage}/loss", nll, on_step=stage == "train", on_epoch=True, prog_bar=True,
+                 batch_size=len(targets))
+        if stage == "test" and self._unigram is not None:
+            chosen = targets[targets != IGNORE]
+            self.unigram_nll(-self._unigram[chosen].mean(), weight=chosen.numel())
+        return nll
+
+    def _epoch_end(self, stage: str) -> Tensor:
+        ppl = torch.exp(self.metric(stage, "nll").compute())
+        self.log(f"{stage}/ppl", ppl, prog_bar=True)
+        self.metric(stage, "nll").reset()
+        return ppl
+
+    def on_train_epoch_end(self) -> None:
+        self._epoch_end("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_best(self._epoch_end("val"), "val/ppl_best")
+
+    def on_test_epoch_end(self) -> None:
+        ppl = self._epoch_end("test")
+        if self._unigram is not None:
+            uni = torch.exp(self.unigram_nll.compute())
+            self.log("test/unigram_ppl", uni)
+            self.log("test/ppl_gain", 1.0 - ppl / uni)
+            self.unigram_nll.reset()
+
+
+class SequenceClassifier(GenomicsModule):
+    """One class per record (e.g. 16S gene -> phylum); logs ``acc``, macro ``f1`` and, at test, the majority
+    class baseline ``test/majority_acc``."""
+
+    def __init__(self, *, model: dict[str, Any], optimizer: dict[str, Any], scheduler: dict[str, Any] | None = None):
+        super().__init__(model=model, optimizer=optimizer, scheduler=scheduler)
+        c = self.net.num_outputs
+        if getattr(self.net, "pool", "mean") != "mean":
+            raise ValueError("sequence classification needs one output per record: model.pool=mean")
+        self._per_stage("acc", lambda: MulticlassAccuracy(c, average="micro"))
+        self._per_stage("f1", lambda: MulticlassF1Score(c, average="macro"))
+
+    def _step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
+        y = batch["label"]
+        logits = self(batch["tokens"], batch["pad"])
+        loss = F.cross_entropy(logits.float(), y)
+        pred = logits.argmax(dim=-1)
+        self.metric(stage, "acc")(pred, y)
+        self.metric(stage, "f1")(pred, y)
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log(f"{stage}/acc", self.metric(stage, "acc"), on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log(f"{stage}/f1", self.metric(stage, "f1"), on_step=False, on_epoch=True, batch_size=len(y))
+        return loss
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_best(self.metric("val", "acc").compute(), "val/acc_best")
+
+    def on_test_epoch_end(self) -> None:
+        dm = self._datamodule()
+        if dm is not None and hasattr(dm, "majority_baseline"):
+            self.log("test/majority_acc", dm.majority_baseline("test"))
+
+
+class TokenClassifier(GenomicsModule):
+    """Per-base binary labels (in a coding sequence or not); logs ``acc``, ``f1`` of the positive class,
+    ``mcc`` (0 for a constant prediction) and, at test, the majority-label baseline ``test/majority_acc``."""
+
+    def __init__(self, *, model: dict[str, Any], optimizer: dict[str, Any], scheduler: dict[str, Any] | None = None):
+        super().__init__(model=model, optimizer=optimizer, scheduler=scheduler)
+        if self.net.num_outputs != 2 or getattr(self.net, "pool", "none") != "none":
+            raise ValueError("per-base annotation needs model.num_outputs=2 and model.pool=none")
+        self._per_stage("acc", lambda: MulticlassAccuracy(2, average="micro", ignore_index=IGNORE))
+        self._per_stage("f1", lambda: BinaryF1Score(ignore_index=IGNORE))
+        self._per_stage("mcc", lambda: BinaryMatthewsCorrCoef(ignore_index=IGNORE))
+
+    def _step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
+        targets = batch["targets"]
+        logits = self(batch["tokens"], batch["pad"])  # (B, L, 2)
+        loss, _ = _scored_nll(logits, targets)
+        pred = logits.argmax(dim=-1)
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(targets))
+        for name in ("acc", "f1", "mcc"):
+            metric = self.metric(stage, name)
+            metric(pred, targets)
+            self.log(f"{stage}/{name}", metric, on_step=False, on_epoch=True, prog_bar=name == "mcc",
+                     batch_size=len(targets))
+        return loss
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_best(self.metric("val", "mcc").compute(), "val/mcc_best")
+
+    def on_test_epoch_end(self) -> None:
+        dm = self._datamodule()
+        if dm is not None and hasattr(dm, "majority_baseline"):
+            self.log("test/majority_acc", dm.majority_baseline("test"))

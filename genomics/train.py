@@ -1,0 +1,27 @@
+"""Train the genomics app: ``python -m genomics.train [overrides]`` (Hydra; config ``conf/genomics.yaml``).
+
+    python -m genomics.train                                      # DNA LM on the built-in synthetic genome
+    python -m genomics.data prepare leptospira && python -m genomics.train experiment=genomics_dna_lm
+    python -m genomics.train experiment=genomics_classify_16s attention=dense
+    python -m genomics.train -m experiment=genomics_dna_lm attention=local,linear   # summary.csv/md
+"""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from genomics.evaluate import report
+from core_attn.training import train
+
+
+@hydra.main(config_path="../conf", config_name="genomics", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    """Returns the test metric (the objective for Hydra sweepers)."""
+    metrics = train(cfg)
+    report(metrics)
+    return metrics.get("metric")
+
+
+if __name__ == "__main__":
+    main()

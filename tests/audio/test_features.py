@@ -1,0 +1,99 @@
+"""Log-mel shapes, streaming resampling and features equal to the whole-signal ones, augmentation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchaudio.functional as AF
+
+from audio.features import (
+    LogMelFeatures,
+    SpecAugment,
+    StreamingLogMel,
+    StreamingResampler,
+    WaveAugment,
+    stream_features,
+)
+from tests.audio.conftest import tone, write
+
+
+def test_log_mel_shapes_and_lengths():
+    f = LogMelFeatures()
+    audio = torch.randn(3, 16000) * 0.1
+    feats, n = f(audio, torch.tensor([16000, 8000, 300]))
+    assert feats.shape == (3, 98, 80)  # 1 + (16000 - 400) // 160
+    assert n.tolist() == [98, 48, 0] and f.frame_seconds == 0.01
+
+
+def test_log_mel_too_short():
+    with pytest.raises(ValueError, match=r"shorter than one analysis window \(n_fft=400 samples, 25 ms\)"):
+        LogMelFeatures()(torch.zeros(1, 399))
+
+
+def test_log_mel_bad_shape():
+    with pytest.raises(ValueError, match=r"audio must have shape \(B, L\); got \(16000,\)"):
+        LogMelFeatures()(torch.zeros(16000))
+
+
+def test_log_mel_hop_range():
+    with pytest.raises(ValueError, match=r"hop_length=500 is out of range; expected 1 <= hop_length <= 400"):
+        LogMelFeatures(hop_length=500)
+
+
+@pytest.mark.parametrize("orig,new", [(22050, 16000), (44100, 16000), (8000, 16000), (48000, 16000), (16000, 16000)])
+def test_streaming_resampler_matches_whole(orig, new):
+    x = torch.randn(orig * 2 + 123)
+    r = StreamingResampler(orig, new)
+    y = torch.cat([r.push(b) for b in torch.split(x, 5003)] + [r.flush()])
+    ref = AF.resample(x, orig, new)
+    assert y.shape == ref.shape
+    torch.testing.assert_close(y, ref, atol=2e-6, rtol=0)
+
+
+def test_streaming_log_mel_matches_whole():
+    f = LogMelFeatures()
+    x = torch.randn(16000 * 3 + 77) * 0.1
+    m = StreamingLogMel(f)
+    y = torch.cat([m.push(b) for b in torch.split(x, 4321)])
+    ref, _ = f(x[None])
+    torch.testing.assert_close(y, ref[0], atol=1e-5, rtol=0)
+
+
+def test_stream_features_of_a_file(tmp_path):
+    wave = torch.from_numpy(tone(3.3, rate=44100)) + 0.01 * torch.randn(int(3.3 * 44100))
+    write(tmp_path / "a.wav", wave.numpy(), rate=44100)
+    f = LogMelFeatures()
+    feats, seconds = stream_features(tmp_path / "a.wav", f, block_seconds=0.7)
+    import soundfile as sf
+
+    whole = AF.resample(torch.from_numpy(sf.read(tmp_path / "a.wav", dtype="float32")[0]), 44100, 16000)
+    ref, _ = f(whole[None])
+    assert seconds == pytest.approx(3.3, abs=1e-4)
+    torch.testing.assert_close(feats, ref[0], atol=1e-4, rtol=0)
+
+
+def test_spec_augment_train_only():
+    sa = SpecAugment(freq_masks=2, freq_width=10, time_masks=2, time_width=20, time_fraction=0.2)
+    x = torch.randn(4, 200, 80) + 5
+    sa.eval()
+    assert torch.equal(sa(x), x)
+    sa.train()
+    y = sa(x)
+    assert y.shape == x.shape and (y == 0).any() and not torch.equal(y[0] == 0, y[1] == 0)  # independent masks
+
+
+def test_wave_augment_keeps_padding_and_is_train_only():
+    aug = WaveAugment(gain_db=6.0, snr_db=(10.0, 10.0))
+    x = torch.randn(2, 1000) * 0.1
+    x[1, 600:] = 0
+    lengths = torch.tensor([1000, 600])
+    aug.eval()
+    assert torch.equal(aug(x, lengths), x)
+    aug.train()
+    y = aug(x, lengths)
+    assert torch.equal(y[1, 600:], torch.zeros(400)) and not torch.equal(y[:, :600], x[:, :600])
+
+
+def test_wave_augment_snr_order():
+    with pytest.raises(ValueError, match=r"snr_db=\[50.0, 10.0\] must be \[low, high\]"):
+        WaveAugment(snr_db=(50.0, 10.0))

@@ -1,0 +1,85 @@
+"""The sequence network: no future leakage for the LM, patching, pooling over padding; module checks."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+from core_attn import build_attention
+from core_attn.attention.local import LocalAttention
+from genomics.model import SequenceTransformer
+
+OPT = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3}
+
+
+def _net(**kw) -> SequenceTransformer:
+    base = dict(vocab_size=9, num_outputs=9, dim=16, depth=2, num_heads=2)
+    return SequenceTransformer(**{**base, **kw}).eval()
+
+
+@pytest.mark.parametrize("variant", ["local", "dense"])
+def test_causal_lm_does_not_see_the_future(variant):
+    kw = {"window": 8} if variant == "local" else {}
+    net = _net(attention=functools.partial(build_attention, variant, causal=True, **kw))
+    assert net.is_causal
+    x = torch.randint(4, 9, (2, 64))
+    y = x.clone()
+    y[:, 40:] = torch.randint(4, 9, (2, 24))
+    with torch.no_grad():
+        a, b = net(x), net(y)
+    assert torch.allclose(a[:, :40], b[:, :40], atol=1e-6)
+    assert not torch.allclose(a[:, 40:], b[:, 40:])
+
+
+def test_patched_per_base_outputs_and_padding():
+    net = _net(num_outputs=2, patch_size=4, attention=LocalAttention(window=4))
+    x = torch.randint(4, 9, (2, 32))
+    pad = torch.zeros(2, 32, dtype=torch.bool)
+    pad[1, 20:] = True
+    with torch.no_grad():
+        out = net(x, pad)
+    assert out.shape == (2, 32, 2) and torch.isfinite(out).all()
+    with pytest.raises(ValueError, match=r"sequence length 30 is not a multiple of patch_size=4"):
+        net(x[:, :30])
+
+
+def test_mean_pool_ignores_padding():
+    net = _net(num_outputs=3, pool="mean", patch_size=2)
+    x = torch.randint(4, 9, (1, 16))
+    padded = torch.cat([x, torch.zeros(1, 8, dtype=torch.long)], dim=1)
+    pad = torch.zeros(1, 24, dtype=torch.bool)
+    pad[:, 16:] = True
+    with torch.no_grad():
+        assert torch.allclose(net(x), net(padded, pad), atol=1e-5)
+
+
+def test_model_argument_errors():
+    with pytest.raises(ValueError, match=r"local_kernel=4 must be odd"):
+        _net(patch_size=2, local_kernel=4)
+    with pytest.raises(ValueError, match=r"pool='max' is not allowed; expected one of \['none', 'mean'\]"):
+        _net(pool="max")
+    with pytest.raises(ValueError, match=r"tokens must have shape \(B, L\)"):
+        _net()(torch.zeros(3, dtype=torch.long))
+
+
+def _model_cfg(**kw):
+    attention = {"_target_": "core_attn.attention.local.LocalAttention", "_partial_": True, "window": 4,
+                 "causal": kw.pop("causal", False)}
+    return {"_target_": "genomics.model.SequenceTransformer", "vocab_size": 9, "num_outputs": 9, "dim": 16,
+            "depth": 1, "num_heads": 2, "attention": attention, **kw}
+
+
+def test_modules_check_their_network():
+    from genomics.module import CausalLM, SequenceClassifier, TokenClassifier
+
+    with pytest.raises(ValueError, match=r"needs a causal attention variant \(attention.causal=true"):
+        CausalLM(model=_model_cfg(), optimizer=OPT)
+    with pytest.raises(ValueError, match=r"needs model.patch_size=1 and model.pool=none"):
+        CausalLM(model=_model_cfg(causal=True, patch_size=2), optimizer=OPT)
+    with pytest.raises(ValueError, match=r"needs one output per record: model.pool=mean"):
+        SequenceClassifier(model=_model_cfg(), optimizer=OPT)
+    with pytest.raises(ValueError, match=r"needs model.num_outputs=2 and model.pool=none"):
+        TokenClassifier(model=_model_cfg(), optimizer=OPT)
+    assert CausalLM(model=_model_cfg(causal=True), optimizer=OPT).net.is_causal

@@ -1,0 +1,94 @@
+"""Each task end to end, in-process and tiny: ``train(cfg)`` per experiment, ``evaluate`` from a checkpoint,
+and the one-pass long-context inference. The built-in synthetic data sets are generated into tmp."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from core_attn.training import train
+from genomics.evaluate import run as evaluate_run
+from genomics.infer import infer
+from tests.training.tiny import compose_config
+
+QUIET = ["extras.print_config=false", "callbacks.rich_progress_bar=null", "logger=csv"]
+TINY_MODEL = ["model.dim=16", "model.depth=1", "model.num_heads=2"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("genomics_data")
+
+
+def _cfg(name, overrides, data_dir, out):
+    return compose_config(name, [*QUIET, *TINY_MODEL, f"paths.data_dir={data_dir}", *overrides], out)
+
+
+LM = ["data.window=128", "data.batch_size=2", "data.train_samples=6", "attention.window=16",
+      "data.markov_max_order=3", "trainer=fast"]
+
+
+def test_dna_lm_trains_tests_evaluates_and_infers(data_dir, tmp_path):
+    metrics = train(_cfg("genomics", LM, data_dir, tmp_path / "run"))
+    assert metrics["status"] == "ok" and metrics["variant"] == "local"
+    test = metrics["test"]
+    assert {"test/bpb", "test/markov_bpb", "test/markov_order"} <= set(test)
+    assert 0.5 < test["test/bpb"] < 4 and 0.5 < test["test/markov_bpb"] < 2.5
+    assert metrics["metric_name"] == "test/bpb"
+    assert json.loads((tmp_path / "run/metrics.json").read_text())["test"] == test
+    ckpt = metrics["last_ckpt"]
+
+    ev = evaluate_run(compose_config("genomics_eval", ["extras.print_config=false", f"ckpt_path={ckpt}", "trainer=fast",
+                                                       f"paths.data_dir={data_dir}"], tmp_path / "eval"))
+    assert ev["metric_name"] == "test/bpb" and "test/markov_bpb" in ev["test"]
+
+    out = infer(_cfg("genomics_infer", [*LM, f"infer.ckpt_path={ckpt}"], data_dir, tmp_path / "infer"))
+    assert out["trained"] and out["region"] == "test" and out["sequences"] == 1
+    assert out["bases"] == 20_000 - 1 and out["markov_bpb"] == pytest.approx(test["test/markov_bpb"])
+    assert out["peak_rss_mb"] > 0
+
+
+def test_infer_untrained_whole_genome_prefix_bf16(data_dir, tmp_path):
+    out = infer(_cfg("genomics_infer", [*LM, "infer.region=genome", "infer.length=5000", "infer.precision=bf16"],
+                     data_dir, tmp_path / "infer"))
+    assert not out["trained"] and out["bases"] == 4999 and out["longest"] == 5000 and "markov_bpb" not in out
+
+
+def test_annotation_trains(data_dir, tmp_path):
+    metrics = train(_cfg("genomics", ["experiment=genomics_annotate", "data.dataset=builtin_genome",
+                                      "data.window=1024", "data.train_samples=2", "attention.window=8",
+                                      "trainer.fast_dev_run=true"], data_dir, tmp_path / "run"))
+    assert {"test/acc", "test/f1", "test/mcc", "test/majority_acc"} <= set(metrics["test"])
+
+
+def test_protein_mlm_trains(data_dir, tmp_path):
+    metrics = train(_cfg("genomics", ["experiment=genomics_protein_mlm", "data.dataset=builtin_proteins",
+                                      "data.max_len=64", "data.batch_size=4", "attention.window=8",
+                                      "trainer.fast_dev_run=true"], data_dir, tmp_path / "run"))
+    test = metrics["test"]
+    assert {"test/ppl", "test/unigram_ppl", "test/ppl_gain"} <= set(test)
+    assert 5 < test["test/unigram_ppl"] < 25
+
+
+def test_classification_trains(data_dir, tmp_path):
+    metrics = train(_cfg("genomics", ["experiment=genomics_classify_16s", "data.dataset=builtin_labelled",
+                                      "data.labels.regex='class=(\\S+)'", "data.labels.group_regex=null",
+                                      "data.labels.min_count=1", "data.num_outputs=4", "data.max_len=640",
+                                      "attention.window=8", "trainer.fast_dev_run=true"], data_dir, tmp_path / "run"))
+    assert {"test/acc", "test/f1", "test/majority_acc"} <= set(metrics["test"])
+
+
+def test_default_config_is_the_builtin_lm(tmp_path):
+    cfg = compose_config("genomics", [], tmp_path)
+    assert cfg.data.dataset == "builtin_genome" and cfg.module._target_ == "genomics.module.CausalLM"
+    assert cfg.attention.causal is True
+    expected = {"genomics_dna_lm": ("CausalLM", "val/bpb", True), "genomics_annotate": ("TokenClassifier", "val/mcc", False),
+                "genomics_protein_mlm": ("MaskedLM", "val/ppl", False),
+                "genomics_classify_16s": ("SequenceClassifier", "val/acc", False)}
+    for name, (module, monitor, causal) in expected.items():
+        exp = compose_config("genomics", [f"experiment={name}"], tmp_path)
+        assert exp.data.dataset in ("leptospira", "uniprot20k", "16s")
+        assert exp.module.model.vocab_size == exp.data.vocab_size
+        # the experiment wins over the primary config's own values (module, monitor, attention.causal)
+        assert (exp.module._target_, exp.monitor, exp.attention.causal) == (f"genomics.module.{module}", monitor, causal)

@@ -1,0 +1,79 @@
+"""The LightningModule of the vision app: image classification with cross-entropy."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from hydra.utils import instantiate
+from torch import Tensor, nn
+from torchmetrics import MaxMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from core_attn.training.optim import configure_optimizers
+
+
+class ImageClassifier(pl.LightningModule):
+    """Trains any image model with cross-entropy; logs ``{train,val,test}/{loss,acc}`` and ``val/acc_best``.
+
+    Its hyper-parameters are plain configs (saved with ``save_hyperparameters``), so
+    ``ImageClassifier.load_from_checkpoint(path)`` rebuilds the same network.
+
+    Args:
+        model: the network's config (``_target_`` plus arguments, e.g. ``vision.model.VisionTransformer``
+            with its ``attention`` as a ``_partial_`` config); the network exposes ``num_classes``.
+        optimizer: a ``_partial_`` optimizer config (called with parameter groups).
+        scheduler: a ``_partial_`` scheduler config (called with the optimizer and ``total_steps``,
+            stepped every optimizer step), or ``None``/empty for a constant learning rate.
+        label_smoothing: cross-entropy label smoothing.
+    """
+
+    def __init__(self, *, model: dict[str, Any], optimizer: dict[str, Any], scheduler: dict[str, Any] | None = None,
+                 label_smoothing: float = 0.0):
+        super().__init__()
+        self.save_hyperparameters()
+        self.net: nn.Module = instantiate(model)
+        num_classes = self.net.num_classes
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc_best = MaxMetric()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def _step(self, batch: tuple[Tensor, Tensor], stage: str, acc) -> Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = self.criterion(logits, y)
+        acc(logits.argmax(dim=-1), y)
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log(f"{stage}/acc", acc, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(y))
+        return loss
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        return self._step(batch, "train", self.train_acc)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "val", self.val_acc)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        self.val_acc_best(self.val_acc.compute())
+        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "test", self.test_acc)
+
+    def predict_step(self, batch, batch_idx: int) -> Tensor:
+        """Class probabilities (B, num_classes)."""
+        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        return torch.softmax(self(x), dim=-1)
+
+    def configure_optimizers(self) -> Any:
+        return configure_optimizers(self.net, self.hparams.optimizer, self.hparams.scheduler,
+                                    self.trainer.estimated_stepping_batches)

@@ -1,0 +1,23 @@
+"""Train the vision app: ``python -m vision.train [overrides]`` (Hydra; config ``conf/vision.yaml``).
+
+    python -m vision.train                                        # MegaMNIST 512x512, local attention
+    python -m vision.train attention=bigbird model.depth=6 trainer=gpu
+    python -m vision.train -m attention=dense,local,bigbird,linear  # summary.csv/md in the sweep dir
+"""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from core_attn.training import train
+
+
+@hydra.main(config_path="../conf", config_name="vision", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    """Returns the test metric (the objective for Hydra sweepers)."""
+    return train(cfg).get("metric")
+
+
+if __name__ == "__main__":
+    main()
