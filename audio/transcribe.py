@@ -128,7 +128,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict]:
         try:
             opts[key] = OPTIONS[key](value)
         except ValueError:
-            parser.error(f"{key}={value!r} must be a {OPTIONS[key].__name__}")
+            kind = {int: "an integer", float: "a number"}[OPTIONS[key]]
+            parser.error(f"{key}={value!r} must be {kind}")
     if not opts["ckpt_path"]:
         parser.error("ckpt_path=<a training checkpoint (.ckpt)> is required")
     if not files:

@@ -158,7 +158,9 @@ def useful_flops(name: str, kwargs: dict, n: int, pairs: int | None) -> float | 
     plus 4 N D m for the features); ``lsh``: each round's 2 x bucket_size keys per query (an upper bound:
     keys found twice are counted once by the variant) plus hashing q and k, 2 N D (num_buckets / 2) each;
     ``linformer``: 8 N k D (project K and V, scores, PV); ``nystrom``: 8 N m D + 2 N m^2 + 2 m^2 D +
-    48 m^3 (Xiong et al. 2021 with 6 pseudo-inverse iterations). Others: ``None`` (reported "n/a").
+    48 m^3 (Xiong et al. 2021 with 6 pseudo-inverse iterations); ``perceiver``: 4 D per pair of its three
+    dense attentions, M N (encode) + layers M^2 (process) + N M (decode); ``hierarchical``: 4 D per pair
+    of N s (within segments) + (N / s)^2 (between summaries). Others: ``None`` (reported "n/a").
     """
     d = HEAD_DIM
     proj = 4 * 2.0 * n * DIM * DIM
@@ -177,6 +179,12 @@ def useful_flops(name: str, kwargs: dict, n: int, pairs: int | None) -> float | 
     elif name == "nystrom" and "num_landmarks" in kwargs:
         m = kwargs["num_landmarks"]
         per_head = 8.0 * n * m * d + 2.0 * n * m * m + 2.0 * m * m * d + 48.0 * m ** 3
+    elif name == "perceiver" and "num_latents" in kwargs:
+        m = kwargs["num_latents"]
+        per_head = 4.0 * d * (2 * n * m + kwargs.get("latent_layers", 1) * m * m)
+    elif name == "hierarchical" and "segment_size" in kwargs:
+        s = kwargs["segment_size"]
+        per_head = 4.0 * d * (n * s + math.ceil(n / s) ** 2)
     else:
         return None
     return proj + per_head * HEADS

@@ -8,7 +8,8 @@
 Config ``conf/genomics_infer.yaml`` (the ``genomics`` config plus ``infer.*``). With a checkpoint the model
 and (unless ``infer.stored_data=false``) the data config come from it; without one the model is built
 from the config with random weights, which measures time and memory but not quality. Each sequence
-runs under ``torch.inference_mode`` in one forward pass; the result (bits per base, the Markov
+runs under ``torch.inference_mode`` in one forward pass (attention over the whole sequence at once; the
+position-wise layers ``infer.chunk`` positions at a time, which bounds their memory); the result (bits per base, the Markov
 baseline on the same bases for ``region=test``, seconds, peak memory) is printed and written to
 ``<run dir>/metrics.json``.
 """
@@ -59,12 +60,14 @@ def sequences(dm: GenomeDataModule, region: str, length: int | None) -> list[np.
 
 
 @torch.inference_mode()
-def score(module: CausalLM, tokens: np.ndarray, precision: str) -> tuple[float, int]:
-    """(total bits, scored positions) of one sequence in one forward pass (positions 1 .. L-1)."""
+def score(module: CausalLM, tokens: np.ndarray, precision: str, chunk: int | None = None) -> tuple[float, int]:
+    """(total bits, scored positions) of one sequence in one forward pass (positions 1 .. L-1); with
+    ``chunk``, the position-wise layers run ``chunk`` positions at a time (``SequenceTransformer.forward_long``)."""
     x = torch.from_numpy(tokens.astype(np.int64))[None]  # (1, L)
     inputs, targets = x[:, :-1], x[:, 1:] - len(SPECIALS)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-        logits = module(inputs)[..., len(SPECIALS):]  # (1, L-1, S)
+        out = module.net.forward_long(inputs, chunk=chunk) if chunk else module(inputs)
+        logits = out[..., len(SPECIALS):]  # (1, L-1, S)
     nll = torch.nn.functional.cross_entropy(logits.float()[0], targets[0], reduction="sum")
     return float(nll) / math.log(2.0), targets.numel()
 
@@ -101,11 +104,11 @@ def infer(cfg: DictConfig) -> dict[str, Any]:
     reset_peak_memory()
     bits, count, t0 = 0.0, 0, time.perf_counter()
     for s in seqs:
-        b, c = score(module, s, precision)
+        b, c = score(module, s, precision, icfg.chunk)
         bits, count = bits + b, count + c
     seconds = time.perf_counter() - t0
     metrics: dict[str, Any] = {"status": "ok", "app": cfg.get("app"), **info, "region": region,
-                               "precision": precision, "sequences": len(seqs), "longest": max(map(len, seqs)),
+                               "precision": precision, "chunk": icfg.chunk, "sequences": len(seqs), "longest": max(map(len, seqs)),
                                "bases": count, "bpb": bits / count, "seconds": round(seconds, 2),
                                "trained": bool(icfg.ckpt_path), "threads": torch.get_num_threads(), **peak_memory_mb()}
     if region == "test" and icfg.length is None and icfg.baseline:

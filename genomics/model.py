@@ -105,3 +105,61 @@ class SequenceTransformer(nn.Module):
             h = self.out_norm(up + self.local(base.transpose(1, 2)).transpose(1, 2))
             h = F.gelu(h)
         return self.head(h)  # (B, L, num_outputs)
+
+    @torch.inference_mode()
+    def forward_long(self, tokens: Tensor, *, chunk: int = 65536) -> Tensor:
+        """:meth:`forward` for one very long unpadded sequence, without gradients, in less memory.
+
+        Everything but attention acts position by position, so it runs ``chunk`` positions at a time;
+        only q, k, v and the attention output of one block exist at full length. Peak memory is then about
+        five (N, dim) tensors instead of the dozen a plain forward holds (the MLP's hidden layer, the
+        rotary temporaries, ...). Same result as :meth:`forward` (tested); per-base heads only
+        (``patch_size=1``, ``pool="none"``).
+
+        Args:
+            tokens: (B, L) int64 token ids, no padding.
+            chunk: positions per position-wise step.
+        """
+        if self.patch_size != 1 or self.pool != "none":
+            raise ValueError("forward_long needs a per-base model (patch_size=1, pool='none')")
+        check_int("chunk", chunk, min_value=1)
+        enc = self.encoder
+        b, n = tokens.shape
+        x = self.embed(tokens)  # (B, N, C)
+        if enc.pos_embed is not None:
+            if n > enc.max_len:
+                raise ValueError(f"input length N={n} exceeds max_len={enc.max_len} of the learned positions")
+            x += enc.pos_embed[:, :n]
+        spans = [(s, min(n, s + chunk)) for s in range(0, n, chunk)]
+        for blk in enc.blocks:
+            x = self._long_block(blk, x, spans)
+        out = x.new_empty(b, n, self.num_outputs)
+        for s, e in spans:
+            out[:, s:e] = self.head(enc.norm(x[:, s:e]))
+        return out
+
+    @staticmethod
+    def _long_block(blk: nn.Module, x: Tensor, spans: list[tuple[int, int]]) -> Tensor:
+        """One pre-norm block (``TransformerBlock`` in eval mode) with position-wise parts in spans."""
+        mha = blk.attn
+        b, n, c = x.shape
+        h, hd = mha.num_heads, mha.head_dim
+        q, k, v = (x.new_empty(b, h, n, hd) for _ in range(3))  # (B, H, N, hd)
+        cos_sin = mha.rotary.cos_sin(n, x.device, torch.float32) if mha.rotary is not None else None
+        for s, e in spans:
+            qkv = mha.qkv(blk.norm1(x[:, s:e])).reshape(b, e - s, 3, h, hd).permute(2, 0, 3, 1, 4)
+            for dst, src in zip((q, k, v), qkv.unbind(0)):
+                dst[:, :, s:e] = src
+            if cos_sin is not None:  # RoPE, as RotaryEmbedding.forward, on positions s..e-1
+                cos, sin = cos_sin[0][s:e], cos_sin[1][s:e]
+                for t in (q, k):
+                    part = t[:, :, s:e].float()
+                    x1, x2 = part.chunk(2, dim=-1)
+                    t[:, :, s:e] = part * cos + torch.cat([-x2, x1], dim=-1) * sin
+        att = mha.attention(q, k, v)  # (B, H, N, hd)
+        del q, k, v
+        for s, e in spans:
+            o = att[:, :, s:e].transpose(1, 2).reshape(b, e - s, c)
+            x[:, s:e] += blk.ls1(mha.proj(o))
+            x[:, s:e] += blk.ls2(blk.mlp(blk.norm2(x[:, s:e])))
+        return x

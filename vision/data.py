@@ -147,22 +147,30 @@ class MegaMNISTDataset(Dataset):
         distractors = rng.choice([c for c in range(10) if c != label], size=2, replace=False)
         picks = [(label, int(i)) for i in rng.choice(self.by_class[label], size=3, replace=False)]
         picks += [(int(c), int(rng.choice(self.by_class[c]))) for c in distractors]
-        boxes: list[Placement] = []
-        hi = self.size - self.digit + 1
-        for cls, idx in picks:
-            for _ in range(1000):  # rejection sampling: objects never overlap
-                y, x = (int(v) for v in rng.integers(0, hi, size=2))
-                if all(abs(y - b.y) >= self.digit or abs(x - b.x) >= self.digit for b in boxes):
-                    break
-            else:
-                raise RuntimeError(f"could not place 5 objects of {self.digit}px without overlap on {self.size}px")
-            boxes.append(Placement(cls, idx, y, x))
+        boxes = self._place(rng, picks)
         n = self.num_clutter
         source = rng.integers(len(self.labels), size=(n, 1))
         crop = rng.integers(0, self.digit - self.clutter_size + 1, size=(n, 2))
         where = rng.integers(0, self.size - self.clutter_size + 1, size=(n, 2))
         clutter = [tuple(int(v) for v in row) for row in np.concatenate([source, crop, where], axis=1)]
         return Layout(label, boxes, clutter)
+
+    def _place(self, rng: np.random.Generator, picks: list[tuple[int, int]]) -> list[Placement]:
+        """Random non-overlapping positions (rejection sampling, restarted when a canvas fills up badly)."""
+        hi = self.size - self.digit + 1
+        for _ in range(100):
+            boxes: list[Placement] = []
+            for cls, idx in picks:
+                for _ in range(50):
+                    y, x = (int(v) for v in rng.integers(0, hi, size=2))
+                    if all(abs(y - b.y) >= self.digit or abs(x - b.x) >= self.digit for b in boxes):
+                        boxes.append(Placement(cls, idx, y, x))
+                        break
+                else:
+                    break
+            if len(boxes) == len(picks):
+                return boxes
+        raise RuntimeError(f"could not place {len(picks)} objects of {self.digit}px without overlap on {self.size}px")
 
     def upscaled(self, indices: list[int]) -> Tensor:
         """Bank images ``indices`` upscaled (bilinear) to (len, digit_size, digit_size)."""

@@ -29,32 +29,25 @@ def _pair(size: int | Sequence[int], name: str) -> tuple[int, int]:
 
 def _conv_stem(patch_size: int, in_chans: int, dim: int) -> nn.Sequential:
     """Early convolutions (Xiao et al. 2021, "Early Convolutions Help Transformers See Better",
-    arXiv:2106.14881) with total stride ``patch_size``: non-overlapping 4x4 (then 2x2) convolutions with
-    BatchNorm + GELU, widths growing to ``dim``; each token still sees exactly its own patch."""
-    strides = []
-    rest = patch_size
-    while rest % 4 == 0 and rest > 4:
-        strides.append(4)
-        rest //= 4
-    while rest % 2 == 0 and rest > 2:
-        strides.append(2)
-        rest //= 2
-    strides.append(rest)
-    widths = [max(8, dim >> (len(strides) - 1 - i)) for i in range(len(strides))]
+    arXiv:2106.14881): log2(patch_size) 3x3 stride-2 convolutions with BatchNorm + ReLU, widths doubling up
+    to ``dim``, then a 1x1 convolution to ``dim``. Tokens see a little past their patch (receptive field
+    about 2 x patch_size), which lets the stem recognise strokes that cross patch borders."""
+    n = patch_size.bit_length() - 1
+    if patch_size != 1 << n or n < 1:
+        raise ValueError(f"stem='conv' needs a power-of-two patch_size >= 2; got patch_size={patch_size}")
     layers: list[nn.Module] = []
     cin = in_chans
-    for i, (s, w) in enumerate(zip(strides, widths)):
-        last = i == len(strides) - 1
-        layers.append(nn.Conv2d(cin, dim if last else w, kernel_size=s, stride=s))
-        if not last:
-            layers += [nn.BatchNorm2d(w), nn.GELU()]
+    for i in range(n):
+        w = max(8, dim >> (n - 1 - i))
+        layers += [nn.Conv2d(cin, w, kernel_size=3, stride=2, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU()]
         cin = w
+    layers.append(nn.Conv2d(cin, dim, kernel_size=1))
     return nn.Sequential(*layers)
 
 
 class PatchEmbed(nn.Module):
-    """Non-overlapping ``patch_size`` patches -> ``dim`` channels: one strided convolution (ViT), or a
-    few smaller strided convolutions with nonlinearities between them (``stem="conv"``).
+    """``patch_size`` patches -> ``dim`` channels: one strided convolution (ViT), or a stack of strided
+    3x3 convolutions (``stem="conv"``).
 
     Args:
         img_size: input side, or (height, width); divisible by ``patch_size``.
@@ -129,7 +122,10 @@ class VisionTransformer(nn.Module):
         self.encoder = TransformerEncoder(
             dim, depth, num_heads, attention=attention, mlp_ratio=mlp_ratio, dropout=dropout, drop_path=drop_path,
             positions=positions, max_len=self.patch_embed.num_patches + self.num_prefix_tokens,
-            gradient_checkpointing=gradient_checkpointing)
+            gradient_checkpointing=gradient_checkpointing, final_norm=pool == "cls")
+        # mean pooling normalises after pooling (timm's fc_norm): tokens keep their own scale, so a few
+        # informative tokens among many background ones are not diluted by a per-token norm
+        self.fc_norm = nn.LayerNorm(dim, eps=1e-6) if pool == "mean" else nn.Identity()
         self.head = nn.Linear(dim, num_classes) if num_classes else nn.Identity()
         self._init_linear(self)
 
@@ -151,7 +147,7 @@ class VisionTransformer(nn.Module):
         return {"cls_token", "encoder.pos_embed"}
 
     def forward_features(self, x: Tensor) -> Tensor:
-        """(B, C, H, W) -> (B, prefix + N, dim) after the final norm."""
+        """(B, C, H, W) -> (B, prefix + N, dim) token features (normed per token for ``pool="cls"``)."""
         x = self.patch_embed(x)  # (B, N, dim)
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, 1 + N, dim)
@@ -159,7 +155,7 @@ class VisionTransformer(nn.Module):
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         """Pool (B, prefix + N, dim) tokens to (B, dim), then the head (unless ``pre_logits``)."""
-        x = x[:, 0] if self.pool == "cls" else x.mean(dim=1)  # (B, dim)
+        x = x[:, 0] if self.pool == "cls" else self.fc_norm(x.mean(dim=1))  # (B, dim)
         return x if pre_logits else self.head(x)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -40,7 +40,8 @@ def reset_peak_memory() -> None:
 
 
 def peak_memory_mb() -> dict[str, float | None]:
-    """Peak resident memory of this process (MiB) and, on CUDA, the allocator's peak (MiB)."""
+    """Peak resident memory of this process and, on CUDA, the allocator's peak (MiB); ``peak_memory_mb``
+    is the CUDA peak when there is one, else the RSS peak."""
     rss = None
     try:
         with open("/proc/self/status") as f:
@@ -52,7 +53,8 @@ def peak_memory_mb() -> dict[str, float | None]:
     if rss is None:  # ru_maxrss is KiB on Linux: a lifetime peak, not reset between jobs
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     cuda = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
-    return {"peak_rss_mb": round(rss, 1), "cuda_peak_memory_mb": None if cuda is None else round(cuda, 1)}
+    rss, cuda = round(rss, 1), None if cuda is None else round(cuda, 1)
+    return {"peak_rss_mb": rss, "cuda_peak_memory_mb": cuda, "peak_memory_mb": rss if cuda is None else cuda}
 
 
 class _Timer:

@@ -224,7 +224,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     metrics.update(throughput.results())
     metrics.update(peak_memory_mb())
-    metrics["peak_memory_mb"] = metrics["cuda_peak_memory_mb"] or metrics["peak_rss_mb"]
     metrics["world_size"] = trainer.world_size
     if trainer.is_global_zero:
         write_json_atomic(output_dir / "metrics.json", metrics)
@@ -267,7 +266,6 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                "test": test, "metric_name": name, "metric": test.get(name),
                "test_seconds": round(time.perf_counter() - t0, 2), **_count_params(module),
                "test_samples_per_s": throughput.results()["test_samples_per_s"], **peak_memory_mb()}
-    metrics["peak_memory_mb"] = metrics["cuda_peak_memory_mb"] or metrics["peak_rss_mb"]
     if trainer.is_global_zero:
         write_json_atomic(Path(cfg.paths.output_dir) / "metrics.json", metrics)
     return metrics

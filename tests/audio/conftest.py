@@ -17,7 +17,7 @@ NEEDS_ESPEAK = "espeak-ng is not installed (apt-get install espeak-ng); the buil
 TINY_AUDIO = [
     "data.train=24", "data.val=6", "data.test=6", "data.longform_recordings=1", "data.longform_minutes=0.25",
     "data.batch_size=6", "model.encoder.dim=32", "model.encoder.depth=2", "model.encoder.num_heads=2",
-    "model.encoder.subsampling_channels=8", "attention.window=16", "extras.print_config=false",
+    "model.encoder.subsampling_channels=8", "extras.print_config=false",
     "callbacks.rich_progress_bar=null", "trainer=fast",
 ]
 

@@ -58,7 +58,10 @@ def test_useful_flops_of_local_and_dense():
     assert useful_flops("dense", {}, n, n * n) == pytest.approx(proj + 4 * 64 * 8 * n * n)
     # linear (elu, non-causal): 4 N m D + 4 N m per head with m = D
     assert useful_flops("linear", {"feature_map": "elu"}, n, None) == pytest.approx(proj + 8 * (4 * n * 64 * 64 + 4 * n * 64))
-    assert useful_flops("perceiver", {"num_latents": 256}, n, None) is None  # no formula: "n/a"
+    # perceiver: encode M N + process M^2 + decode N M pairs
+    assert useful_flops("perceiver", {"num_latents": 64, "latent_layers": 2}, n, None) == pytest.approx(
+        proj + 8 * 4 * 64 * (2 * n * 64 + 2 * 64 * 64))
+    assert useful_flops("not_a_variant", {}, n, None) is None  # no formula: "n/a"
 
 
 def test_is_linear_reads_the_complexity_strings():

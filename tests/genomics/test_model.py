@@ -83,3 +83,15 @@ def test_modules_check_their_network():
     with pytest.raises(ValueError, match=r"needs model.num_outputs=2 and model.pool=none"):
         TokenClassifier(model=_model_cfg(), optimizer=OPT)
     assert CausalLM(model=_model_cfg(causal=True), optimizer=OPT).net.is_causal
+
+
+@pytest.mark.parametrize("positions", ["rotary", "learned"])
+def test_forward_long_matches_forward(positions):
+    net = _net(positions=positions, max_len=100, attention=functools.partial(build_attention, "local", window=8,
+                                                                              causal=True))
+    x = torch.randint(4, 9, (2, 100))
+    with torch.no_grad():
+        ref = net(x)
+    assert torch.allclose(net.forward_long(x, chunk=7), ref, atol=1e-5)
+    with pytest.raises(ValueError, match=r"forward_long needs a per-base model"):
+        _net(pool="mean").forward_long(x)

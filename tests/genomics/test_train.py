@@ -50,7 +50,8 @@ def test_dna_lm_trains_tests_evaluates_and_infers(data_dir, tmp_path):
 
 
 def test_infer_untrained_whole_genome_prefix_bf16(data_dir, tmp_path):
-    out = infer(_cfg("genomics_infer", [*LM, "infer.region=genome", "infer.length=5000", "infer.precision=bf16"],
+    out = infer(_cfg("genomics_infer", [*LM, "infer.region=genome", "infer.length=5000", "infer.precision=bf16",
+                                      "infer.chunk=null"],
                      data_dir, tmp_path / "infer"))
     assert not out["trained"] and out["bases"] == 4999 and out["longest"] == 5000 and "markov_bpb" not in out
 

@@ -165,3 +165,12 @@ def test_summary_callback_ignores_single_runs(tmp_path):
     ok = JobReturn(status=JobStatus.COMPLETED)
     SweepSummary().on_job_end(_job_config(tmp_path, 0, RunMode.RUN), ok)
     assert not (tmp_path / "summary.csv").exists()
+
+
+def test_core_attn_import_stays_torch_only():
+    import subprocess
+    import sys
+
+    code = "import sys, core_attn; bad = [m for m in ('lightning', 'hydra', 'omegaconf') if m in sys.modules]; print(bad)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"

@@ -1,0 +1,54 @@
+"""train(cfg) in-process on a tiny synthetic corpus; evaluate with the long-form comparison; configs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+
+from audio.evaluate import run
+from tests.audio.conftest import TINY_AUDIO
+from tests.training.tiny import compose_config
+
+
+def test_train_writes_metrics_and_checkpoints(trained):
+    assert trained["status"] == "ok" and trained["app"] == "audio" and trained["variant"] == "local"
+    assert trained["metric_name"] == "test/wer" and 0.0 <= trained["metric"]
+    assert {"test/wer", "test/cer", "test/loss"} <= set(trained["test"])
+    assert trained["last_ckpt"] and (trained["output_dir"] / "metrics.json").is_file()
+
+
+def test_evaluate_adds_long_form_comparison(trained, tmp_path):
+    cfg = compose_config("audio_eval", [f"ckpt_path={trained['last_ckpt']}", "extras.print_config=false",
+                                        "longform.chunk_seconds=6", "longform.overlap_seconds=1"], tmp_path)
+    metrics = run(cfg)
+    lf = metrics["longform"]
+    assert lf["recordings"] == 1 and lf["utterances"] >= 2
+    for key in ("segments", "full", "chunked"):
+        assert 0.0 <= lf[key]["wer"] and 0.0 <= lf[key]["cer"]
+    assert lf["full"]["real_time_factor"] > 0 and "full_minus_segments_wer_points" in lf
+    assert json.loads((tmp_path / "metrics.json").read_text())["longform"] == lf
+
+
+@pytest.mark.parametrize("overrides", [[], ["attention=dense"], ["attention=local", "model.encoder.positions=rotary"],
+                                       ["model=audio_conformer_medium"]])
+def test_configs_build_the_model(overrides, tmp_path):
+    cfg = compose_config("audio", [*TINY_AUDIO, *overrides], tmp_path)
+    module = instantiate(cfg.module, _recursive_=False, _convert_="all")
+    assert module.net.vocab_size == 29
+
+
+def test_default_attention_is_local_with_a_global_token(tmp_path):
+    cfg = compose_config("audio", [], tmp_path)
+    assert cfg.attention.window == 64 and list(cfg.attention.global_tokens) == [0]
+    assert cfg.model.encoder.subsampling == 4 and cfg.monitor == "val/wer"
+    other = compose_config("audio", ["attention=linear"], tmp_path)
+    assert "window" not in other.attention  # the audio settings apply to `local` only
+
+
+def test_vocab_mismatch_is_a_clear_error(tmp_path):
+    cfg = compose_config("audio", [*TINY_AUDIO, "model.vocab_size=30"], tmp_path)
+    with pytest.raises(InstantiationException, match=r"model.vocab_size=30 but the character vocabulary has 29 tokens"):
+        instantiate(cfg.module, _recursive_=False, _convert_="all")

@@ -1,0 +1,78 @@
+"""Output formats (txt, json, srt), the command line, and transcription of a file end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from audio.decoding import Transcript, Word
+from audio.transcribe import cues, format_transcript, main, parse_args
+
+T = Transcript("hello there general kenobi", [Word("hello", 0.5, 0.9), Word("there", 1.0, 1.4),
+                                               Word("general", 3.2, 3.8), Word("kenobi", 3.9, 4.5)])
+
+
+def test_txt():
+    assert format_transcript(T, "txt") == "hello there general kenobi\n"
+
+
+def test_json():
+    out = json.loads(format_transcript(T, "json", {"audio": "a.wav", "duration": 5.0}))
+    assert out["audio"] == "a.wav" and out["text"] == T.text
+    assert out["words"][2] == {"word": "general", "start": 3.2, "end": 3.8}
+
+
+def test_srt_splits_at_pauses():
+    assert format_transcript(T, "srt") == (
+        "1\n00:00:00,500 --> 00:00:01,400\nhello there\n\n"
+        "2\n00:00:03,200 --> 00:00:04,500\ngeneral kenobi\n")
+
+
+def test_srt_hours_and_long_cues():
+    words = [Word(f"w{i}", 3600 + i * 0.3, 3600 + i * 0.3 + 0.2) for i in range(30)]
+    groups = cues(Transcript("", words), max_words=12, max_seconds=6.0)
+    assert [len(g) for g in groups] == [12, 12, 6]
+    assert format_transcript(Transcript("", words), "srt").startswith("1\n01:00:00,000 --> 01:00:03,500\nw0 w1")
+
+
+def test_unknown_format():
+    with pytest.raises(ValueError, match=r"format='vtt' is not allowed; expected one of \['txt', 'json', 'srt'\]"):
+        format_transcript(T, "vtt")
+
+
+def test_command_line_options(tmp_path):
+    (tmp_path / "a.wav").write_bytes(b"")
+    args, opts = parse_args([str(tmp_path / "a.wav"), "ckpt_path=m.ckpt", "--format", "srt", "mode=chunked",
+                             "chunk_seconds=10"])
+    assert args.files == [str(tmp_path / "a.wav")] and args.format == "srt"
+    assert opts["mode"] == "chunked" and opts["chunk_seconds"] == 10.0 and opts["ckpt_path"] == "m.ckpt"
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["a.wav"], "ckpt_path=<a training checkpoint"),
+    (["a.wav", "ckpt_pth=m.ckpt"], "unknown option 'ckpt_pth'.*Did you mean 'ckpt_path'"),
+    (["a.wav", "ckpt_path=m", "beam_size=wide"], "beam_size='wide' must be an integer"),
+    (["ckpt_path=m"], "give at least one audio file"),
+])
+def test_command_line_errors(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        parse_args(argv)
+    assert pytest.importorskip("re").search(message, capsys.readouterr().err)
+
+
+def test_missing_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"ckpt_path='.*nope\.ckpt': no such checkpoint file"):
+        main([str(tmp_path / "x.wav"), f"ckpt_path={tmp_path}/nope.ckpt"])
+
+
+def test_transcribe_end_to_end(trained, tmp_path, capsys):
+    ckpt = trained["last_ckpt"]
+    recording = next((trained["data_dir"] / "audio" / "synthetic").glob("*/long-form/000.flac"))
+    out = tmp_path / "t.json"
+    assert main([str(recording), f"ckpt_path={ckpt}", "--format", "json", "--output", str(out), "threads=2"]) == 0
+    result = json.loads(out.read_text())
+    assert result["duration"] > 10 and result["mode"] == "full" and result["real_time_factor"] > 0
+    assert isinstance(result["text"], str) and isinstance(result["words"], list)
+    assert "real-time factor" in capsys.readouterr().err
+    assert main([str(recording), f"ckpt_path={ckpt}", "mode=chunked", "chunk_seconds=4", "overlap_seconds=1"]) == 0

@@ -1,0 +1,1 @@
+"""Operations: export, checkpoints and resume, determinism, non-finite losses, DDP."""

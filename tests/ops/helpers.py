@@ -1,0 +1,76 @@
+"""Callbacks the ops tests inject through the config (``+callbacks.<name>._target_=tests.ops.helpers...``)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+
+
+def state_hash(module: torch.nn.Module) -> str:
+    """sha256 over a module's state_dict (names and bytes)."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+class PoisonAt(pl.Callback):
+    """Sets every weight to NaN just before training batch ``step`` (global step), so its loss is NaN."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            with torch.no_grad():
+                for p in pl_module.parameters():
+                    p.fill_(float("nan"))
+
+
+class RecordSteps(pl.Callback):
+    """Appends ``{"start_step", "end_step", "pid"}`` of each fit to ``path`` (one JSON line per fit); with
+    ``sleep`` > 0, sleeps that long after every training batch (so a test can kill the run mid-way)."""
+
+    def __init__(self, path: str, sleep: float = 0.0):
+        self.path = Path(path)
+        self.sleep = sleep
+        self.start = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.start = trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.sleep:
+            import time
+
+            time.sleep(self.sleep)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        import os
+
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"start_step": self.start, "end_step": trainer.global_step, "pid": os.getpid()}) + "\n")
+
+
+class DDPProbe(pl.Callback):
+    """Each rank writes ``<out_dir>/rank<r>.json``: sha256 of every training sample it saw and of its final
+    weights."""
+
+    def __init__(self, out_dir: str):
+        self.out_dir = Path(out_dir)
+        self.samples: list[str] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        x = batch[0]
+        self.samples += [hashlib.sha256(s.cpu().contiguous().numpy().tobytes()).hexdigest() for s in x]
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        record = {"rank": trainer.global_rank, "world_size": trainer.world_size, "samples": self.samples,
+                  "weights": state_hash(pl_module), "steps": trainer.global_step}
+        (self.out_dir / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))

@@ -1,0 +1,102 @@
+"""export_model / load_exported on a tiny ViT, and ``vision.export`` on a checkpoint."""
+
+from __future__ import annotations
+
+import importlib.util
+from functools import partial
+
+import lightning
+import pytest
+import torch
+
+from core_attn.attention.dense import DenseAttention
+from core_attn.attention.local import LocalAttention
+from core_attn.training.export import FORMATS, export_model, load_exported
+from vision.export import export
+from vision.model import VisionTransformer
+
+HAS_ONNX = all(importlib.util.find_spec(p) for p in ("onnx", "onnxscript", "onnxruntime"))
+ATTENTION = {"local": partial(LocalAttention, window=4), "dense": DenseAttention}
+MODEL = dict(img_size=32, in_chans=1, num_classes=3, patch_size=4, dim=16, depth=1, num_heads=2)  # 64 tokens
+
+
+def _formats():
+    for fmt in FORMATS:
+        marks = [pytest.mark.skipif(not HAS_ONNX, reason="onnx, onnxscript and onnxruntime not installed "
+                                    "(pip install -e '.[export]')")] if fmt == "onnx" else []
+        yield pytest.param(fmt, marks=marks)
+
+
+def _cases():  # dense through onnxruntime is the slowest case (~10 s): slow-marked, local-onnx runs by default
+    for variant in sorted(ATTENTION):
+        for p in _formats():
+            slow = [pytest.mark.slow] if (variant, p.values[0]) == ("dense", "onnx") else []
+            yield pytest.param(variant, *p.values, marks=[*p.marks, *slow], id=f"{variant}-{p.values[0]}")
+
+
+@pytest.mark.parametrize("variant,fmt", list(_cases()))
+def test_artefact_matches_eager(variant, fmt, tmp_path):
+    torch.manual_seed(0)
+    net = VisionTransformer(**MODEL, attention=ATTENTION[variant]).eval()
+    x = torch.randn(2, 1, 32, 32)
+    path = tmp_path / f"net.{fmt}"
+    if (variant, fmt) == ("local", "torchscript"):  # the block-sparse kernel is a Python autograd.Function
+        with pytest.raises(ValueError, match=r"format='torchscript' cannot save this model: it calls a Python "
+                                             r"autograd.Function .*use format='exported' or format='onnx'"):
+            export_model(net, x, fmt, path)
+        assert not list(tmp_path.iterdir())
+        return
+    diff = export_model(net, x, fmt, path)
+    assert diff <= 1e-4 and path.is_file()
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # the temporary folder was cleaned up
+    x2 = torch.randn(2, 1, 32, 32)  # a different sample of the traced shape
+    with torch.no_grad():
+        torch.testing.assert_close(load_exported(path, fmt)(x2), net(x2), atol=1e-4, rtol=1e-4)
+
+
+def test_unknown_format(tmp_path):
+    net = VisionTransformer(**MODEL, attention=DenseAttention)
+    with pytest.raises(ValueError, match=r"format='onx' is not allowed; expected one of .*Did you mean 'onnx'"):
+        export_model(net, torch.randn(1, 1, 32, 32), "onx", tmp_path / "x")
+
+
+class _EvalDiffers(torch.nn.Module):
+    """Returns x in the eager forward but x + 1 when traced: the check must catch it."""
+
+    def forward(self, x):
+        return x + 1 if torch.compiler.is_compiling() or torch.jit.is_tracing() else x
+
+
+def test_mismatch_writes_nothing(tmp_path):
+    path = tmp_path / "bad.pt2"
+    with pytest.raises(ValueError, match=r"the exported artefact's output differs from the eager model's by 1 "
+                                         r"\(> atol=0.0001\); nothing was written"):
+        export_model(_EvalDiffers(), torch.zeros(2, 3), "exported", path)
+    assert not list(tmp_path.iterdir())
+
+
+def _checkpoint(tmp_path):
+    from vision.module import ImageClassifier
+
+    model = {"_target_": "vision.model.VisionTransformer", **MODEL,
+             "attention": {"_target_": "core_attn.attention.local.LocalAttention", "_partial_": True, "window": 4}}
+    module = ImageClassifier(model=model, optimizer={"_target_": "torch.optim.AdamW", "_partial_": True})
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    path.parent.mkdir()
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+                "pytorch-lightning_version": lightning.__version__}, path)
+    return module, path
+
+
+def test_vision_export_from_checkpoint(tmp_path):
+    module, ckpt = _checkpoint(tmp_path)
+    result = export(ckpt_path=str(ckpt), format="exported", batch_size=2)
+    assert result["path"] == str(ckpt.with_suffix(".pt2")) and result["input_shape"] == [2, 1, 32, 32]
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(load_exported(result["path"], "exported")(x), module.net.eval()(x))
+
+
+def test_vision_export_missing_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"ckpt_path=.*nope\.ckpt.*no such checkpoint file"):
+        export(ckpt_path=str(tmp_path / "nope.ckpt"), format="exported")

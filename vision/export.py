@@ -1,0 +1,47 @@
+"""Export a vision checkpoint for inference: ``python -m vision.export ckpt_path=... format=exported|torchscript|onnx``.
+
+The network (``ImageClassifier.net``: images (B, C, H, W) -> logits (B, num_classes)) is rebuilt from the
+checkpoint, traced at ``batch_size`` images of the training size, checked against the eager model on a
+random batch, and written atomically next to the checkpoint (or to ``out=...``); config
+``conf/vision_export.yaml``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig
+
+from core_attn.training.export import SUFFIX, export_model
+from vision.module import ImageClassifier
+
+
+def export(*, ckpt_path: str, format: str, out: str | None = None, batch_size: int = 1, seed: int = 0,
+           atol: float = 1e-4) -> dict[str, Any]:
+    """Export the network of the vision checkpoint ``ckpt_path``; return ``{"path", "format", "max_abs_diff"}``.
+
+    ``out`` defaults to the checkpoint's path with the format's suffix (``.pt2``, ``.pt``, ``.onnx``).
+    """
+    if not ckpt_path or not Path(ckpt_path).is_file():
+        raise FileNotFoundError(f"ckpt_path={ckpt_path!r}: no such checkpoint file (pass ckpt_path=<path to a .ckpt>)")
+    net = ImageClassifier.load_from_checkpoint(ckpt_path, map_location="cpu").net.eval()
+    h, w = net.patch_embed.img_size
+    x = torch.randn(batch_size, net.patch_embed.in_chans, h, w, generator=torch.Generator().manual_seed(seed))
+    path = Path(out) if out else Path(ckpt_path).with_suffix(SUFFIX.get(format, ".bin"))
+    diff = export_model(net, x, format, path, atol=atol)
+    return {"path": str(path), "format": format, "max_abs_diff": diff, "input_shape": list(x.shape)}
+
+
+@hydra.main(config_path="../conf", config_name="vision_export", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    result = export(ckpt_path=cfg.ckpt_path, format=cfg.format, out=cfg.out, batch_size=cfg.batch_size,
+                    seed=cfg.seed, atol=cfg.atol)
+    print(f"wrote {result['path']} ({result['format']}, input {result['input_shape']}, "
+          f"max |artefact - eager| = {result['max_abs_diff']:.2e})")
+
+
+if __name__ == "__main__":
+    main()
