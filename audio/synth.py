@@ -2,7 +2,7 @@
 
 No English text corpus is shipped by Debian's base system or by the wheels this project installs (nltk's
 data, for one, is a separate download), so the sentences come from a small deterministic grammar over a
-fixed vocabulary of about 1,100 word forms (subjects, verbs with their tenses, objects, places, times,
+fixed vocabulary of about 850 word forms (subjects, verbs with their tenses, objects, places, times,
 numbers). Sentences are drawn without repetition and split so that no test sentence occurs in training;
 the words are shared (a character model cannot spell words it never heard). ``sentences_file`` replaces
 the grammar with your own text, one sentence per line.

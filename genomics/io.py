@@ -51,10 +51,10 @@ class Skipped:
         return sum(self.counts.values())
 
     def report(self, what: str) -> None:
-        """Log a warning with the counts (nothing when nothing was skipped)."""
+        """Log a warning with the counts and a few examples (nothing when nothing was left out)."""
         if self.counts:
-            log.warning("%s: skipped %d (on_error=skip): %s; e.g. %s", what, self.total(), dict(self.counts),
-                        " | ".join(self.examples[:3]))
+            log.warning("%s: left out %d records or stretches: %s%s", what, self.total(), dict(self.counts),
+                        ("; e.g. " + " | ".join(self.examples[:3])) if self.examples else "")
 
 
 def handle(error: DataError, reason: str, on_error: str, skipped: Skipped | None) -> None:

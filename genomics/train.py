@@ -11,8 +11,8 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from genomics.evaluate import report
 from core_attn.training import train
+from genomics.evaluate import report
 
 
 @hydra.main(config_path="../conf", config_name="genomics", version_base="1.3")

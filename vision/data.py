@@ -242,10 +242,10 @@ class MegaMNISTDataModule(SplitDataModule):
     """
 
     def __init__(self, *, source: str = "digits", fashion_root: str = "/usr/share/datasets/fashion-mnist",
-                 cache_dir: str = "data/fashion_mnist", image_size: int = 512, digit_size: int = 64,
-                 num_clutter: int = 24, clutter_size: int = 16, channels: int = 1, num_classes: int = 10,
-                 train_samples: int = 12000, val_samples: int = 1000, test_samples: int = 2000,
-                 batch_size: int = 32, num_workers: int = 0, seed: int = 0):
+                 cache_dir: str = "data/fashion_mnist", image_size: int = 512, digit_size: int = 32,
+                 num_clutter: int = 24, clutter_size: int = 8, channels: int = 1, num_classes: int = 10,
+                 train_samples: int = 4000, val_samples: int = 500, test_samples: int = 1000,
+                 batch_size: int = 16, num_workers: int = 0, seed: int = 0):
         super().__init__()
         check_choice("source", source, ("digits", "fashion"))
         check_int("image_size", image_size, min_value=32, max_value=4096)

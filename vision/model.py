@@ -29,17 +29,20 @@ def _pair(size: int | Sequence[int], name: str) -> tuple[int, int]:
 
 def _conv_stem(patch_size: int, in_chans: int, dim: int) -> nn.Sequential:
     """Early convolutions (Xiao et al. 2021, "Early Convolutions Help Transformers See Better",
-    arXiv:2106.14881): log2(patch_size) 3x3 stride-2 convolutions with BatchNorm + ReLU, widths doubling up
-    to ``dim``, then a 1x1 convolution to ``dim``. Tokens see a little past their patch (receptive field
-    about 2 x patch_size), which lets the stem recognise strokes that cross patch borders."""
+    arXiv:2106.14881) with total stride ``patch_size``: a 4x4 stride-4 convolution (cheap on large
+    images), then 3x3 stride-2 convolutions, each followed by BatchNorm + ReLU, widths doubling up to
+    ``dim``, then a 1x1 convolution to ``dim``. Tokens see past their patch (receptive field about
+    2 x patch_size), so the stem recognises strokes that cross patch borders."""
     n = patch_size.bit_length() - 1
-    if patch_size != 1 << n or n < 1:
-        raise ValueError(f"stem='conv' needs a power-of-two patch_size >= 2; got patch_size={patch_size}")
+    if patch_size != 1 << n or n < 2:
+        raise ValueError(f"stem='conv' needs a power-of-two patch_size >= 4; got patch_size={patch_size}")
     layers: list[nn.Module] = []
-    cin = in_chans
-    for i in range(n):
-        w = max(8, dim >> (n - 1 - i))
-        layers += [nn.Conv2d(cin, w, kernel_size=3, stride=2, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU()]
+    cin, stages = in_chans, n - 1  # one 4x4/4 stage, then n - 2 stages of 3x3/2
+    for i in range(stages):
+        w = max(8, dim >> (stages - 1 - i))
+        conv = (nn.Conv2d(cin, w, kernel_size=4, stride=4, bias=False) if i == 0 else
+                nn.Conv2d(cin, w, kernel_size=3, stride=2, padding=1, bias=False))
+        layers += [conv, nn.BatchNorm2d(w), nn.ReLU()]
         cin = w
     layers.append(nn.Conv2d(cin, dim, kernel_size=1))
     return nn.Sequential(*layers)

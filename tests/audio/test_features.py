@@ -42,7 +42,7 @@ def test_log_mel_hop_range():
 
 @pytest.mark.parametrize("orig,new", [(22050, 16000), (44100, 16000), (8000, 16000), (48000, 16000), (16000, 16000)])
 def test_streaming_resampler_matches_whole(orig, new):
-    x = torch.randn(orig * 2 + 123)
+    x = torch.randn(orig + 123)
     r = StreamingResampler(orig, new)
     y = torch.cat([r.push(b) for b in torch.split(x, 5003)] + [r.flush()])
     ref = AF.resample(x, orig, new)

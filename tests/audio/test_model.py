@@ -62,10 +62,10 @@ def test_long_path_equals_batch_path():
 
 def test_chunked_decoding_covers_every_frame():
     m = _model()
-    feats, n = m.features(torch.randn(1, 50000) * 0.1)
+    feats, n = m.features(torch.randn(1, 30000) * 0.1)
     with torch.no_grad():
         full = m.log_probs_long(feats[0])
-        chunked = m.log_probs_chunked(feats[0], window=120, overlap=16)
+        chunked = m.log_probs_chunked(feats[0], window=80, overlap=16)
         one_window = m.log_probs_chunked(feats[0], window=10_000, overlap=16)
     assert chunked.shape == full.shape
     torch.testing.assert_close(one_window, full)
@@ -98,10 +98,17 @@ def test_long_input_memory_is_linear():
     x = torch.randn(1, 16384, 16)
     reset_peak_memory()
     base = peak_memory_mb()["peak_rss_mb"]
+    if abs(base - _rss_mb()) > 64:
+        pytest.skip("cannot reset the peak-RSS mark here (/proc/self/clear_refs is not writable)")
     with torch.inference_mode():
         y = enc.forward_subsampled(x, torch.tensor([16384]))
     assert y.shape == x.shape and torch.isfinite(y).all()
     assert peak_memory_mb()["peak_rss_mb"] - base < 300
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
 
 
 def test_rotary_positions_option():

@@ -100,3 +100,23 @@ def test_vision_export_from_checkpoint(tmp_path):
 def test_vision_export_missing_checkpoint(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"ckpt_path=.*nope\.ckpt.*no such checkpoint file"):
         export(ckpt_path=str(tmp_path / "nope.ckpt"), format="exported")
+
+
+@pytest.mark.slow
+def test_vision_export_command_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    module, ckpt = _checkpoint(tmp_path)
+    root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "model.pt2"
+    proc = subprocess.run([sys.executable, "-m", "vision.export", f"ckpt_path={ckpt}", "format=exported", f"out={out}",
+                           f"hydra.run.dir={tmp_path / 'hydra'}"], cwd=root, capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"wrote {out} (exported, input [1, 1, 32, 32]" in proc.stdout
+    x = torch.randn(1, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(load_exported(out, "exported")(x), module.net.eval()(x))
