@@ -13,6 +13,7 @@ from tests.training.tiny import TINY, compose_config
 def test_fsdp_strategy_wraps_transformer_blocks(tmp_path):
     cfg = compose_config("vision", [*TINY, "trainer=fsdp"], tmp_path)
     assert cfg.trainer.accelerator == "gpu" and cfg.trainer.plugins[0]._target_.endswith("AtomicCheckpointIO")
+    assert cfg.trainer.gradient_clip_val is None  # FSDPPrecision refuses norm clipping
     strategy = instantiate(cfg.trainer.strategy)
     assert isinstance(strategy, FSDPStrategy) and strategy._state_dict_type == "full"
     policy = strategy.kwargs["auto_wrap_policy"]
