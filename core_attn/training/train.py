@@ -184,7 +184,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         pl.seed_everything(cfg.seed, workers=True)
     config = resolved_config(cfg)  # fails early on a dangling interpolation
 
-    datamodule: pl.LightningDataModule = instantiate(cfg.data)
+    datamodule: pl.LightningDataModule = instantiate(cfg.data, _convert_="all")  # plain lists: checkpoints load with weights_only
     module: pl.LightningModule = instantiate(cfg.module, _recursive_=False, _convert_="all")
     throughput = ThroughputMonitor()
     callbacks = instantiate_callbacks(cfg.get("callbacks")) + [throughput, ConfigInCheckpoint(config)]
@@ -248,9 +248,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     module_cls = get_class(cfg.module._target_)
     module = module_cls.load_from_checkpoint(ckpt, map_location="cpu")
     if cfg.get("data") is not None:
-        datamodule = instantiate(cfg.data)
+        datamodule = instantiate(cfg.data, _convert_="all")
     elif stored.get("data") is not None:
-        datamodule = instantiate(stored["data"])
+        datamodule = instantiate(stored["data"], _convert_="all")
     else:
         raise ValueError(f"{ckpt} stores no data config; choose the data with data=<option> (e.g. data=mega_mnist)")
 

@@ -1,11 +1,13 @@
 """Every Hydra config composes; unknown keys raise.
 
 Enrols itself: every primary config ``conf/*.yaml`` is composed with every option of every group in its
-defaults list (globbed from ``conf/<group>/**/*.yaml``), resolved, and each ``_target_`` imported.
+defaults list (globbed from ``conf/<group>/**/*.yaml``; options named ``<app>_*`` or targeting another
+app's package are left to that app's primary configs), resolved, and each ``_target_`` imported.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from pathlib import Path
 
@@ -26,7 +28,7 @@ def _app_of(option: Path) -> str | None:
     if prefix in APPS:
         return prefix
     cfg = OmegaConf.load(option)
-    target = cfg.get("_target_") if isinstance(cfg, dict) or OmegaConf.is_dict(cfg) else None
+    target = cfg.get("_target_") if OmegaConf.is_dict(cfg) else None
     top = str(target).split(".", 1)[0] if target else None
     return top if top in APPS else None
 
@@ -35,17 +37,40 @@ def _primary_app(name: str) -> str:
     return name.split("_", 1)[0]
 
 
-def _groups(primary: str) -> list[str]:
+@functools.lru_cache(maxsize=None)
+def _choices(primary: str) -> dict[str, str | None]:
+    """Group -> default option of ``primary``'s defaults list (Hydra's own groups left out)."""
     cfg = compose_config(primary, [], return_hydra_config=True)
-    return sorted(g for g in cfg.hydra.runtime.choices if not g.startswith("hydra/"))
+    return {g: c for g, c in cfg.hydra.runtime.choices.items() if not g.startswith("hydra/")}
+
+
+def _groups(primary: str) -> list[str]:
+    return sorted(_choices(primary))
+
+
+# Options of these groups mean the same under every primary config: each is composed once, with the
+# first main config (``<app>.yaml``) that uses the group. Every other group's options (data, model,
+# experiment, ...) are composed with every primary config of their app that uses the group, and every
+# primary config is composed with its own defaults.
+SHARED_GROUPS = {"attention", "optimizer", "scheduler", "trainer", "logger", "callbacks", "paths", "hydra",
+                 "extras"}
 
 
 def _cases() -> list[tuple[str, str, str]]:
-    cases = []
-    for primary in PRIMARY:
-        for group in _groups(primary):
+    cases, shared_done = [], set()
+    mains = [p for p in PRIMARY if p == _primary_app(p)]
+    for primary in mains + [p for p in PRIMARY if p not in mains]:
+        choices = _choices(primary)
+        cases += [(primary, g, c) for g, c in sorted(choices.items()) if c and (g not in SHARED_GROUPS or g in shared_done)]
+        for group in sorted(choices):
+            if group in SHARED_GROUPS and (group in shared_done or primary not in mains):
+                continue
+            shared_done.add(group) if group in SHARED_GROUPS else None
             for option in sorted((CONF_DIR / group).rglob("*.yaml")):
-                cases.append((primary, group, option.relative_to(CONF_DIR / group).with_suffix("").as_posix()))
+                if _app_of(option) in (None, _primary_app(primary)):  # another app's options: its own primary
+                    name = option.relative_to(CONF_DIR / group).with_suffix("").as_posix()
+                    if (primary, group, name) not in cases:
+                        cases.append((primary, group, name))
     return cases
 
 
@@ -82,9 +107,6 @@ def test_found_configs():
 @pytest.mark.parametrize("primary,group,option", CASES, ids=["/".join(c) for c in CASES])
 def test_config_composes(primary, group, option, tmp_path):
     cfg = compose_config(primary, [f"{group}={option}"], tmp_path)
-    assert cfg is not None
-    if _app_of(CONF_DIR / group / f"{option}.yaml") not in (None, _primary_app(primary)):
-        return  # another app's option: it only has to compose here (resolved with its own app's config)
     _fill_missing(cfg)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     for path, target in _targets(resolved):
