@@ -1,7 +1,9 @@
 """The sequence network of the genomics app: token embedding, optional patching, a core_attn encoder, a head.
 
 ``patch_size > 1`` merges that many bases into one attention token with a strided convolution (ViT's
-patch embedding in 1-D), so a 100,000-base window costs 100,000 / patch_size attention tokens; per-base
+patch embedding in 1-D) after a "stem" convolution over the bases (``stem_kernel``: k-mer detectors that
+do not depend on where a patch boundary falls), so a 100,000-base window costs 100,000 / patch_size
+attention tokens; per-base
 outputs then come back through an upsampling of the token features added to a per-base local branch
 (a small non-causal convolution over the embeddings). ``pool="mean"`` averages tokens into one
 prediction per sequence. The causal language model needs ``patch_size=1`` and a causal variant.
@@ -36,23 +38,27 @@ class SequenceTransformer(nn.Module):
         max_len: the longest input in bases, for learned positions and length-aware variants.
         dropout: dropout in the blocks.
         local_kernel: width of the per-base convolution of the upsampling branch (``patch_size > 1``).
+        stem_kernel: width of a convolution over the base embeddings (1: none): before patching for
+            ``patch_size > 1``, added to the embeddings (k-mer features) for ``patch_size=1``; left-padded
+            (causal) when the attention is causal.
         attention: the variant: a zero-argument factory (a Hydra ``_partial_`` config), an instance, or ``None``.
         gradient_checkpointing: recompute blocks in the backward pass.
     """
 
     def __init__(self, *, vocab_size: int, num_outputs: int, dim: int = 128, depth: int = 4, num_heads: int = 4,
                  mlp_ratio: float = 2.0, patch_size: int = 1, pool: str = "none", positions: str = "rotary",
-                 max_len: int | None = None, dropout: float = 0.0, local_kernel: int = 9,
+                 max_len: int | None = None, dropout: float = 0.0, local_kernel: int = 9, stem_kernel: int = 9,
                  attention: Callable[[], nn.Module] | nn.Module | None = None, gradient_checkpointing: bool = False):
         super().__init__()
         self.vocab_size = check_int("vocab_size", vocab_size, min_value=2)
         self.num_outputs = check_int("num_outputs", num_outputs, min_value=1)
         self.patch_size = check_int("patch_size", patch_size, min_value=1)
         self.pool = check_choice("pool", pool, ("none", "mean"))
-        check_int("local_kernel", local_kernel, min_value=1)
-        if local_kernel % 2 == 0:
-            raise ValueError(f"local_kernel={local_kernel} must be odd (a centred convolution)")
+        for name, k in (("local_kernel", local_kernel), ("stem_kernel", stem_kernel)):
+            if check_int(name, k, min_value=1) % 2 == 0:
+                raise ValueError(f"{name}={k} must be odd (a centred convolution)")
         self.embed = nn.Embedding(vocab_size, dim, padding_idx=PAD)
+        self.stem = nn.Conv1d(dim, dim, kernel_size=stem_kernel) if stem_kernel > 1 else None  # padded in _stem
         if patch_size > 1:
             self.patch = nn.Conv1d(dim, dim, kernel_size=patch_size, stride=patch_size)
             if pool == "none":
@@ -61,9 +67,12 @@ class SequenceTransformer(nn.Module):
         self.encoder = TransformerEncoder(dim, depth, num_heads, attention=attention, mlp_ratio=mlp_ratio,
                                           dropout=dropout, positions=positions, max_len=token_len,
                                           gradient_checkpointing=gradient_checkpointing)
+        self.stem_causal = self.is_causal  # a causal model's stem sees only the current and earlier bases
         self.out_norm = nn.LayerNorm(dim) if patch_size > 1 and pool == "none" else nn.Identity()
         self.head = nn.Linear(dim, num_outputs)
         nn.init.normal_(self.embed.weight, std=0.02)
+        with torch.no_grad():  # padding embeds to zero, as the convolutions' zero padding does
+            self.embed.weight[PAD].zero_()
         nn.init.trunc_normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
 
@@ -71,6 +80,11 @@ class SequenceTransformer(nn.Module):
     def is_causal(self) -> bool:
         """True when every block's attention hides the future (what a causal LM needs)."""
         return all(getattr(b.attn.attention, "causal", False) for b in self.encoder.blocks)
+
+    def _stem(self, x: Tensor) -> Tensor:
+        """GELU of the stem convolution over bases, (B, C, L) -> (B, C, L); left-padded when causal."""
+        k = self.stem.kernel_size[0]
+        return F.gelu(self.stem(F.pad(x, (k - 1, 0) if self.stem_causal else (k // 2, k // 2))))
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names excluded from weight decay (timm's convention)."""
@@ -87,9 +101,12 @@ class SequenceTransformer(nn.Module):
                              "data.max_len a multiple of model.patch_size)")
         x = self.embed(tokens)  # (B, L, C)
         token_pad = pad
+        if p == 1 and self.stem is not None:  # residual k-mer features for per-base tokens
+            x = x + self._stem(x.transpose(1, 2)).transpose(1, 2)
         if p > 1:
-            base = x
-            x = self.patch(x.transpose(1, 2)).transpose(1, 2)  # (B, L/p, C)
+            base = x.transpose(1, 2)  # (B, C, L)
+            feats = self._stem(base) if self.stem is not None else base
+            x = self.patch(feats).transpose(1, 2)  # (B, L/p, C)
             if pad is not None:
                 token_pad = pad.view(b, n // p, p).all(dim=-1)  # a token is padding when all its bases are
         if token_pad is not None and not bool(token_pad.any()):
@@ -102,7 +119,7 @@ class SequenceTransformer(nn.Module):
             return self.head((h * keep).sum(dim=1) / keep.sum(dim=1).clamp(min=1.0))
         if p > 1:
             up = h.repeat_interleave(p, dim=1)  # (B, L, C): each base gets its token's features
-            h = self.out_norm(up + self.local(base.transpose(1, 2)).transpose(1, 2))
+            h = self.out_norm(up + self.local(base).transpose(1, 2))
             h = F.gelu(h)
         return self.head(h)  # (B, L, num_outputs)
 
@@ -126,6 +143,8 @@ class SequenceTransformer(nn.Module):
         enc = self.encoder
         b, n = tokens.shape
         x = self.embed(tokens)  # (B, N, C)
+        if self.stem is not None:
+            x += self._stem(x.transpose(1, 2)).transpose(1, 2)
         if enc.pos_embed is not None:
             if n > enc.max_len:
                 raise ValueError(f"input length N={n} exceeds max_len={enc.max_len} of the learned positions")
