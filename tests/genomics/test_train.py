@@ -10,6 +10,7 @@ import pytest
 from core_attn.training import train
 from genomics.evaluate import run as evaluate_run
 from genomics.infer import infer
+from genomics.synthetic import write_genome
 from tests.training.tiny import compose_config
 
 QUIET = ["extras.print_config=false", "callbacks.rich_progress_bar=null", "logger=csv"]
@@ -21,6 +22,12 @@ def data_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("genomics_data")
 
 
+@pytest.fixture(scope="module")
+def genome(data_dir):
+    """A 30 kb synthetic GenBank genome (the built-in one is 200 kb)."""
+    return write_genome(data_dir / "small.gbk", length=30_000, seed=1)
+
+
 def _cfg(name, overrides, data_dir, out):
     return compose_config(name, [*QUIET, *TINY_MODEL, f"paths.data_dir={data_dir}", *overrides], out)
 
@@ -29,8 +36,12 @@ LM = ["data.window=128", "data.batch_size=2", "data.train_samples=6", "attention
       "data.markov_max_order=3", "trainer=fast"]
 
 
-def test_dna_lm_trains_tests_evaluates_and_infers(data_dir, tmp_path):
-    metrics = train(_cfg("genomics", LM, data_dir, tmp_path / "run"))
+def _lm(genome):
+    return [*LM, "data.dataset=path", f"data.path={genome}"]
+
+
+def test_dna_lm_trains_tests_evaluates_and_infers(data_dir, genome, tmp_path):
+    metrics = train(_cfg("genomics", _lm(genome), data_dir, tmp_path / "run"))
     assert metrics["status"] == "ok" and metrics["variant"] == "local"
     test = metrics["test"]
     assert {"test/bpb", "test/markov_bpb", "test/markov_order"} <= set(test)
@@ -43,21 +54,21 @@ def test_dna_lm_trains_tests_evaluates_and_infers(data_dir, tmp_path):
                                                        f"paths.data_dir={data_dir}"], tmp_path / "eval"))
     assert ev["metric_name"] == "test/bpb" and "test/markov_bpb" in ev["test"]
 
-    out = infer(_cfg("genomics_infer", [*LM, f"infer.ckpt_path={ckpt}"], data_dir, tmp_path / "infer"))
+    out = infer(_cfg("genomics_infer", [*_lm(genome), f"infer.ckpt_path={ckpt}"], data_dir, tmp_path / "infer"))
     assert out["trained"] and out["region"] == "test" and out["sequences"] == 1
-    assert out["bases"] == 20_000 - 1 and out["markov_bpb"] == pytest.approx(test["test/markov_bpb"])
+    assert out["bases"] == 3_000 - 1 and out["markov_bpb"] == pytest.approx(test["test/markov_bpb"])
     assert out["peak_rss_mb"] > 0
 
 
-def test_infer_untrained_whole_genome_prefix_bf16(data_dir, tmp_path):
-    out = infer(_cfg("genomics_infer", [*LM, "infer.region=genome", "infer.length=5000", "infer.precision=bf16",
+def test_infer_untrained_whole_genome_prefix_bf16(data_dir, genome, tmp_path):
+    out = infer(_cfg("genomics_infer", [*_lm(genome), "infer.region=genome", "infer.length=5000", "infer.precision=bf16",
                                       "infer.chunk=null"],
                      data_dir, tmp_path / "infer"))
     assert not out["trained"] and out["bases"] == 4999 and out["longest"] == 5000 and "markov_bpb" not in out
 
 
-def test_annotation_trains(data_dir, tmp_path):
-    metrics = train(_cfg("genomics", ["experiment=genomics_annotate", "data.dataset=builtin_genome",
+def test_annotation_trains(data_dir, genome, tmp_path):
+    metrics = train(_cfg("genomics", ["experiment=genomics_annotate", "data.dataset=path", f"data.path={genome}",
                                       "data.window=1024", "data.train_samples=2", "attention.window=8",
                                       "trainer.fast_dev_run=true"], data_dir, tmp_path / "run"))
     assert {"test/acc", "test/f1", "test/mcc", "test/majority_acc"} <= set(metrics["test"])
@@ -75,9 +86,16 @@ def test_protein_mlm_trains(data_dir, tmp_path):
 def test_classification_trains(data_dir, tmp_path):
     metrics = train(_cfg("genomics", ["experiment=genomics_classify_16s", "data.dataset=builtin_labelled",
                                       "data.labels.regex='class=(\\S+)'", "data.labels.group_regex=null",
-                                      "data.labels.min_count=1", "data.num_outputs=4", "data.max_len=640",
+                                      "data.labels.min_count=1", "data.num_outputs=4", "data.max_len=640", "data.batch_size=4",
                                       "attention.window=8", "trainer.fast_dev_run=true"], data_dir, tmp_path / "run"))
     assert {"test/acc", "test/f1", "test/majority_acc"} <= set(metrics["test"])
+
+
+def test_builtin_genome_is_generated(data_dir):
+    from genomics.prepare import dataset_path
+
+    path = dataset_path("builtin_genome", data_dir)
+    assert path.name == "genome.gbk" and path.stat().st_size > 200_000
 
 
 def test_default_config_is_the_builtin_lm(tmp_path):
