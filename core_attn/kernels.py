@@ -22,6 +22,8 @@ from core_attn.patterns import Part, Pattern
 
 # Elements of one chunk's score tensor (B * H * blocks * block_q * keys); ~8M fp32 = 32 MB.
 CHUNK_ELEMENTS = 1 << 23
+# Training keeps one part's softmax probabilities for the backward pass up to this size (else recomputes).
+SAVED_PROBS_BYTES = 512 << 20
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -31,13 +33,6 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def _chunk_blocks(b: int, h: int, block_q: int, keys: int) -> int:
     return max(1, CHUNK_ELEMENTS // max(1, b * h * block_q * keys))
-
-
-def _gather_blocks(x_b: Tensor, idx: Tensor) -> Tensor:
-    """x_b: (B, H, nb, bk, D), idx: (c, C) -> (B, H, c, C * bk, D)."""
-    b, h, _, bk, d = x_b.shape
-    c, cc = idx.shape
-    return x_b[:, :, idx.reshape(-1)].reshape(b, h, c, cc * bk, d)
 
 
 def _chunk_mask(part_mask, q_pos_b: Tensor, k_pos_b: Tensor, idx: Tensor, s: int, e: int,
@@ -66,7 +61,8 @@ def _chunk_mask(part_mask, q_pos_b: Tensor, k_pos_b: Tensor, idx: Tensor, s: int
 
 def band_offset(kv_index: Tensor) -> int | None:
     """``o0`` when every listed key block of row r, column c is ``r + c + o0`` (a band, as local and
-    BigBird-window plans are); ``None`` otherwise. Bands accumulate key gradients by slices."""
+    BigBird-window plans are); ``None`` otherwise. Bands read their key blocks through a strided view
+    (no gather) and accumulate key gradients by slices."""
     if kv_index.dim() != 2:
         return None
     rows, cols = kv_index.shape
@@ -77,98 +73,237 @@ def band_offset(kv_index: Tensor) -> int | None:
     return int(vals[0])
 
 
-def _scatter_blocks(acc: Tensor, contrib: Tensor, blk0: Tensor, s: int, band: int | None) -> None:
-    """acc (B, H, nkb, X) += contributions (B, H, c, C, X) of the key blocks ``blk0`` (c, C)."""
-    b, h, c, cc, x = contrib.shape
-    if band is None:
-        acc.index_add_(2, blk0.reshape(-1), contrib.reshape(b, h, c * cc, x))
-        return
-    nkb = acc.shape[2]
-    for o in range(cc):  # column o of rows s..s+c-1 is the slice of key blocks s+o+band ...
-        first = s + o + band
-        r0, r1 = max(0, -first), min(c, nkb - first)
-        if r1 > r0:  # entries outside [0, nkb) are unlisted blocks: their contributions are zero
-            acc[:, :, first + r0:first + r1] += contrib[:, :, r0:r1, o]
+def _chunks(bh: int, nqb: int, cq: int) -> list[tuple[int, int, int, int]]:
+    """Chunks (bh0, bh1, r0, r1) of the flattened (B * H, query blocks) grid, at most ``cq`` blocks each:
+    whole rows of several heads when a head has at most ``cq`` blocks, else pieces of one head's row."""
+    if nqb <= cq:
+        g = max(1, cq // nqb)
+        return [(s, min(bh, s + g), 0, nqb) for s in range(0, bh, g)]
+    return [(i, i + 1, s, min(nqb, s + cq)) for i in range(bh) for s in range(0, nqb, cq)]
+
+
+class _Keys:
+    """Key (or value) blocks of one head-flattened tensor x (B * H, Lk, D), as each query block sees
+    them: a strided window view for bands (no copy), a gather otherwise; and the matching scatter-add
+    of gradients."""
+
+    def __init__(self, x: Tensor, kv_index: Tensor, block_k: int, band: int | None):
+        bh, lk, d = x.shape
+        self.nkb, self.bk, self.d, self.band, self.kv_index = lk // block_k, block_k, d, band, kv_index
+        self.cols = kv_index.shape[1]
+        if band is None:
+            self.x = x.reshape(bh, self.nkb, block_k, d)
+            self.lead = 0
+        else:  # pad whole blocks so that every row's window r + band .. r + band + cols - 1 exists
+            nqb = kv_index.shape[0]
+            self.lead = max(0, -band)
+            tail = max(0, nqb - 1 + band + self.cols - self.nkb)
+            self.x = torch.nn.functional.pad(x, (0, 0, self.lead * block_k, tail * block_k)).contiguous()
+
+    def window(self, i: int, r0: int, r1: int) -> Tensor:
+        """Head i, query blocks r0..r1-1 -> (r1 - r0, cols * bk, D)."""
+        if self.band is None:
+            blk = self.kv_index[r0:r1].clamp(min=0)
+            return self.x[i, blk.reshape(-1)].reshape(r1 - r0, self.cols * self.bk, self.d)
+        x = self.x[i]
+        start = (r0 + self.band + self.lead) * self.bk * self.d
+        return x.as_strided((r1 - r0, self.cols * self.bk, self.d), (self.bk * self.d, self.d, 1),
+                            x.storage_offset() + start)
+
+    def grad_buffer(self, dtype: torch.dtype) -> Tensor:
+        return torch.zeros(self.x.shape[0], self.x.shape[1] // self.bk if self.band is not None else self.nkb,
+                           self.bk * self.d, dtype=dtype, device=self.x.device)
+
+    def scatter(self, acc: Tensor, i: int, r0: int, r1: int, contrib: Tensor) -> None:
+        """acc (B * H, blocks, bk * D) += contributions (r1 - r0, cols * bk, D) of head i's blocks."""
+        c = r1 - r0
+        contrib = contrib.reshape(c, self.cols, self.bk * self.d)
+        if self.band is None:
+            acc[i].index_add_(0, self.kv_index[r0:r1].clamp(min=0).reshape(-1), contrib.reshape(c * self.cols, -1))
+            return
+        for o in range(self.cols):  # column o of rows r0..r1-1 is the slice of blocks r0 + o + band ...
+            first = r0 + o + self.band + self.lead
+            acc[i, first:first + c] += contrib[:, o]
+
+    def unpad(self, acc: Tensor) -> Tensor:
+        """The gradient buffer without the band's padding blocks: (B * H, Lk, D)."""
+        if self.band is not None:
+            acc = acc[:, self.lead:self.lead + self.nkb]
+        return acc.reshape(acc.shape[0], self.nkb * self.bk, self.d)
+
+
+def _bmm(a: Tensor, b: Tensor, buf: Tensor) -> Tensor:
+    """a @ b written into ``buf`` (a reused buffer: fresh tensors this size cost page faults on CPU);
+    half-precision inputs multiply in their own dtype and are widened into the buffer."""
+    if a.dtype == buf.dtype:
+        return torch.bmm(a, b, out=buf)
+    return buf.copy_(torch.bmm(a, b))
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def _column_runs(hide: Tensor) -> list[tuple[int, int]]:
+    """Runs [lo, hi) of key columns where ``hide`` (.., C * bk) hides something: a band hides pairs
+    in its first and last key blocks only, so the rest of the scores need no masking pass."""
+    cols = hide.reshape(-1, hide.shape[-1]).any(0).tolist()
+    runs, start = [], None
+    for j, hidden in enumerate(cols + [False]):
+        if hidden and start is None:
+            start = j
+        elif not hidden and start is not None:
+            runs.append((start, j))
+            start = None
+    return runs if len(runs) <= 4 else [(runs[0][0], runs[-1][1])]
+
+
+class _Hidden:
+    """The pairs a block range hides, applied to its scores as -inf: an additive 0/-inf bias when one
+    mask serves every head (adding is several times faster than ``masked_fill_`` on CPU), else a
+    boolean mask per head."""
+
+    def __init__(self, hide: Tensor, dtype: torch.dtype):
+        self.hide = hide  # (Bm, Hm, c, bq, C * bk) bool
+        self.runs = _column_runs(hide)
+        self.shared = hide.shape[0] * hide.shape[1] == 1
+        if self.shared:
+            self.bias = [torch.zeros(hide.shape[2:-1] + (hi - lo,), dtype=dtype, device=hide.device)
+                         .masked_fill_(hide[0, 0, ..., lo:hi], float("-inf")) for lo, hi in self.runs]
+
+    def apply(self, sc: Tensor, h: int, bh0: int, bh1: int) -> None:
+        """sc: (heads bh0..bh1-1, c, bq, C * bk) scores of this block range."""
+        if self.shared:
+            for (lo, hi), bias in zip(self.runs, self.bias):
+                sc[..., lo:hi].add_(bias)
+            return
+        bm, hm = self.hide.shape[:2]
+        idx = torch.arange(bh0, bh1, device=sc.device)
+        bi = torch.div(idx, h, rounding_mode="floor") if bm > 1 else torch.zeros_like(idx)
+        hi_ = torch.remainder(idx, h) if hm > 1 else torch.zeros_like(idx)
+        hide = self.hide[bi, hi_]  # (heads, c, bq, C * bk)
+        for lo, hi in self.runs:
+            sc[..., lo:hi].masked_fill_(hide[..., lo:hi], float("-inf"))
+
+
+def _chunk_hidden(masks: dict, part_mask, q_pos_b: Tensor, k_pos_b: Tensor, kv_index: Tensor, key_pad,
+                  r0: int, r1: int, dtype: torch.dtype) -> _Hidden:
+    """The hidden pairs of query blocks r0..r1-1, computed once per block range and kept for the
+    backward pass."""
+    if (r0, r1) not in masks:
+        m, _ = _chunk_mask(part_mask, q_pos_b, k_pos_b, kv_index, r0, r1, key_pad)
+        masks[(r0, r1)] = _Hidden(~m, dtype)
+    return masks[(r0, r1)]
 
 
 class _BlockSparseAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, q_pos, k_pos, kv_index, block_q, block_k, part_mask, key_pad, scale, band):
+    def forward(ctx, q, k, v, q_pos, k_pos, kv_index, block_q, block_k, part_mask, key_pad, scale, band, training):
         b, h, lq, d = q.shape
-        lk = k.shape[2]
-        nqb, nkb = lq // block_q, lk // block_k
+        lk, dv = k.shape[2], v.shape[-1]
+        bh, nqb, nkb = b * h, lq // block_q, lk // block_k
         acc = _acc_dtype(q.dtype)
-        qs = q * scale  # fold the softmax scale into q once, not into every score block
-        qb = qs.view(b, h, nqb, block_q, d)
-        kb, vb = k.view(b, h, nkb, block_k, d), v.view(b, h, nkb, block_k, -1)
+        qs = (q * scale).reshape(bh, nqb, block_q, d)  # fold the softmax scale into q once
+        keys = _Keys(k.reshape(bh, lk, d), kv_index, block_k, band)
+        vals = _Keys(v.reshape(bh, lk, dv), kv_index, block_k, band)
         q_pos_b = q_pos.view(*q_pos.shape[:-1], nqb, block_q)
         k_pos_b = k_pos.view(*k_pos.shape[:-1], nkb, block_k)
-        out = q.new_empty(b, h, nqb, block_q, v.shape[-1])
-        lse = torch.empty(b, h, nqb, block_q, dtype=acc, device=q.device)
-        cq = _chunk_blocks(b, h, block_q, kv_index.shape[-1] * block_k)
-        masks = []
-        for s in range(0, nqb, cq):
-            e = min(nqb, s + cq)
-            m, blk0 = _chunk_mask(part_mask, q_pos_b, k_pos_b, kv_index, s, e, key_pad)
-            masks.append(m)
-            kc, vc = _gather_blocks(kb, blk0), _gather_blocks(vb, blk0)
-            sc = torch.matmul(qb[:, :, s:e], kc.transpose(-1, -2)).to(acc)
-            sc.masked_fill_(~m, float("-inf"))
+        ck = kv_index.shape[-1] * block_k
+        out = q.new_empty(bh, nqb, block_q, dv)
+        lse = torch.empty(bh, nqb, block_q, dtype=acc, device=q.device)
+        cq = _chunk_blocks(1, 1, block_q, ck)
+        chunks = _chunks(bh, nqb, cq)
+        # Training keeps the probabilities when they are small enough (SAVED_PROBS_BYTES): the backward
+        # then skips recomputing scores, mask and exp, a third of its work; otherwise it recomputes.
+        keep = training and bh * nqb * block_q * ck * _itemsize(acc) <= SAVED_PROBS_BYTES
+        if keep:
+            probs = torch.empty(bh, nqb, block_q, ck, dtype=acc, device=q.device)
+        else:
+            scores = torch.empty(min(cq, bh * nqb) * block_q * ck, dtype=acc, device=q.device)
+        masks: dict = {}
+        for chunk in chunks:
+            bh0, bh1, r0, r1 = chunk
+            c = r1 - r0
+            hidden = _chunk_hidden(masks, part_mask, q_pos_b, k_pos_b, kv_index, key_pad, r0, r1, acc)
+            sc = probs[bh0:bh1, r0:r1] if keep else scores[:(bh1 - bh0) * c * block_q * ck].view(bh1 - bh0, c, block_q, ck)
+            for i in range(bh0, bh1):
+                _bmm(qs[i, r0:r1], keys.window(i, r0, r1).transpose(1, 2), sc[i - bh0])
+            hidden.apply(sc, h, bh0, bh1)
             mx = sc.amax(-1, keepdim=True)
             mx.masked_fill_(torch.isinf(mx), 0.0)  # rows with no visible key: exp(-inf) = 0 below
             p = sc.sub_(mx).exp_()  # separate passes beat torch.softmax on CPU here (measured)
             l = p.sum(-1, keepdim=True)
-            o = torch.matmul(p.to(v.dtype), vc)
-            out[:, :, s:e] = o.div_(l.clamp_min(1e-30).to(o.dtype))
-            lse[:, :, s:e] = (mx + l.log()).squeeze(-1)
-        ctx.save_for_backward(qs, k, v, kv_index, lse)
-        ctx.masks, ctx.meta = masks, (block_q, block_k, scale, cq, band)
+            lse[bh0:bh1, r0:r1] = (mx + l.log()).squeeze(-1)
+            if keep:  # normalise the kept probabilities; the output then needs no division
+                p.div_(l.clamp_min(1e-30))
+            pv = p if p.dtype == v.dtype else p.to(v.dtype)
+            for i in range(bh0, bh1):
+                torch.bmm(pv[i - bh0], vals.window(i, r0, r1), out=out[i, r0:r1])
+            if not keep:
+                out[bh0:bh1, r0:r1].div_(l.clamp_min(1e-30).to(out.dtype))
+        out, lse = out.view(b, h, lq, dv), lse.view(b, h, lq)
+        ctx.save_for_backward(qs, k, v, kv_index, out, lse, probs if keep else None)
+        ctx.masks, ctx.meta = masks, (block_q, block_k, scale, chunks, band, q_pos_b, k_pos_b, key_pad, part_mask)
         ctx.set_materialize_grads(False)  # an unused lse gets no zero-filled gradient to multiply
-        return out.view(b, h, lq, -1), lse.view(b, h, lq)
+        return out, lse
 
     @staticmethod
     def backward(ctx, dout, dlse):
-        qs, k, v, kv_index, lse = ctx.saved_tensors
-        lse_safe = lse.masked_fill(torch.isinf(lse), 0.0)  # rows with no visible key
-        if dout is None:  # only the lse was used
-            dout = torch.zeros(*qs.shape[:3], v.shape[-1], dtype=v.dtype, device=v.device)
-        block_q, block_k, scale, cq, band = ctx.meta
-        b, h, lq, d = qs.shape
-        dv_dim = v.shape[-1]
-        nqb, nkb = lq // block_q, k.shape[2] // block_k
+        qs, k, v, kv_index, out, lse, probs = ctx.saved_tensors
+        block_q, block_k, scale, chunks, band, q_pos_b, k_pos_b, key_pad, part_mask = ctx.meta
+        b, h, lq, dv = out.shape
+        bh, nqb, _, d = qs.shape
+        lk = k.shape[2]
         acc = _acc_dtype(qs.dtype)
-        qb = qs.view(b, h, nqb, block_q, d)
-        kb, vb = k.view(b, h, nkb, block_k, d), v.view(b, h, nkb, block_k, dv_dim)
-        dout = dout.reshape(b, h, nqb, block_q, -1)
-        dq = torch.empty(b, h, nqb, block_q, d, dtype=qs.dtype, device=qs.device)
-        dk = torch.zeros(b, h, nkb, block_k * d, dtype=acc, device=k.device)
-        dv = torch.zeros(b, h, nkb, block_k * dv_dim, dtype=acc, device=v.device)
+        ck = kv_index.shape[-1] * block_k
+        lse_safe = lse.masked_fill(torch.isinf(lse), 0.0).view(bh, nqb, block_q, 1)  # no visible key
+        # dL/dscores = p * (dp - rowsum(dp * p) + dlse), and rowsum(dp * p) = rowsum(dout * out)
+        # (FlashAttention's D term): one (B, H, Lq) vector instead of a pass over the scores.
+        if dout is None:  # only the lse was used
+            dout = torch.zeros_like(out)
+            delta = torch.zeros(b, h, lq, dtype=acc, device=out.device)
+        else:
+            delta = (dout.to(acc) * out.to(acc)).sum(-1)
         if dlse is not None:
-            dlse = dlse.view(b, h, nqb, block_q).to(acc)
-        for ci, s in enumerate(range(0, nqb, cq)):
-            e = min(nqb, s + cq)
-            m = ctx.masks[ci]
-            blk0 = kv_index[s:e].clamp(min=0)
-            kc, vc = _gather_blocks(kb, blk0), _gather_blocks(vb, blk0)
-            qc, doc = qb[:, :, s:e], dout[:, :, s:e]
-            sc = torch.matmul(qc, kc.transpose(-1, -2)).to(acc).masked_fill_(~m, float("-inf"))
-            p = sc.sub_(lse_safe[:, :, s:e, :, None]).exp_()  # the probabilities, recomputed
-            dv_c = torch.matmul(p.to(doc.dtype).transpose(-1, -2), doc)  # (B, H, c, C*bk, Dv)
-            dp = torch.matmul(doc, vc.transpose(-1, -2)).to(acc)
-            # dL/dscores = p * (dp - rowsum(dp * p)) [+ p * dlse when the lse feeds a merge]
-            ds = torch._softmax_backward_data(dp, p, -1, acc)
-            if dlse is not None:
-                ds.addcmul_(p, dlse[:, :, s:e, :, None])
-            ds = ds.to(qs.dtype)
-            dq[:, :, s:e] = torch.matmul(ds, kc).mul_(scale)  # scores = (q * scale) k^T
-            dk_c = torch.matmul(ds.transpose(-1, -2), qc)  # (B, H, c, C*bk, D), qc already scaled
-            cc = blk0.shape[1]
-            _scatter_blocks(dk, dk_c.reshape(b, h, e - s, cc, block_k * d).to(acc), blk0, s, band)
-            _scatter_blocks(dv, dv_c.reshape(b, h, e - s, cc, block_k * dv_dim).to(acc), blk0, s, band)
-        dq = dq.view(b, h, lq, d)
-        dk = dk.view(b, h, -1, d).to(k.dtype)
-        dv = dv.view(b, h, -1, dv_dim).to(v.dtype)
-        return dq, dk, dv, None, None, None, None, None, None, None, None, None
+            delta = delta - dlse.to(acc)
+        delta = delta.view(bh, nqb, block_q, 1)
+        dout = dout.reshape(bh, nqb, block_q, dv)
+        keys = _Keys(k.reshape(bh, lk, d), kv_index, block_k, band)
+        vals = _Keys(v.reshape(bh, lk, dv), kv_index, block_k, band)
+        dq = torch.empty(bh, nqb, block_q, d, dtype=qs.dtype, device=qs.device)
+        dk, dvv = keys.grad_buffer(acc), vals.grad_buffer(acc)
+        cq = max(ch[3] - ch[2] for ch in chunks) * max(ch[1] - ch[0] for ch in chunks)
+        pbuf = None if probs is not None else torch.empty(cq * block_q * ck, dtype=acc, device=qs.device)
+        dpbuf = torch.empty(cq * block_q * ck, dtype=acc, device=qs.device)
+        cmax = max(ch[3] - ch[2] for ch in chunks)
+        dk_buf = torch.empty(cmax, ck, d, dtype=acc, device=qs.device)
+        dv_buf = torch.empty(cmax, ck, dv, dtype=acc, device=qs.device)
+        for chunk in chunks:
+            bh0, bh1, r0, r1 = chunk
+            c, nh = r1 - r0, bh1 - bh0
+            ds = dpbuf[:nh * c * block_q * ck].view(nh, c, block_q, ck)
+            for i in range(bh0, bh1):
+                _bmm(dout[i, r0:r1], vals.window(i, r0, r1).transpose(1, 2), ds[i - bh0])
+            if probs is not None:
+                p = probs[bh0:bh1, r0:r1]
+            else:  # recompute the probabilities
+                hidden = _chunk_hidden(ctx.masks, part_mask, q_pos_b, k_pos_b, kv_index, key_pad, r0, r1, acc)
+                p = pbuf[:nh * c * block_q * ck].view(nh, c, block_q, ck)
+                for i in range(bh0, bh1):
+                    _bmm(qs[i, r0:r1], keys.window(i, r0, r1).transpose(1, 2), p[i - bh0])
+                hidden.apply(p, h, bh0, bh1)
+                p.sub_(lse_safe[bh0:bh1, r0:r1]).exp_()
+            ds.sub_(delta[bh0:bh1, r0:r1]).mul_(p)
+            pl = p if p.dtype == qs.dtype else p.to(qs.dtype)
+            dsl = ds if ds.dtype == qs.dtype else ds.to(qs.dtype)
+            for i in range(bh0, bh1):
+                torch.bmm(dsl[i - bh0], keys.window(i, r0, r1), out=dq[i, r0:r1])
+                vals.scatter(dvv, i, r0, r1, _bmm(pl[i - bh0].transpose(1, 2), dout[i, r0:r1], dv_buf[:c]))
+                keys.scatter(dk, i, r0, r1, _bmm(dsl[i - bh0].transpose(1, 2), qs[i, r0:r1], dk_buf[:c]))
+        dq = dq.mul_(scale).view(b, h, lq, d)  # scores = (q * scale) k^T
+        dk = keys.unpad(dk).view(b, h, lk, d).to(k.dtype)
+        dvv = vals.unpad(dvv).view(b, h, lk, dv).to(v.dtype)
+        return dq, dk, dvv, None, None, None, None, None, None, None, None, None, None
 
 
 def block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, part: Part, part_mask=None,
@@ -190,8 +325,9 @@ def block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, part: Part, part_mas
         offset = band_offset(part.kv_index)
         part.band = False if offset is None else offset
     band = None if part.band is False else part.band
+    training = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
     return _BlockSparseAttention.apply(q, k, v, part.q_pos, part.k_pos, part.kv_index, part.block_q,
-                                       part.block_k, part_mask or part.mask, key_pad, scale, band)
+                                       part.block_k, part_mask or part.mask, key_pad, scale, band, training)
 
 
 def _take(x: Tensor, pos: Tensor, identity: bool, n: int) -> Tensor:

@@ -176,3 +176,48 @@ def test_mismatched_shapes():
         attn(q, q, q, key_padding_mask=torch.zeros(1, 31, dtype=torch.bool))
     with pytest.raises(ValueError, match=r"self-attention: q has N=32 but k has N=16"):
         attn(q, q[:, :, :16], q[:, :, :16])
+
+
+# The kernel's execution modes: chunks that split one head's blocks, chunks of several whole heads, and
+# the backward that recomputes probabilities (instead of keeping them) must all give the same answer.
+KERNEL_MODES = {
+    "split-chunks": dict(CHUNK_ELEMENTS=1 << 11, SAVED_PROBS_BYTES=512 << 20),
+    "head-chunks": dict(CHUNK_ELEMENTS=1 << 16, SAVED_PROBS_BYTES=512 << 20),
+    "recompute": dict(CHUNK_ELEMENTS=1 << 16, SAVED_PROBS_BYTES=0),
+}
+
+
+FIRST_CASES = [p for i, p in enumerate(PATTERN_CASES) if p.values[0] not in [q.values[0] for q in PATTERN_CASES[:i]]]
+
+
+@pytest.mark.parametrize("mode", list(KERNEL_MODES))
+@pytest.mark.parametrize("name,kw", FIRST_CASES)
+def test_pattern_variant_exact_in_every_kernel_mode(name, kw, mode, monkeypatch):
+    from core_attn import kernels
+
+    for key, value in KERNEL_MODES[mode].items():
+        monkeypatch.setattr(kernels, key, value)
+    attn = core_attn.build_attention(name, backend="blocked", **kw)
+    _check(attn, b=2, h=3, n=96, d=8, padded=True)
+
+
+@pytest.mark.parametrize("name", ["lsh", "perceiver"])
+def test_kernel_modes_agree_for_data_dependent_plans(name, monkeypatch):
+    from core_attn import kernels
+
+    torch.manual_seed(0)
+    kw = {"bucket_size": 8} if name == "lsh" else {"num_latents": 8, "num_heads": 2, "head_dim": 8}
+    attn = core_attn.build_attention(name, **kw)
+    q, k, v = (torch.randn(2, 2, 64, 8, requires_grad=True) for _ in range(3))
+    kpm = torch.zeros(2, 64, dtype=torch.bool)
+    kpm[1, 50:] = True
+    g = torch.randn(2, 2, 64, 8)
+    results = []
+    for mode in KERNEL_MODES.values():
+        for key, value in mode.items():
+            monkeypatch.setattr(kernels, key, value)
+        out = attn(q, k, v, key_padding_mask=kpm)
+        results.append((out, *_grads(out, (q, k, v), g)))
+    for other in results[1:]:
+        for a, r in zip(results[0], other):
+            torch.testing.assert_close(a, r, atol=1e-5, rtol=1e-4)
