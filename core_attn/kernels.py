@@ -335,8 +335,9 @@ def _take(x: Tensor, pos: Tensor, identity: bool, n: int) -> Tensor:
     if identity:
         pad = pos.numel() - n
         return torch.nn.functional.pad(x, (0, 0, 0, pad)) if pad else x
-    x_ext = torch.nn.functional.pad(x, (0, 0, 0, 1))
-    return x_ext.index_select(2, torch.where(pos >= 0, pos, n))
+    rows = x.index_select(2, pos.clamp(min=0))  # only the rows taken are copied, never all of x
+    valid = pos >= 0
+    return rows if bool(valid.all()) else rows * valid[:, None].to(rows.dtype)
 
 
 def _place(y: Tensor, pos: Tensor, identity: bool, n: int, fill: float) -> Tensor:
@@ -389,7 +390,7 @@ def pattern_attention(q: Tensor, k: Tensor, v: Tensor, pattern: Pattern,
     key_pad = None
     if key_padding_mask is not None:
         key_pad = torch.nn.functional.pad(key_padding_mask.to(torch.bool), (0, 1), value=True)
-    outs, lses = [], []
+    outs, lses, row_parts = [], [], []
     for p, part in enumerate(parts):
         earlier = [pp.mask for pp in parts[:p]]
 
@@ -405,7 +406,19 @@ def pattern_attention(q: Tensor, k: Tensor, v: Tensor, pattern: Pattern,
         kp = _take(k, part.k_pos, part.identity_k, n)
         vp = _take(v, part.k_pos, part.identity_k, n)
         o, lse = block_sparse_attention(qp, kp, vp, part, part_mask, key_pad, scale)
+        if not part.identity_q and part.rows is not None and part.rows.numel() < n // 2:
+            row_parts.append((part.rows, o[:, :, part.row_slots], lse[:, :, part.row_slots]))
+            continue
         outs.append(_place(o, part.q_pos, part.identity_q, n, 0.0))
         lses.append(_place(lse, part.q_pos, part.identity_q, n, float("-inf")))
-    out, _ = merge_partials(outs, lses)
+    if not outs:  # only few-row parts: place the first one in full
+        rows, o, lse = row_parts.pop(0)
+        outs.append(_place(o, rows, False, n, 0.0))
+        lses.append(_place(lse, rows, False, n, float("-inf")))
+    out, lse = merge_partials(outs, lses)
+    # Parts that cover a few rows (global tokens' rows) merge on those rows only: a full-size placement
+    # and merge would cost several passes over (B, H, N, D) for a handful of queries.
+    for rows, o, l in row_parts:
+        merged_o, merged_l = merge_partials([out.index_select(2, rows), o], [lse.index_select(2, rows), l])
+        out, lse = out.index_copy(2, rows, merged_o), lse.index_copy(2, rows, merged_l)
     return out

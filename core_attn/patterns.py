@@ -55,6 +55,16 @@ class Part:
     identity_k: bool = False
     band: int | bool | None = None  # kv_index[r, c] == r + c + band: set lazily by the kernel
 
+    @property
+    def row_slots(self) -> Tensor:
+        """Slots of the visiting order that hold a real query (q_pos >= 0)."""
+        return torch.nonzero(self.q_pos >= 0).flatten()
+
+    @property
+    def rows(self) -> Tensor | None:
+        """The original positions of the real queries (shared by the batch), or None when per head."""
+        return None if self.q_pos.dim() != 1 else self.q_pos[self.q_pos >= 0]
+
 
 def _padded_arange(n: int, block: int, device=None) -> Tensor:
     length = math.ceil(n / block) * block
