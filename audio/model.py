@@ -195,14 +195,21 @@ class ConformerEncoder(nn.Module):
     def accepted_length(self, n: int) -> int:
         return max(accepted_length(b.attn.attention, n) for b in self.blocks)
 
-    def forward_subsampled(self, x: Tensor, lengths: Tensor) -> Tensor:
-        """The blocks over subsampled frames (B, N, dim) with valid ``lengths``; output (B, N, dim)."""
+    def forward_subsampled(self, x: Tensor, lengths: Tensor | None) -> Tensor:
+        """The blocks over subsampled frames (B, N, dim) with valid ``lengths``; output (B, N, dim).
+
+        ``lengths=None`` means every frame is real: then whether there is padding is known from the shapes
+        alone (no data-dependent branch), which is what lets ``torch.export`` trace the encoder.
+        """
         n = x.shape[1]
         m = self.accepted_length(n)
         if m > n:
             x = F.pad(x, (0, 0, 0, m - n))
-        pad = padding_mask(lengths, m)
-        pad = pad if bool(pad.any()) else None
+        if lengths is None:
+            pad = padding_mask(torch.full((x.shape[0],), n, device=x.device), m) if m > n else None
+        else:
+            pad = padding_mask(lengths, m)
+            pad = pad if bool(pad.any()) else None
         for block in self.blocks:
             x = block(x, pad)
         return x[:, :n]
@@ -253,6 +260,12 @@ class ConformerCTC(nn.Module):
         """(B, T, F) features -> (B, N, vocab) log-probabilities and (B,) frame counts."""
         x, out_lengths = self.encoder(feats, lengths)
         return self.head(x).float().log_softmax(-1), out_lengths
+
+    def log_probs(self, feats: Tensor) -> Tensor:
+        """(B, T, F) features, every frame real (no padding) -> (B, N, vocab) log-probabilities: the
+        network an exported artefact holds (``audio.export``), free of length-dependent branches."""
+        x = self.encoder.forward_subsampled(self.encoder.subsampling(feats), None)
+        return self.head(x).float().log_softmax(-1)
 
     def log_probs_long(self, feats: Tensor, *, subsample_chunk: int = 4096) -> Tensor:
         """(T, F) features of a whole recording -> (N, vocab), in one pass: the subsampling runs in chunks

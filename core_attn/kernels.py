@@ -105,10 +105,9 @@ class _Keys:
         if self.band is None:
             blk = self.kv_index[r0:r1].clamp(min=0)
             return self.x[i, blk.reshape(-1)].reshape(r1 - r0, self.cols * self.bk, self.d)
-        x = self.x[i]
-        start = (r0 + self.band + self.lead) * self.bk * self.d
-        return x.as_strided((r1 - r0, self.cols * self.bk, self.d), (self.bk * self.d, self.d, 1),
-                            x.storage_offset() + start)
+        # offsets from the padded tensor itself (storage offset 0), which exporters translate faithfully
+        start = self.x.storage_offset() + i * self.x.shape[1] * self.d + (r0 + self.band + self.lead) * self.bk * self.d
+        return self.x.as_strided((r1 - r0, self.cols * self.bk, self.d), (self.bk * self.d, self.d, 1), start)
 
     def grad_buffer(self, dtype: torch.dtype) -> Tensor:
         return torch.zeros(self.x.shape[0], self.x.shape[1] // self.bk if self.band is not None else self.nkb,
@@ -165,7 +164,8 @@ class _Hidden:
 
     def __init__(self, hide: Tensor, dtype: torch.dtype):
         self.hide = hide  # (Bm, Hm, c, bq, C * bk) bool
-        self.runs = _column_runs(hide)
+        # torch.export / torch.compile cannot branch on tensor values: there, mask every column
+        self.runs = [(0, hide.shape[-1])] if torch.compiler.is_compiling() else _column_runs(hide)
         self.shared = hide.shape[0] * hide.shape[1] == 1
         if self.shared:
             self.bias = [torch.zeros(hide.shape[2:-1] + (hi - lo,), dtype=dtype, device=hide.device)
@@ -337,7 +337,9 @@ def _take(x: Tensor, pos: Tensor, identity: bool, n: int) -> Tensor:
         return torch.nn.functional.pad(x, (0, 0, 0, pad)) if pad else x
     rows = x.index_select(2, pos.clamp(min=0))  # only the rows taken are copied, never all of x
     valid = pos >= 0
-    return rows if bool(valid.all()) else rows * valid[:, None].to(rows.dtype)
+    if not torch.compiler.is_compiling() and bool(valid.all()):
+        return rows
+    return rows * valid[:, None].to(rows.dtype)
 
 
 def _place(y: Tensor, pos: Tensor, identity: bool, n: int, fill: float) -> Tensor:
@@ -406,7 +408,8 @@ def pattern_attention(q: Tensor, k: Tensor, v: Tensor, pattern: Pattern,
         kp = _take(k, part.k_pos, part.identity_k, n)
         vp = _take(v, part.k_pos, part.identity_k, n)
         o, lse = block_sparse_attention(qp, kp, vp, part, part_mask, key_pad, scale)
-        if not part.identity_q and part.rows is not None and part.rows.numel() < n // 2:
+        few_rows = not part.identity_q and part.q_pos.dim() == 1 and not torch.compiler.is_compiling()
+        if few_rows and part.rows.numel() < n // 2:
             row_parts.append((part.rows, o[:, :, part.row_slots], lse[:, :, part.row_slots]))
             continue
         outs.append(_place(o, part.q_pos, part.identity_q, n, 0.0))

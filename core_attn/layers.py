@@ -241,9 +241,26 @@ def _fill_context(factory: Callable, context: dict) -> dict:
             if v is not None and k in params and k not in bound and params[k].default is inspect.Parameter.empty}
 
 
-def _attention_factory(attention: AttentionSpec, context: dict | None = None) -> Callable[[], AttentionBase | None]:
-    """Turn the ``attention`` argument of :class:`TransformerEncoder` into a per-layer builder; a callable
-    gets the ``context`` keywords (num_heads, head_dim, max_seq_len) it requires and was not given."""
+def attention_factory(attention: AttentionSpec, context: dict | None = None) -> Callable[[], AttentionBase | None]:
+    """Turn an ``attention`` argument (as :class:`TransformerEncoder` takes it) into a per-layer builder.
+
+    Layers outside this module (an app's own blocks, a swapped third-party model) use it to build one
+    variant per layer exactly as the encoder does.
+
+    Args:
+        attention: an :class:`AttentionBase` (deep-copied per call), a callable returning one (a
+            ``functools.partial`` or a Hydra ``_partial_: true`` config; called per call), or ``None``
+            (dense: the builder returns ``None`` and :class:`MultiheadAttention` builds its own).
+        context: ``num_heads``, ``head_dim``, ``max_seq_len`` of the layer; a callable gets the entries it
+            requires (no default) and was not given, so parametrised variants (perceiver, linformer)
+            are sized by the layer they sit in. ``None`` values are never passed.
+
+    Returns:
+        A zero-argument builder returning a fresh variant (or ``None``) per call.
+
+    Raises:
+        ValueError: when ``attention`` is none of the above, or the callable returns no AttentionBase.
+    """
     if attention is None:
         return lambda: None  # each MultiheadAttention builds its own dense variant
     if isinstance(attention, AttentionBase):
@@ -260,6 +277,9 @@ def _attention_factory(attention: AttentionSpec, context: dict | None = None) ->
         "attention must be an AttentionBase instance, a zero-argument callable returning one (e.g. a "
         f"functools.partial or a Hydra `_partial_: true` config), or None for dense; got {type(attention).__name__}"
     )
+
+
+_attention_factory = attention_factory  # the earlier private name, still imported by audio/model.py
 
 
 class TransformerEncoder(nn.Module):
@@ -303,7 +323,7 @@ class TransformerEncoder(nn.Module):
         check_float("drop_path", drop_path, min_value=0.0, max_value=1.0)
         rates = [drop_path * i / max(1, depth - 1) for i in range(depth)]
         context = {"num_heads": num_heads, "head_dim": dim // num_heads, "max_seq_len": max_len}
-        make_attention = _attention_factory(attention, context)
+        make_attention = attention_factory(attention, context)
         self.blocks = nn.ModuleList(
             TransformerBlock(dim, num_heads, attention=make_attention(), mlp_ratio=mlp_ratio, dropout=dropout,
                              drop_path=rate, rotary=positions == "rotary")

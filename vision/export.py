@@ -3,7 +3,8 @@
 The network (``ImageClassifier.net``: images (B, C, H, W) -> logits (B, num_classes)) is rebuilt from the
 checkpoint, traced at ``batch_size`` images of the training size, checked against the eager model on a
 random batch, and written atomically next to the checkpoint (or to ``out=...``); config
-``conf/vision_export.yaml``.
+``conf/vision_export.yaml``. ``attention_backend=dense`` runs a pattern variant (local, bigbird, ...) through
+SDPA with its dense mask (needed for TorchScript, which cannot save the block-sparse kernel).
 """
 
 from __future__ import annotations
@@ -15,19 +16,22 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from core_attn.training.export import SUFFIX, export_model
+from core_attn.training.export import SUFFIX, export_model, set_attention_backend
 from vision.module import ImageClassifier
 
 
 def export(*, ckpt_path: str, format: str, out: str | None = None, batch_size: int = 1, seed: int = 0,
-           atol: float = 1e-4) -> dict[str, Any]:
+           atol: float = 1e-4, attention_backend: str | None = None) -> dict[str, Any]:
     """Export the network of the vision checkpoint ``ckpt_path``; return ``{"path", "format", "max_abs_diff"}``.
 
-    ``out`` defaults to the checkpoint's path with the format's suffix (``.pt2``, ``.pt``, ``.onnx``).
+    ``out`` defaults to the checkpoint's path with the format's suffix (``.pt2``, ``.pt``, ``.onnx``);
+    ``attention_backend`` (``dense``, ``blocked``, ...) replaces the pattern variants' backend before export.
     """
     if not ckpt_path or not Path(ckpt_path).is_file():
         raise FileNotFoundError(f"ckpt_path={ckpt_path!r}: no such checkpoint file (pass ckpt_path=<path to a .ckpt>)")
     net = ImageClassifier.load_from_checkpoint(ckpt_path, map_location="cpu").net.eval()
+    if attention_backend is not None:
+        set_attention_backend(net, attention_backend)
     h, w = net.patch_embed.img_size
     x = torch.randn(batch_size, net.patch_embed.in_chans, h, w, generator=torch.Generator().manual_seed(seed))
     path = Path(out) if out else Path(ckpt_path).with_suffix(SUFFIX.get(format, ".bin"))
@@ -38,7 +42,7 @@ def export(*, ckpt_path: str, format: str, out: str | None = None, batch_size: i
 @hydra.main(config_path="../conf", config_name="vision_export", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     result = export(ckpt_path=cfg.ckpt_path, format=cfg.format, out=cfg.out, batch_size=cfg.batch_size,
-                    seed=cfg.seed, atol=cfg.atol)
+                    seed=cfg.seed, atol=cfg.atol, attention_backend=cfg.attention_backend)
     print(f"wrote {result['path']} ({result['format']}, input {result['input_shape']}, "
           f"max |artefact - eager| = {result['max_abs_diff']:.2e})")
 

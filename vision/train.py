@@ -10,13 +10,14 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from core_attn.training import train
+from core_attn.training import sweep_objective, train
 
 
 @hydra.main(config_path="../conf", config_name="vision", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    """Returns the test metric (the objective for Hydra sweepers)."""
-    return train(cfg).get("metric")
+    """Returns the objective for Hydra sweepers: ``optimized_metric`` (e.g. ``val/acc_best``), or the test
+    metric when it is null (:func:`core_attn.training.sweep_objective`)."""
+    return sweep_objective(train(cfg), cfg.get("optimized_metric"))
 
 
 if __name__ == "__main__":

@@ -9,8 +9,11 @@ Three formats, each written atomically (into a temporary folder beside ``path``,
 
 All three record the model at the example input's shape: sparse patterns are built for that sequence
 length and frozen into the artefact as constants (run an eager forward first, which
-:func:`export_model` does, so cached plans exist). Which attention variants export in which format, and
-why the others do not, is tabulated in ``docs/operations.md``.
+:func:`export_model` does, so cached plans exist). ``exported`` and ``onnx`` can instead keep chosen
+dimensions dynamic (``dynamic_dims``, e.g. the time axis of audio features) when the model traces that way.
+Which attention variants export in which format, and why the others do not, is tabulated in
+``docs/operations.md``; a model that cannot be traced raises ``ValueError`` naming its attention variants
+and the reason (:func:`untraceable_reasons`).
 """
 
 from __future__ import annotations
@@ -18,55 +21,125 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from core_attn._checks import check_choice
+from core_attn.attention.base import BACKENDS, AttentionBase, PatternAttention
 
 FORMATS = ("exported", "torchscript", "onnx")
 SUFFIX = {"exported": ".pt2", "torchscript": ".pt", "onnx": ".onnx"}
+# Variants without a backend option that run core_attn's block-sparse kernel (core_attn/kernels.py), and why
+# that cannot be traced; pattern variants (PatternAttention) are judged by their backend instead.
+KERNEL_VARIANTS = {
+    "lsh": "hashes tokens into buckets and runs core_attn's block-sparse kernel over the sorted buckets, so its "
+           "plan depends on the data",
+    "perceiver": "builds a new block-sparse kernel plan in every call and inspects it in Python",
+}
+KERNEL_WHY = "torch.export cannot trace data-dependent Python control flow"
 
 
-def _write(model: nn.Module, x: Tensor, format: str, path: Path) -> None:
+def untraceable_reasons(model: nn.Module, *, dynamic: bool = False) -> list[str]:
+    """Why ``model``'s attention layers stop ``torch.export`` (one line per variant; empty when none is known
+    to): what :func:`export_model` says when tracing fails."""
+    reasons: dict[str, str] = {}
+    for m in model.modules():
+        if not isinstance(m, AttentionBase):
+            continue
+        name = getattr(m, "name", type(m).__name__)
+        if name in KERNEL_VARIANTS:
+            reasons[name] = (f"attention {name!r} {KERNEL_VARIANTS[name]}: {KERNEL_WHY}; it has no other backend, "
+                             "so models with it do not export (use e.g. dense, linear or nystrom)")
+        elif dynamic and isinstance(m, PatternAttention):
+            reasons[name] = (f"attention {name!r} (backend={m.backend!r}) builds its sparsity pattern for one "
+                             "sequence length N and caches pieces of it by N (e.g. the global tokens' table), which "
+                             "a dynamic length cannot key; export at a fixed length")
+    return list(reasons.values())
+
+
+def set_attention_backend(model: nn.Module, backend: str) -> int:
+    """Set ``backend`` on every pattern variant in ``model`` (``local``, ``bigbird``, ``sparse_*``); return
+    how many. ``ValueError`` when ``model`` has none (the other variants have no backend to choose)."""
+    check_choice("attention_backend", backend, BACKENDS)
+    layers = [m for m in model.modules() if isinstance(m, PatternAttention)]
+    if not layers:
+        found = sorted({getattr(m, "name", type(m).__name__) for m in model.modules() if isinstance(m, AttentionBase)})
+        raise ValueError(f"attention_backend={backend!r} applies to pattern variants (local, bigbird, sparse_fixed, "
+                         f"sparse_strided); this model's attention is {found}, which has no backend option "
+                         "(leave attention_backend=null)")
+    for m in layers:
+        m.backend = backend
+    return len(layers)
+
+
+def _trace(model: nn.Module, x: Tensor, format: str, path: Path, dynamic_dims: Sequence[int]) -> None:
+    """torch.export / the dynamo ONNX exporter; a failure to trace becomes a ``ValueError`` that says why."""
+    shapes = ({d: torch.export.Dim.DYNAMIC for d in dynamic_dims},) if dynamic_dims else None
+    try:
+        if format == "exported":
+            program = torch.export.export(model, (x,), dynamic_shapes=shapes)
+        else:
+            program = torch.onnx.export(model, (x,), dynamo=True, input_names=["input"], output_names=["output"],
+                                        dynamic_shapes=shapes, verbose=False)
+    except Exception as e:  # noqa: BLE001 - torch.export raises many types; all mean "could not trace"
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        reasons = untraceable_reasons(model, dynamic=bool(dynamic_dims))
+        dims = f" with dynamic dimensions {list(dynamic_dims)}" if dynamic_dims else ""
+        why = "; ".join(reasons) if reasons else "no attention variant of the model is known to stop it"
+        raise ValueError(f"format={format!r} cannot trace this model{dims}: {why} (torch.export: "
+                         f"{type(e).__name__}: {first})") from e
     if format == "exported":
-        torch.export.save(torch.export.export(model, (x,)), path)
-    elif format == "torchscript":
-        # check_trace=False: the checker re-runs the model and compares graphs, which our shape-dependent
-        # plan caches make noisy; export_model compares outputs instead
-        try:
-            torch.jit.save(torch.jit.trace(model, (x,), check_trace=False), str(path))
-        except RuntimeError as e:  # TorchScript cannot serialise a Python autograd.Function (our block-sparse kernel)
-            if "Could not export Python function" not in str(e) and "unordered_map::at" not in str(e):
-                raise
-            raise ValueError("format='torchscript' cannot save this model: it calls a Python autograd.Function "
-                             "(core_attn's block-sparse kernel), which TorchScript cannot serialise; use "
-                             "format='exported' or format='onnx' (see docs/operations.md)") from None
+        torch.export.save(program, path)
     else:
-        program = torch.onnx.export(model, (x,), dynamo=True, input_names=["input"], output_names=["output"],
-                                    verbose=False)
         program.save(str(path))
 
 
+def _write(model: nn.Module, x: Tensor, format: str, path: Path, dynamic_dims: Sequence[int]) -> None:
+    if format != "torchscript":
+        _trace(model, x, format, path, dynamic_dims)
+        return
+    # check_trace=False: the checker re-runs the model and compares graphs, which our shape-dependent
+    # plan caches make noisy; export_model compares outputs instead
+    try:
+        torch.jit.save(torch.jit.trace(model, (x,), check_trace=False), str(path))
+    except RuntimeError as e:  # TorchScript cannot serialise a Python autograd.Function (our block-sparse kernel)
+        if "Could not export Python function" not in str(e) and "unordered_map::at" not in str(e):
+            raise
+        raise ValueError("format='torchscript' cannot save this model: it calls a Python autograd.Function "
+                         "(core_attn's block-sparse kernel), which TorchScript cannot serialise; use "
+                         "format='exported' or format='onnx' (with attention_backend=dense for pattern variants; "
+                         "see docs/operations.md)") from None
+
+
 def export_model(model: nn.Module, example_input: Tensor, format: str, path: str | Path, *,
-                 atol: float = 1e-4) -> float:
+                 atol: float = 1e-4, dynamic_dims: Sequence[int] = (),
+                 check_inputs: Sequence[Tensor] = ()) -> float:
     """Write ``model`` (put in eval mode) as an inference artefact at ``path``; return the largest absolute
-    difference between the artefact's output and the eager output on ``example_input``.
+    difference between the artefact's output and the eager output on ``example_input`` and ``check_inputs``.
 
     Args:
         model: a module taking one tensor and returning one tensor.
-        example_input: the input the artefact is traced at (its shape is baked in).
+        example_input: the input the artefact is traced at (its shape is baked in, but for ``dynamic_dims``).
         format: ``exported`` (torch.export), ``torchscript`` (torch.jit.trace) or ``onnx``.
         path: the artefact's file; written atomically (readers never see half a file).
         atol: the largest difference accepted; beyond it ``ValueError`` and nothing is written.
+        dynamic_dims: dimensions of the input left dynamic (e.g. ``(1,)``, the time axis of (B, T, F)
+            features); ``exported`` and ``onnx`` only.
+        check_inputs: more inputs the artefact must match eager on (other sizes of the dynamic dimensions).
 
     Raises:
-        ValueError: unknown ``format``, or the artefact's output differs from eager by more than ``atol``.
+        ValueError: unknown ``format``; ``dynamic_dims`` with ``torchscript``; a model that cannot be traced
+            (the message names its attention variants and why); the artefact's output differs from eager by
+            more than ``atol``.
         ImportError: ``format="onnx"`` without ``onnx``/``onnxscript`` installed.
     """
     check_choice("format", format, FORMATS)
+    if dynamic_dims and format == "torchscript":
+        raise ValueError(f"dynamic_dims={list(dynamic_dims)} needs format='exported' or format='onnx' "
+                         "(format='torchscript' traces one shape)")
     if format == "onnx":
         for pkg in ("onnx", "onnxscript"):
             if not _available(pkg):
@@ -78,9 +151,25 @@ def export_model(model: nn.Module, example_input: Tensor, format: str, path: str
         expected = model(example_input)  # also fills shape-keyed plan caches, so they trace as constants
         tmp_dir = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
         try:
-            _write(model, example_input, format, tmp_dir / path.name)  # same name: ONNX refers to its data file by name
-            got = load_exported(tmp_dir / path.name, format)(example_input)
-            diff = (got.float() - expected.float()).abs().max().item() if expected.numel() else 0.0
+            # the final file name: ONNX refers to its external data file by name
+            _write(model, example_input, format, tmp_dir / path.name, dynamic_dims)
+            run = load_exported(tmp_dir / path.name, format)
+            diffs = [0.0]
+            for x, want in [(example_input, expected), *((c, model(c)) for c in check_inputs)]:
+                try:
+                    got = run(x)
+                except Exception as e:  # noqa: BLE001 - e.g. a guard of torch.export, an onnxruntime shape check
+                    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+                    raise ValueError(f"the {format} artefact (traced at input {tuple(example_input.shape)}) fails on "
+                                     f"input {tuple(x.shape)}: {type(e).__name__}: {first}; nothing was written to "
+                                     f"{path}") from e
+                if got.shape != want.shape:
+                    raise ValueError(f"the {format} artefact's output has shape {tuple(got.shape)} on input "
+                                     f"{tuple(x.shape)}, the eager model's {tuple(want.shape)}; nothing was "
+                                     f"written to {path}")
+                if want.numel():
+                    diffs.append((got.float() - want.float()).abs().max().item())
+            diff = float("nan") if any(d != d for d in diffs) else max(diffs)  # a NaN output never passes
             if not diff <= atol:
                 raise ValueError(f"the {format} artefact's output differs from the eager model's by {diff:.3g} "
                                  f"(> atol={atol}); nothing was written to {path}")

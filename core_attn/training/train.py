@@ -169,6 +169,28 @@ def _test_metric_name(cfg: DictConfig) -> str:
     return "test/" + monitor.split("/", 1)[1] if monitor.startswith("val/") else monitor
 
 
+def sweep_objective(metrics: dict[str, Any], name: str | None) -> float | None:
+    """The value an app's ``main`` returns to a Hydra sweeper (Optuna maximises or minimises it).
+
+    ``name=None`` (``optimized_metric: null``): the test metric, ``metrics["metric"]``. Otherwise the
+    metric ``name`` among the run's final training/validation metrics (``val/acc_best``), then its test
+    metrics (``test/acc``), then the top-level entries (``best_val/acc``, ``train_samples_per_s``);
+    ``ValueError`` naming the ones available when it is none of them.
+    """
+    if name is None:
+        return metrics.get("metric")
+    for source in (metrics.get("final") or {}, metrics.get("test") or {}, metrics):
+        value = source.get(name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    from core_attn._checks import did_you_mean
+
+    available = sorted({*(metrics.get("final") or {}), *(metrics.get("test") or {}),
+                        *(k for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool))})
+    raise ValueError(f"optimized_metric={name!r} is not a metric of this run; available: {available}."
+                     f"{did_you_mean(name, available)}")
+
+
 # -- the two entry points --------------------------------------------------------------------------
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and test the app described by ``cfg``; return the metrics and write them to

@@ -16,7 +16,8 @@ from vision.export import export
 from vision.model import VisionTransformer
 
 HAS_ONNX = all(importlib.util.find_spec(p) for p in ("onnx", "onnxscript", "onnxruntime"))
-ATTENTION = {"local": partial(LocalAttention, window=4), "dense": DenseAttention}
+ATTENTION = {"local": partial(LocalAttention, window=4), "dense": DenseAttention,
+             "local_dense": partial(LocalAttention, window=4, backend="dense")}  # the same pattern through SDPA
 MODEL = dict(img_size=32, in_chans=1, num_classes=3, patch_size=4, dim=16, depth=1, num_heads=2)  # 64 tokens
 
 
@@ -27,10 +28,10 @@ def _formats():
         yield pytest.param(fmt, marks=marks)
 
 
-def _cases():  # dense through onnxruntime is the slowest case (~10 s): slow-marked, local-onnx runs by default
+def _cases():  # exporting through onnxruntime takes ~10 s: slow-marked except local-onnx
     for variant in sorted(ATTENTION):
         for p in _formats():
-            slow = [pytest.mark.slow] if (variant, p.values[0]) == ("dense", "onnx") else []
+            slow = [pytest.mark.slow] if p.values[0] == "onnx" and variant != "local" else []
             yield pytest.param(variant, *p.values, marks=[*p.marks, *slow], id=f"{variant}-{p.values[0]}")
 
 
@@ -42,7 +43,8 @@ def test_artefact_matches_eager(variant, fmt, tmp_path):
     path = tmp_path / f"net.{fmt}"
     if (variant, fmt) == ("local", "torchscript"):  # the block-sparse kernel is a Python autograd.Function
         with pytest.raises(ValueError, match=r"format='torchscript' cannot save this model: it calls a Python "
-                                             r"autograd.Function .*use format='exported' or format='onnx'"):
+                                             r"autograd.Function .*use format='exported' or format='onnx' \(with "
+                                             r"attention_backend=dense for pattern variants"):
             export_model(net, x, fmt, path)
         assert not list(tmp_path.iterdir())
         return
@@ -52,6 +54,54 @@ def test_artefact_matches_eager(variant, fmt, tmp_path):
     x2 = torch.randn(2, 1, 32, 32)  # a different sample of the traced shape
     with torch.no_grad():
         torch.testing.assert_close(load_exported(path, fmt)(x2), net(x2), atol=1e-4, rtol=1e-4)
+
+
+def test_dynamic_dims(tmp_path):
+    torch.manual_seed(0)
+    net = VisionTransformer(**MODEL, attention=DenseAttention).eval()
+    x, x3 = torch.randn(2, 1, 32, 32), torch.randn(3, 1, 32, 32)
+    path = tmp_path / "net.pt2"
+    assert export_model(net, x, "exported", path, dynamic_dims=(0,), check_inputs=[x3]) <= 1e-4  # any batch size
+    with torch.no_grad():
+        torch.testing.assert_close(load_exported(path, "exported")(torch.randn(5, 1, 32, 32)).shape, (5, 3))
+    with pytest.raises(ValueError, match=r"dynamic_dims=\[0\] needs format='exported' or format='onnx' "
+                                         r"\(format='torchscript' traces one shape\)"):
+        export_model(net, x, "torchscript", tmp_path / "net.pt", dynamic_dims=(0,))
+
+
+def test_check_input_the_artefact_rejects(tmp_path):
+    net = torch.nn.Linear(3, 2).eval()
+    with pytest.raises(ValueError, match=r"the exported artefact \(traced at input \(2, 3\)\) fails on input "
+                                         r"\(4, 3\): .*; nothing was written"):
+        export_model(net, torch.zeros(2, 3), "exported", tmp_path / "a.pt2", check_inputs=[torch.zeros(4, 3)])
+    assert not list(tmp_path.iterdir())
+
+
+class _TracedNaN(torch.nn.Module):
+    """Returns x in the eager forward but NaN when traced: a NaN difference must fail the check."""
+
+    def forward(self, x):
+        return x * float("nan") if torch.compiler.is_compiling() or torch.jit.is_tracing() else x
+
+
+def test_nan_output_writes_nothing(tmp_path):
+    with pytest.raises(ValueError, match=r"differs from the eager model's by nan \(> atol=0.0001\)"):
+        export_model(_TracedNaN(), torch.zeros(2, 3), "exported", tmp_path / "a.pt2", check_inputs=[torch.ones(2, 3)])
+    assert not list(tmp_path.iterdir())
+
+
+class _TracedShorter(torch.nn.Module):
+    """Returns x in the eager forward but its first row when traced: the shape check must catch it."""
+
+    def forward(self, x):
+        return x[:1] if torch.compiler.is_compiling() or torch.jit.is_tracing() else x
+
+
+def test_shape_mismatch_writes_nothing(tmp_path):
+    with pytest.raises(ValueError, match=r"the exported artefact's output has shape \(1, 3\) on input \(2, 3\), "
+                                         r"the eager model's \(2, 3\); nothing was written"):
+        export_model(_TracedShorter(), torch.zeros(2, 3), "exported", tmp_path / "a.pt2")
+    assert not list(tmp_path.iterdir())
 
 
 def test_unknown_format(tmp_path):
@@ -90,7 +140,7 @@ def _checkpoint(tmp_path):
 
 def test_vision_export_from_checkpoint(tmp_path):
     module, ckpt = _checkpoint(tmp_path)
-    result = export(ckpt_path=str(ckpt), format="exported", batch_size=2)
+    result = export(ckpt_path=str(ckpt), format="exported", batch_size=2, attention_backend="dense")
     assert result["path"] == str(ckpt.with_suffix(".pt2")) and result["input_shape"] == [2, 1, 32, 32]
     x = torch.randn(2, 1, 32, 32)
     with torch.no_grad():
@@ -113,7 +163,8 @@ def test_vision_export_command_line(tmp_path):
     root = Path(__file__).resolve().parents[2]
     out = tmp_path / "model.pt2"
     proc = subprocess.run([sys.executable, "-m", "vision.export", f"ckpt_path={ckpt}", "format=exported", f"out={out}",
-                           f"hydra.run.dir={tmp_path / 'hydra'}"], cwd=root, capture_output=True, text=True,
+                           "attention_backend=dense", f"hydra.run.dir={tmp_path / 'hydra'}"], cwd=root,
+                          capture_output=True, text=True,
                           env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"wrote {out} (exported, input [1, 1, 32, 32]" in proc.stdout

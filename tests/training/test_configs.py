@@ -3,6 +3,12 @@
 Enrols itself: every primary config ``conf/*.yaml`` is composed with every option of every group in its
 defaults list (globbed from ``conf/<group>/**/*.yaml``; options named ``<app>_*`` or targeting another
 app's package are left to that app's primary configs), resolved, and each ``_target_`` imported.
+
+``conf/hydra/`` is special: its top-level files are options of our ``hydra`` group, its subfolders are
+Hydra's own groups (``conf/hydra/launcher/slurm.yaml`` is ``hydra/launcher=slurm``), composed with the
+Hydra node returned and their ``_target_`` imported. An option building on a plugin's config (a launcher
+extending ``submitit_slurm``, a search overriding ``/hydra/sweeper: optuna``) composes only with that plugin
+installed: without it the case is skipped, naming the plugin and the extra that installs it.
 """
 
 from __future__ import annotations
@@ -20,6 +26,45 @@ from tests.training.tiny import CONF_DIR, compose_config
 
 APPS = ("vision", "audio", "genomics")
 PRIMARY = sorted(p.stem for p in CONF_DIR.glob("*.yaml"))
+HYDRA_DIR = CONF_DIR / "hydra"
+# Plugin configs our options build on -> (the package registering them, the extra of pyproject.toml installing it).
+PLUGIN_CONFIGS = {
+    "hydra/launcher/submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", "cluster"),
+    "hydra/launcher/submitit_local": ("hydra_plugins.hydra_submitit_launcher", "cluster"),
+    "hydra/launcher/joblib": ("hydra_plugins.hydra_joblib_launcher", "cluster"),
+    "hydra/sweeper/optuna": ("hydra_plugins.hydra_optuna_sweeper", "sweep"),
+    "hydra/sweeper/sampler/tpe": ("hydra_plugins.hydra_optuna_sweeper", "sweep"),
+}
+
+
+def _plugin_configs(option: Path) -> list[str]:
+    """The ``hydra/<group>/<name>`` configs that ``option``'s defaults list takes from outside ``conf/``:
+    ``- submitit_slurm`` in ``conf/hydra/launcher/`` (a sibling not on disk) or ``override /hydra/sweeper: optuna``."""
+    cfg = OmegaConf.load(option)
+    out = []
+    for entry in (cfg.get("defaults") or []) if OmegaConf.is_dict(cfg) else []:
+        if isinstance(entry, str):
+            if HYDRA_DIR in option.parents and entry != "_self_" and not (option.parent / f"{entry}.yaml").is_file():
+                out.append(f"{option.parent.relative_to(CONF_DIR).as_posix()}/{entry}")
+            continue
+        for key, value in entry.items():
+            group = key.removeprefix("override").strip().lstrip("/")
+            if group.startswith("hydra/") and not (CONF_DIR / group / f"{value}.yaml").is_file():
+                out.append(f"{group}/{value}")
+    return out
+
+
+def _missing_plugin(option: Path) -> str | None:
+    """Why ``option`` cannot compose here (a plugin it builds on is not installed), or None."""
+    if not option.is_file():
+        return None
+    for name in _plugin_configs(option):
+        assert name in PLUGIN_CONFIGS, f"{option} builds on {name}: add its plugin to PLUGIN_CONFIGS"
+        package, extra = PLUGIN_CONFIGS[name]
+        if importlib.util.find_spec(package) is None:
+            return (f"{option.relative_to(CONF_DIR)} builds on {name}, registered by {package}, which is not "
+                    f"installed (pip install -e '.[{extra}]')")
+    return None
 
 
 def _app_of(option: Path) -> str | None:
@@ -66,7 +111,9 @@ def _cases() -> list[tuple[str, str, str]]:
             if group in SHARED_GROUPS and (group in shared_done or primary not in mains):
                 continue
             shared_done.add(group) if group in SHARED_GROUPS else None
-            for option in sorted((CONF_DIR / group).rglob("*.yaml")):
+            # conf/hydra/<sub>/ holds Hydra's own groups (hydra/launcher, ...): HYDRA_CASES, not options of `hydra`
+            found = (CONF_DIR / group).glob("*.yaml") if group == "hydra" else (CONF_DIR / group).rglob("*.yaml")
+            for option in sorted(found):
                 if _app_of(option) in (None, _primary_app(primary)):  # another app's options: its own primary
                     name = option.relative_to(CONF_DIR / group).with_suffix("").as_posix()
                     if (primary, group, name) not in cases:
@@ -75,6 +122,8 @@ def _cases() -> list[tuple[str, str, str]]:
 
 
 CASES = _cases()
+# (group, option) of Hydra's own groups configured under conf/hydra/<group>/, e.g. ("hydra/launcher", "slurm")
+HYDRA_CASES = sorted((p.parent.relative_to(CONF_DIR).as_posix(), p.stem) for p in HYDRA_DIR.glob("*/**/*.yaml"))
 
 
 def _targets(node, path=""):
@@ -106,6 +155,9 @@ def test_found_configs():
 
 @pytest.mark.parametrize("primary,group,option", CASES, ids=["/".join(c) for c in CASES])
 def test_config_composes(primary, group, option, tmp_path):
+    missing = _missing_plugin(CONF_DIR / group / f"{option}.yaml")
+    if missing:
+        pytest.skip(missing)
     cfg = compose_config(primary, [f"{group}={option}"], tmp_path)
     _fill_missing(cfg)
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -114,6 +166,41 @@ def test_config_composes(primary, group, option, tmp_path):
         if module.startswith("core_attn.attention.") and importlib.util.find_spec(module) is None:
             pytest.skip(f"attention variant {module} is not written yet")
         assert get_object(target) is not None, f"{path}._target_={target} does not import"
+
+
+def test_found_hydra_group_options():
+    assert ("hydra/launcher", "slurm") in HYDRA_CASES
+    assert not [c for c in CASES if c[1] == "hydra" and "/" in c[2]]  # never composed as hydra=launcher/slurm
+
+
+@pytest.mark.parametrize("group,option", HYDRA_CASES, ids=["/".join(c) for c in HYDRA_CASES])
+def test_hydra_group_option_composes(group, option, tmp_path):
+    missing = _missing_plugin(CONF_DIR / group / f"{option}.yaml")
+    if missing:
+        pytest.skip(missing)
+    cfg = compose_config("vision", [f"{group}={option}"], tmp_path, return_hydra_config=True)
+    node = OmegaConf.select(cfg, group.replace("/", "."))
+    assert cfg.hydra.runtime.choices[group] == option
+    resolved = OmegaConf.to_container(node, resolve=True)
+    targets = list(_targets(resolved))
+    assert targets, f"{group}={option} has no _target_"
+    for path, target in targets:
+        assert get_object(target) is not None, f"{group}.{path}._target_={target} does not import"
+
+
+def test_plugin_configs_are_found():
+    assert _plugin_configs(HYDRA_DIR / "launcher" / "slurm.yaml") == ["hydra/launcher/submitit_slurm"]
+    assert "hydra/sweeper/optuna" in _plugin_configs(CONF_DIR / "hparams_search" / "vision_optuna.yaml")
+    assert _plugin_configs(CONF_DIR / "hparams_search" / "vision_lr.yaml") == []
+
+
+def test_missing_plugin_skips_with_reason(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "hydra_plugins.hydra_submitit_launcher" else real(name, *a))
+    reason = _missing_plugin(HYDRA_DIR / "launcher" / "slurm.yaml")
+    assert reason == ("hydra/launcher/slurm.yaml builds on hydra/launcher/submitit_slurm, registered by "
+                      "hydra_plugins.hydra_submitit_launcher, which is not installed (pip install -e '.[cluster]')")
 
 
 def test_defaults_compose_and_resolve(tmp_path):

@@ -1,0 +1,92 @@
+"""Export an audio checkpoint for inference: ``python -m audio.export ckpt_path=... format=exported|torchscript|onnx``.
+
+The artefact is the network of :class:`audio.model.ConformerCTC` after its front end: log-mel features
+(B, T, n_mels), every frame real, -> per-frame CTC log-probabilities (B, N, vocab) with N = ceil(T /
+subsampling) (:meth:`ConformerCTC.log_probs`). The log-mel front end (an STFT, ``audio.features``) stays
+outside. By default the artefact takes exactly ``frames`` frames (sparse patterns are built for one
+length). With ``dynamic_time=true`` (``exported`` and ``onnx``) T is a dynamic dimension: the artefact is
+traced at ``frames`` frames and checked against the eager model at that length and at a second one;
+variants whose pattern is cached per length (the default ``local`` with a global token) cannot be traced
+that way and raise, saying which and why. Config ``conf/audio_export.yaml``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig
+from torch import Tensor, nn
+
+from audio.model import ConformerCTC
+from audio.transcribe import load_model
+from core_attn._checks import check_int
+from core_attn.training.export import SUFFIX, export_model, set_attention_backend
+
+
+class FeaturesToLogProbs(nn.Module):
+    """(B, T, n_mels) features -> (B, N, vocab) log-probabilities: the one-tensor module that is exported."""
+
+    def __init__(self, net: ConformerCTC):
+        super().__init__()
+        self.net = net
+
+    def forward(self, feats: Tensor) -> Tensor:
+        return self.net.log_probs(feats)
+
+
+def export(*, ckpt_path: str, format: str, out: str | None = None, frames: int = 400, dynamic_time: bool = False,
+           batch_size: int = 1, seed: int = 0, atol: float = 1e-4,
+           attention_backend: str | None = None) -> dict[str, Any]:
+    """Export the network of the audio checkpoint ``ckpt_path``; return ``{"path", "format", "max_abs_diff",
+    "input_shape", "checked_frames", "dynamic_time"}``.
+
+    Args:
+        ckpt_path: a checkpoint of ``audio.train``.
+        format: ``exported`` (.pt2), ``torchscript`` (.pt, fixed length only) or ``onnx`` (.onnx).
+        out: the artefact's path; default: the checkpoint's path with the format's suffix.
+        frames: feature frames of the example input (10 ms each with the default front end).
+        dynamic_time: keep the time dimension dynamic (checked at ``frames`` and at ``frames * 3 // 2 + 7``).
+        batch_size: utterances per call baked into the artefact.
+        seed: of the random features the artefact is checked on.
+        atol: the largest |artefact - eager| accepted.
+        attention_backend: replaces the pattern variants' backend before export (``dense`` traces).
+    """
+    net = load_model(ckpt_path)  # FileNotFoundError naming ckpt_path
+    if attention_backend is not None:
+        set_attention_backend(net, attention_backend)
+    check_int("frames", frames, min_value=2 * net.encoder.subsampling.factor)
+    check_int("batch_size", batch_size, min_value=1)
+    if dynamic_time and format == "torchscript":
+        raise ValueError("dynamic_time=true needs format='exported' or format='onnx' (torch.jit.trace records one "
+                         "length); pass dynamic_time=false for a fixed-length TorchScript artefact")
+    gen = torch.Generator().manual_seed(seed)
+    n_mels = net.features.n_mels
+    x = torch.randn(batch_size, frames, n_mels, generator=gen)  # (B, T, F): scale of log-mel features
+    checked = [frames]
+    others = []
+    if dynamic_time:
+        checked.append(frames * 3 // 2 + 7)  # another length, with another remainder modulo the subsampling
+        others.append(torch.randn(batch_size, checked[-1], n_mels, generator=gen))
+    path = Path(out) if out else Path(ckpt_path).with_suffix(SUFFIX.get(format, ".bin"))
+    diff = export_model(FeaturesToLogProbs(net).eval(), x, format, path, atol=atol,
+                        dynamic_dims=(1,) if dynamic_time else (), check_inputs=others)
+    return {"path": str(path), "format": format, "max_abs_diff": diff, "input_shape": list(x.shape),
+            "checked_frames": checked, "dynamic_time": dynamic_time}
+
+
+@hydra.main(config_path="../conf", config_name="audio_export", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    result = export(ckpt_path=cfg.ckpt_path, format=cfg.format, out=cfg.out, frames=cfg.frames,
+                    dynamic_time=cfg.dynamic_time, batch_size=cfg.batch_size, seed=cfg.seed, atol=cfg.atol,
+                    attention_backend=cfg.attention_backend)
+    time = "dynamic" if result["dynamic_time"] else f"{result['input_shape'][1]} (fixed)"
+    print(f"wrote {result['path']} ({result['format']}, input (B={result['input_shape'][0]}, T={time}, "
+          f"F={result['input_shape'][2]}), checked at T={result['checked_frames']}, "
+          f"max |artefact - eager| = {result['max_abs_diff']:.2e})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""Export a genomics checkpoint: ``python -m genomics.export ckpt_path=... format=exported|torchscript|onnx``.
+
+The network of any task (``GenomicsModule.net``, a :class:`genomics.model.SequenceTransformer`: token ids
+(B, L) int64 -> per-base logits (B, L, num_outputs) or per-sequence logits (B, num_outputs)) is rebuilt from
+the checkpoint, traced at ``batch_size`` sequences of ``length`` tokens without padding, checked against the
+eager model on random tokens of the alphabet, and written atomically next to the checkpoint (or to
+``out=...``); config ``conf/genomics_export.yaml``. The artefact takes exactly that shape (sparse patterns
+are built for one length); ``length`` defaults to the training window stored in the checkpoint.
+``attention_backend=dense`` runs a pattern variant (the default ``local``, ``bigbird``, ...) through SDPA with
+its dense mask, the form ``torch.export`` can trace (core_attn's block-sparse kernel cannot be).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig
+
+from core_attn._checks import check_int
+from core_attn.training.callbacks import CONFIG_KEY
+from core_attn.training.export import SUFFIX, export_model, set_attention_backend
+from genomics.module import GenomicsModule
+from genomics.tokenizers import SPECIALS
+
+
+def stored_length(ckpt_path: str | Path) -> int | None:
+    """The training input length stored in the checkpoint's run config (``data.window`` for genomes,
+    ``data.max_len`` for records), or ``None`` when it stores none."""
+    stored = torch.load(ckpt_path, map_location="cpu", weights_only=False).get(CONFIG_KEY) or {}
+    data = stored.get("data") or {}
+    return data.get("window") or data.get("max_len")
+
+
+def export(*, ckpt_path: str, format: str, out: str | None = None, length: int | None = None, batch_size: int = 1,
+           seed: int = 0, atol: float = 1e-4, attention_backend: str | None = None) -> dict[str, Any]:
+    """Export the network of the genomics checkpoint ``ckpt_path``; return ``{"path", "format",
+    "max_abs_diff", "input_shape", "task"}``.
+
+    Args:
+        ckpt_path: a checkpoint of any genomics task (the module class comes from its stored config).
+        format: ``exported`` (.pt2), ``torchscript`` (.pt) or ``onnx`` (.onnx).
+        out: the artefact's path; default: the checkpoint's path with the format's suffix.
+        length: tokens per sequence baked into the artefact (a multiple of the model's ``patch_size``);
+            ``None``: the checkpoint's ``data.window`` / ``data.max_len``.
+        batch_size: sequences per call baked into the artefact.
+        seed: of the random tokens the artefact is checked on.
+        atol: the largest |artefact - eager| accepted.
+        attention_backend: replaces the pattern variants' backend before export (``dense`` traces).
+    """
+    if not ckpt_path or not Path(ckpt_path).is_file():
+        raise FileNotFoundError(f"ckpt_path={ckpt_path!r}: no such checkpoint file (pass ckpt_path=<path to a .ckpt>)")
+    module = GenomicsModule.load_from_checkpoint(ckpt_path, map_location="cpu")
+    net = module.net.eval()
+    if attention_backend is not None:
+        set_attention_backend(net, attention_backend)
+    if length is None:
+        length = stored_length(ckpt_path)
+        if length is None:
+            raise ValueError(f"length=null and {ckpt_path} stores no data.window or data.max_len; pass length=<tokens>")
+    check_int("length", length, min_value=1)
+    check_int("batch_size", batch_size, min_value=1)
+    if length % net.patch_size:
+        raise ValueError(f"length={length} is not a multiple of the model's patch_size={net.patch_size}")
+    gen = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(len(SPECIALS), net.vocab_size, (batch_size, length), generator=gen)  # (B, L) symbols
+    path = Path(out) if out else Path(ckpt_path).with_suffix(SUFFIX.get(format, ".bin"))
+    diff = export_model(net, tokens, format, path, atol=atol)
+    return {"path": str(path), "format": format, "max_abs_diff": diff, "input_shape": list(tokens.shape),
+            "task": type(module).__name__}
+
+
+@hydra.main(config_path="../conf", config_name="genomics_export", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    result = export(ckpt_path=cfg.ckpt_path, format=cfg.format, out=cfg.out, length=cfg.length,
+                    batch_size=cfg.batch_size, seed=cfg.seed, atol=cfg.atol, attention_backend=cfg.attention_backend)
+    print(f"wrote {result['path']} ({result['format']}, {result['task']}, input {result['input_shape']}, "
+          f"max |artefact - eager| = {result['max_abs_diff']:.2e})")
+
+
+if __name__ == "__main__":
+    main()
