@@ -199,13 +199,17 @@ class MegaMNISTDataset(Dataset):
 
 class SplitDataModule(pl.LightningDataModule):
     """Serves ``self.datasets[split]`` (filled by ``setup``) with ``hparams.batch_size`` and
-    ``hparams.num_workers``; the training split is shuffled."""
+    ``hparams.num_workers``; the training split is shuffled and drops a last partial batch."""
 
     datasets: dict[str, Dataset]
 
     def _loader(self, split: str) -> DataLoader:
         self.setup()
-        return DataLoader(self.datasets[split], batch_size=self.hparams.batch_size, shuffle=split == "train",
+        dataset, batch_size = self.datasets[split], self.hparams.batch_size
+        # training drops a last partial batch (as timm's loaders do): a batch of one image would stop
+        # BatchNorm (model.pool_norm=batch), and the optimizer steps all see full batches
+        drop_last = split == "train" and len(dataset) >= batch_size
+        return DataLoader(dataset, batch_size=batch_size, shuffle=split == "train", drop_last=drop_last,
                           num_workers=self.hparams.num_workers, persistent_workers=self.hparams.num_workers > 0,
                           pin_memory=torch.cuda.is_available())
 
@@ -265,6 +269,27 @@ class MegaMNISTDataModule(SplitDataModule):
     @property
     def num_classes(self) -> int:
         return 10
+
+    def class_names(self) -> list[str]:
+        """The 10 class names: the digits, or Fashion-MNIST's item names (torchvision's list)."""
+        if self.hparams.source == "digits":
+            return [str(i) for i in range(10)]
+        from torchvision.datasets import FashionMNIST
+
+        return list(FashionMNIST.classes)
+
+    def eval_transform(self):
+        """PIL image (mode ``L`` for 1 channel, ``RGB`` for 3) -> (channels, image_size, image_size) in [0, 1],
+        as the canvases are: the whole image resized (bilinear), no normalisation."""
+        from torchvision import transforms as T
+
+        s = self.hparams.image_size
+        return T.Compose([T.Resize((s, s), interpolation=T.InterpolationMode.BILINEAR, antialias=True), T.ToTensor()])
+
+    def eval_box(self, width: int, height: int) -> tuple[float, float, float, float]:
+        """The region (left, top, right, bottom) of a ``width`` x ``height`` image that :meth:`eval_transform`
+        keeps: all of it."""
+        return 0.0, 0.0, float(width), float(height)
 
     def prepare_data(self) -> None:
         if self.hparams.source == "fashion":
@@ -375,6 +400,24 @@ class ImageFolderDataModule(SplitDataModule):
     @property
     def num_classes(self) -> int:
         return self.hparams.num_classes
+
+    def class_names(self) -> list[str] | None:
+        """The class folder names (sorted, as the labels are numbered), or ``None`` when ``root`` is gone."""
+        base = self.root / "train" if (self.root / "train").is_dir() else self.root
+        return _class_folders(base) if base.is_dir() else None
+
+    def eval_transform(self):
+        """PIL image -> normalised (channels, image_size, image_size) tensor: the evaluation transform."""
+        return self._transforms(train=False)
+
+    def eval_box(self, width: int, height: int) -> tuple[float, float, float, float]:
+        """The region (left, top, right, bottom) of a ``width`` x ``height`` image that :meth:`eval_transform`
+        keeps: the shorter side resized to ``int(image_size / crop_pct)``, then the centred square crop."""
+        h = self.hparams
+        scale = int(h.image_size / h.crop_pct) / min(width, height)
+        side = h.image_size / scale  # the crop's side in original pixels
+        left, top = (width - side) / 2, (height - side) / 2
+        return left, top, left + side, top + side
 
     def _split_samples(self) -> dict[str, list[tuple[Path, int]]]:
         h = self.hparams

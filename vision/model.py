@@ -75,6 +75,10 @@ class PatchEmbed(nn.Module):
             self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size)
         else:
             self.proj = _conv_stem(patch_size, in_chans, dim)
+        # channels-last weights: oneDNN's weight gradient of a strided convolution over a 1-channel
+        # 512x512 image is about 12x faster than with NCHW weights (0.02 s vs 0.23 s for batch 16 on one
+        # CPU core, measured), and the (B, dim, gh, gw) output then flattens to tokens without a copy
+        self.proj.to(memory_format=torch.channels_last)
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, C, H, W) -> (B, N, dim) in raster order."""
@@ -99,6 +103,13 @@ class VisionTransformer(nn.Module):
         mlp_ratio: MLP width as a multiple of ``dim``.
         pool: ``mean`` (average of patch tokens) or ``cls`` (a class token at position 0; with a local
             variant give it ``global_tokens=[0]`` so it sees the whole image).
+        pool_norm: the norm of the pooled (B, dim) features: ``layer`` (LayerNorm per image: timm's
+            ``fc_norm`` for mean pooling, the encoder's final norm for ``cls``) or ``batch`` (BatchNorm1d
+            over the batch). ``batch`` removes the part of the pooled features that every image shares,
+            such as the mean of hundreds of identical background tokens around a few small objects;
+            under ``layer`` that shared part dominates the normalised features and its gradient is
+            noise, so a sparse large-image task can stay at chance (see docs/vision.md). ``batch``
+            needs training batches of at least 2 images.
         positions: ``learned`` (absolute, as ViT), ``rotary`` (RoPE over the raster order) or ``none``.
         dropout: dropout in the blocks.
         drop_path: stochastic depth of the last block.
@@ -109,11 +120,13 @@ class VisionTransformer(nn.Module):
 
     def __init__(self, *, img_size: int | Sequence[int], in_chans: int = 3, num_classes: int = 1000,
                  patch_size: int = 16, stem: str = "patch", dim: int = 192, depth: int = 4, num_heads: int = 3, mlp_ratio: float = 4.0,
-                 pool: str = "mean", positions: str = "learned", dropout: float = 0.0, drop_path: float = 0.0,
+                 pool: str = "mean", pool_norm: str = "layer", positions: str = "learned", dropout: float = 0.0,
+                 drop_path: float = 0.0,
                  attention: Callable[[], nn.Module] | nn.Module | None = None, gradient_checkpointing: bool = False):
         super().__init__()
         self.num_classes = check_int("num_classes", num_classes, min_value=0)
         self.pool = check_choice("pool", pool, ("mean", "cls"))
+        self.pool_norm = check_choice("pool_norm", pool_norm, ("layer", "batch"))
         self.num_features = dim
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, dim, stem)
         self.num_prefix_tokens = 1 if pool == "cls" else 0
@@ -125,10 +138,13 @@ class VisionTransformer(nn.Module):
         self.encoder = TransformerEncoder(
             dim, depth, num_heads, attention=attention, mlp_ratio=mlp_ratio, dropout=dropout, drop_path=drop_path,
             positions=positions, max_len=self.patch_embed.num_patches + self.num_prefix_tokens,
-            gradient_checkpointing=gradient_checkpointing, final_norm=pool == "cls")
+            gradient_checkpointing=gradient_checkpointing, final_norm=pool == "cls" and pool_norm == "layer")
         # mean pooling normalises after pooling (timm's fc_norm): tokens keep their own scale, so a few
         # informative tokens among many background ones are not diluted by a per-token norm
-        self.fc_norm = nn.LayerNorm(dim, eps=1e-6) if pool == "mean" else nn.Identity()
+        if pool_norm == "batch":
+            self.fc_norm = nn.BatchNorm1d(dim, eps=1e-6)
+        else:
+            self.fc_norm = nn.LayerNorm(dim, eps=1e-6) if pool == "mean" else nn.Identity()
         self.head = nn.Linear(dim, num_classes) if num_classes else nn.Identity()
         self._init_linear(self)
 
@@ -150,7 +166,8 @@ class VisionTransformer(nn.Module):
         return {"cls_token", "encoder.pos_embed"}
 
     def forward_features(self, x: Tensor) -> Tensor:
-        """(B, C, H, W) -> (B, prefix + N, dim) token features (normed per token for ``pool="cls"``)."""
+        """(B, C, H, W) -> (B, prefix + N, dim) token features (normed per token for ``pool="cls"`` with
+        ``pool_norm="layer"``)."""
         x = self.patch_embed(x)  # (B, N, dim)
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, 1 + N, dim)
@@ -158,7 +175,7 @@ class VisionTransformer(nn.Module):
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         """Pool (B, prefix + N, dim) tokens to (B, dim), then the head (unless ``pre_logits``)."""
-        x = x[:, 0] if self.pool == "cls" else self.fc_norm(x.mean(dim=1))  # (B, dim)
+        x = self.fc_norm(x[:, 0] if self.pool == "cls" else x.mean(dim=1))  # (B, dim)
         return x if pre_logits else self.head(x)
 
     def forward(self, x: Tensor) -> Tensor:

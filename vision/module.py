@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import lightning.pytorch as pl
@@ -22,7 +23,9 @@ class ImageClassifier(pl.LightningModule):
 
     Args:
         model: the network's config (``_target_`` plus arguments, e.g. ``vision.model.VisionTransformer``
-            with its ``attention`` as a ``_partial_`` config); the network exposes ``num_classes``.
+            with its ``attention`` as a ``_partial_`` config); the network exposes ``num_classes``. A
+            ``checkpoint_path`` in it (initial weights from a file) is saved as ``None``: the module's
+            checkpoints carry the weights.
         optimizer: a ``_partial_`` optimizer config (called with parameter groups).
         scheduler: a ``_partial_`` scheduler config (called with the optimizer and ``total_steps``,
             stepped every optimizer step), or ``None``/empty for a constant learning rate.
@@ -34,6 +37,10 @@ class ImageClassifier(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.net: nn.Module = instantiate(model)
+        if isinstance(model, Mapping) and model.get("checkpoint_path"):
+            # a weight file only initialises the network, and every Lightning checkpoint carries the
+            # weights: rebuilding from one (evaluate, export, predict) must not need that file
+            self.hparams["model"] = {**model, "checkpoint_path": None}
         num_classes = self.net.num_classes
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")

@@ -124,6 +124,16 @@ def test_loaders_batch(mega):
     assert len(mega.val_dataloader().dataset) == 10
 
 
+def test_training_drops_a_last_partial_batch():
+    # 9 canvases at batch 4: training serves 2 full batches (a batch of one would stop BatchNorm),
+    # evaluation serves every canvas; a training split smaller than a batch is still served
+    dm = MegaMNISTDataModule(**{**SMALL, "train_samples": 9, "val_samples": 9})
+    assert [len(y) for _, y in dm.train_dataloader()] == [4, 4]
+    assert [len(y) for _, y in dm.val_dataloader()] == [4, 4, 1]
+    tiny = MegaMNISTDataModule(**{**SMALL, "train_samples": 3})
+    assert [len(y) for _, y in tiny.train_dataloader()] == [3]
+
+
 @pytest.mark.parametrize("kwargs,match", [
     (dict(image_size=64, digit_size=32), r"digit_size=32 is out of range; expected 8 <= digit_size <= 16"),
     (dict(clutter_size=16), r"clutter_size=16 is out of range; expected 1 <= clutter_size <= 15"),

@@ -40,6 +40,37 @@ def test_forward_backward(stem, pool, positions):
     assert model.forward_head(model.forward_features(x), pre_logits=True).shape == (3, 32)
 
 
+@pytest.mark.parametrize("pool", ["mean", "cls"])
+def test_pool_norm_batch_forward_backward(pool):
+    model = _vit(pool=pool, pool_norm="batch", attention=functools.partial(build_attention, "local", window=4))
+    assert isinstance(model.fc_norm, torch.nn.BatchNorm1d)
+    assert isinstance(model.encoder.norm, torch.nn.Identity)  # one norm of the pooled features, not two
+    x = torch.randn(3, 1, 64, 64)
+    model(x).sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    model.eval()
+    assert model(x[:1]).shape == (1, 10)  # running statistics: one image is fine in evaluation
+
+
+def test_pool_norm_batch_ignores_what_every_image_shares():
+    # The reason for pool_norm=batch: a feature vector shared by every image (e.g. the mean of the
+    # background tokens) does not reach the head in training, whatever its size; under layer it does
+    torch.manual_seed(0)
+    tokens = torch.randn(4, 16, 32)
+    shared = 50.0 * torch.randn(32)
+    batch, layer = _vit(pool_norm="batch").train(), _vit(pool_norm="layer").train()
+    assert torch.allclose(batch.forward_head(tokens), batch.forward_head(tokens + shared), atol=1e-4)
+    assert not torch.allclose(layer.forward_head(tokens), layer.forward_head(tokens + shared), atol=1e-2)
+
+
+def test_patch_embed_tokens_are_contiguous():
+    # channels-last stem weights make the (B, dim, gh, gw) output flatten to (B, N, dim) without a copy
+    for stem in ("patch", "conv"):
+        pe = PatchEmbed(64, 16, 1, 8, stem)
+        out = pe(torch.rand(2, 1, 64, 64))
+        assert out.shape == (2, 16, 8) and out.is_contiguous()
+
+
 def test_attention_factory_builds_one_variant_per_block():
     model = _vit(attention=functools.partial(build_attention, "local", window=4))
     variants = [b.attn.attention for b in model.encoder.blocks]
@@ -63,6 +94,7 @@ def test_rectangular_images_and_channels():
     (dict(img_size=60), r"img_size=\(60, 60\) is not divisible by patch_size=16"),
     (dict(pool="max"), r"pool='max' is not allowed; expected one of \['mean', 'cls'\]"),
     (dict(stem="resnet"), r"stem='resnet' is not allowed; expected one of \['patch', 'conv'\]"),
+    (dict(pool_norm="group"), r"pool_norm='group' is not allowed; expected one of \['layer', 'batch'\]"),
     (dict(img_size=[64, 64, 3]), r"img_size=\[64, 64, 3\] must be an int or \[height, width\]"),
 ])
 def test_bad_arguments(kwargs, match):

@@ -1,0 +1,243 @@
+"""Classify one image and show where the model looked: ``python -m vision.predict image.png ckpt_path=...``.
+
+The model is rebuilt from the checkpoint (its saved hyper-parameters and weights); the image is read and
+preprocessed by the evaluation transform of the data config stored in the checkpoint (grayscale or RGB
+as the model was trained, resized to its input size; for image folders also centre-cropped and
+normalised). Prints the predicted class and the top-k probabilities, and writes an attention overlay PNG
+of the image's own size (``output=...``, default ``<run dir>/<image stem>_attention.png``).
+
+The attention map: the q and k of the last block's attention are captured with a forward pre-hook on the
+core_attn variant, and the attention weights are recomputed densely, ``softmax(q k^T / sqrt(d))``,
+restricted to the variant's pattern for the sparse variants (its ``mask_fn``, so the map shows what the
+model really attends to), query chunk by query chunk (never an N x N matrix). The map is the attention
+each patch receives, averaged over heads and over the pooled queries: the class token for ``cls``/
+``token`` pooling, every token for mean pooling. For the approximate variants (linear, nystrom, ...) it is
+the exact softmax of their q and k, which they approximate.
+
+A positional argument that is an existing file or ends in an image suffix becomes ``image=<path>``, so
+both ``python -m vision.predict cat.png ckpt_path=...`` and ``... image=cat.png ckpt_path=...`` work
+(config ``conf/vision_predict.yaml``).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch import Tensor, nn
+
+from core_attn._checks import check_int
+from core_attn.attention.base import AttentionBase, PatternAttention
+from core_attn.training.callbacks import CONFIG_KEY
+from vision.data import IMG_EXTENSIONS
+from vision.module import ImageClassifier
+
+QUERY_CHUNK_ELEMENTS = 1 << 23  # score elements per chunk of the dense recomputation (32 MB in fp32)
+
+
+# -- inputs ----------------------------------------------------------------------------------------
+def load_checkpoint_model(ckpt_path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """The network of a vision checkpoint (eval mode) and the run config stored in it (``{}`` if none)."""
+    if not ckpt_path or not Path(ckpt_path).is_file():
+        raise FileNotFoundError(f"ckpt_path={str(ckpt_path)!r}: no such checkpoint file (pass ckpt_path=<path to a .ckpt>)")
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    if "hyper_parameters" not in ckpt or "state_dict" not in ckpt:
+        raise ValueError(f"ckpt_path={str(ckpt_path)!r} is not a Lightning checkpoint of the vision app "
+                         "(no hyper_parameters/state_dict)")
+    module = ImageClassifier(**ckpt["hyper_parameters"])
+    module.load_state_dict(ckpt["state_dict"])
+    return module.net.eval(), ckpt.get(CONFIG_KEY) or {}
+
+
+def read_image(path: str | Path):
+    """The image at ``path`` as a PIL image (decoded now); errors name the file."""
+    from PIL import Image
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image={str(path)!r}: no such file")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.copy()
+    except Exception as e:  # PIL raises several types (UnidentifiedImageError, OSError, SyntaxError, ...)
+        raise ValueError(f"unreadable image {path}: {type(e).__name__}: {e}") from e
+
+
+# -- the attention map -----------------------------------------------------------------------------
+class CaptureQK:
+    """Context manager: records the (q, k) the last core_attn variant of ``net`` receives."""
+
+    def __init__(self, net: nn.Module):
+        variants = [m for m in net.modules() if isinstance(m, AttentionBase)]
+        if not variants:
+            raise ValueError(f"{type(net).__name__} has no core_attn attention to draw a map from")
+        self.variant = variants[-1]
+        self.q: Tensor | None = None
+        self.k: Tensor | None = None
+
+    def _hook(self, module, args, kwargs) -> None:
+        self.q, self.k = args[0].detach(), args[1].detach()  # (B, H, N, D)
+
+    def __enter__(self) -> "CaptureQK":
+        self._handle = self.variant.register_forward_pre_hook(self._hook, with_kwargs=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._handle.remove()
+
+
+def attention_received(q: Tensor, k: Tensor, variant: AttentionBase, queries: Tensor) -> Tensor:
+    """Attention each key receives from ``queries``, averaged over heads and those queries: (N,).
+
+    Args:
+        q, k: (1, H, N, D) from the variant's input.
+        variant: its pattern (``mask_fn``) restricts the keys of a sparse variant; ``causal`` is honoured.
+        queries: (Q,) query positions to average over.
+    """
+    _, heads, n, d = k.shape
+    q, k = q[0].float(), k[0].float()  # (H, N, D)
+    mask_fn = variant.pattern(n).mask_fn(n) if isinstance(variant, PatternAttention) else None
+    keys = torch.arange(n)
+    total = torch.zeros(n)
+    step = max(1, QUERY_CHUNK_ELEMENTS // (heads * n))
+    for s in range(0, len(queries), step):
+        rows = queries[s:s + step]  # (c,)
+        scores = q[:, rows] @ k.transpose(-1, -2) / d ** 0.5  # (H, c, N)
+        allowed = torch.ones(len(rows), n, dtype=torch.bool)
+        if mask_fn is not None:
+            allowed = mask_fn(rows[:, None], keys[None, :])  # (c, N)
+        elif variant.causal:
+            allowed = keys[None, :] <= rows[:, None]
+        probs = scores.masked_fill(~allowed, float("-inf")).softmax(-1).nan_to_num(0.0)
+        total += probs.sum(dim=(0, 1))
+    return total / (heads * len(queries))
+
+
+def _net_layout(net: nn.Module) -> tuple[int, tuple[int, int], bool]:
+    """(prefix tokens, patch grid (gh, gw), pools the first token) of our ViT or a timm ViT."""
+    pe = net.patch_embed
+    grid = tuple(getattr(pe, "grid", None) or pe.grid_size)
+    cls_pool = getattr(net, "pool", None) == "cls" or getattr(net, "global_pool", None) == "token"
+    return int(getattr(net, "num_prefix_tokens", 0)), grid, cls_pool
+
+
+def attention_map(capture: CaptureQK, net: nn.Module) -> Tensor:
+    """The (gh, gw) map of attention received by each patch in the last block, scaled to [0, 1]."""
+    prefix, (gh, gw), cls_pool = _net_layout(net)
+    n = capture.k.shape[2]
+    if n != prefix + gh * gw:
+        raise ValueError(f"captured {n} tokens but the model has {prefix} prefix tokens + {gh}x{gw} patches")
+    queries = torch.zeros(1, dtype=torch.long) if cls_pool else torch.arange(n)
+    received = attention_received(capture.q, capture.k, capture.variant, queries)[prefix:].view(gh, gw)
+    lo, hi = received.min(), received.max()
+    return (received - lo) / (hi - lo) if hi > lo else torch.zeros_like(received)
+
+
+def overlay(image, heat: Tensor, box: tuple[float, float, float, float], alpha: float = 0.5):
+    """``image`` (PIL) with the colour-mapped ``heat`` (gh, gw in [0, 1]) blended over ``box`` (the region the
+    model saw; outside it the image is dimmed); an RGB PIL image of the same size."""
+    import torch.nn.functional as F
+    from matplotlib import colormaps
+    from PIL import Image
+
+    base = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0  # (H, W, 3)
+    height, width = base.shape[:2]
+    left, top, right, bottom = box
+    bx, by = int(round(left)), int(round(top))
+    bw, bh = max(1, int(round(right - left))), max(1, int(round(bottom - top)))
+    up = F.interpolate(heat[None, None].float(), size=(bh, bw), mode="bilinear", align_corners=False)[0, 0]
+    colors = colormaps["jet"](up.clamp(0, 1).numpy())[..., :3].astype(np.float32)  # (bh, bw, 3)
+    out = base * 0.4
+    x0, y0, x1, y1 = max(bx, 0), max(by, 0), min(bx + bw, width), min(by + bh, height)
+    if x1 > x0 and y1 > y0:
+        seen = base[y0:y1, x0:x1]
+        out[y0:y1, x0:x1] = (1 - alpha) * seen + alpha * colors[y0 - by:y1 - by, x0 - bx:x1 - bx]
+    return Image.fromarray((out * 255.0).round().clip(0, 255).astype(np.uint8))  # (H, W, 3) uint8: RGB
+
+
+# -- the job ---------------------------------------------------------------------------------------
+def predict(*, image: str, ckpt_path: str, output: str | None = None, topk: int = 5,
+            output_dir: str = ".") -> dict[str, Any]:
+    """Classify ``image`` with the checkpoint ``ckpt_path`` and write the attention overlay.
+
+    Returns:
+        ``{"image", "size", "predicted", "predicted_name", "top": [(class, name, probability), ...],
+        "variant", "output"}``.
+    """
+    check_int("topk", topk, min_value=1)
+    net, config = load_checkpoint_model(ckpt_path)
+    if config.get("data") is None:
+        raise ValueError(f"{ckpt_path} stores no data config, so its preprocessing is unknown (checkpoints "
+                         "written by python -m vision.train store it)")
+    datamodule = instantiate(config["data"], _convert_="all")
+    picture = read_image(image)
+    x = datamodule.eval_transform()(picture.convert("L" if datamodule.hparams.channels == 1 else "RGB"))[None]
+    with CaptureQK(net) as capture, torch.no_grad():
+        probs = net(x).softmax(-1)[0]  # (num_classes,)
+    names = datamodule.class_names() or [str(i) for i in range(len(probs))]
+    top = probs.topk(min(topk, len(probs)))
+    ranked = [(int(c), names[int(c)] if int(c) < len(names) else str(int(c)), float(p))
+              for p, c in zip(top.values, top.indices)]
+    heat = attention_map(capture, net)
+    out = Path(output) if output else Path(output_dir) / f"{Path(image).stem}_attention.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    overlay(picture, heat, datamodule.eval_box(*picture.size)).save(out)
+    return {"image": str(image), "size": list(picture.size), "predicted": ranked[0][0], "predicted_name": ranked[0][1],
+            "top": ranked, "variant": capture.variant.name,
+            "exact_map": isinstance(capture.variant, PatternAttention) or capture.variant.name == "dense",
+            "output": str(out)}
+
+
+def report(result: dict[str, Any]) -> str:
+    """The lines ``main`` prints."""
+    c, name, p = result["top"][0]
+    lines = [f"image: {result['image']} ({result['size'][0]}x{result['size'][1]})",
+             f"predicted: {c} ({name}) p={p:.3f}",
+             f"top-{len(result['top'])}: " + ", ".join(f"{c} ({name}) {p:.3f}" for c, name, p in result["top"])]
+    how = "" if result["exact_map"] else " (softmax of its q, k: the variant approximates it)"
+    lines.append(f"attention map ({result['variant']}, last block{how}): {result['output']}")
+    return "\n".join(lines)
+
+
+# -- the command line ------------------------------------------------------------------------------
+_PLAIN = re.compile(r"[\w./\-+~@%:]+")
+
+
+def image_overrides(argv: list[str]) -> list[str]:
+    """Rewrite positional image paths (existing files, or names with an image suffix) as ``image=<path>``
+    (quoted for Hydra when needed); other arguments are kept as they are."""
+    out = []
+    for arg in argv:
+        is_override = arg.startswith("-") or "=" in arg
+        if not is_override and (Path(arg).is_file() or Path(arg).suffix.lower() in IMG_EXTENSIONS):
+            quoted = arg if _PLAIN.fullmatch(arg) else "'" + arg.replace("\\", "\\\\").replace("'", "\\'") + "'"
+            arg = f"image={quoted}"
+        out.append(arg)
+    return out
+
+
+# an absolute path: Hydra resolves a relative one against the package when main() is called in-process
+@hydra.main(config_path=str(Path(__file__).resolve().parents[1] / "conf"), config_name="vision_predict",
+            version_base="1.3")
+def _hydra_main(cfg: DictConfig) -> None:
+    result = predict(image=cfg.image, ckpt_path=cfg.ckpt_path, output=cfg.output, topk=cfg.topk,
+                     output_dir=cfg.paths.output_dir)
+    print(report(result))
+
+
+def main() -> None:
+    """``python -m vision.predict [image.png] ckpt_path=... [output=...] [topk=5]``."""
+    sys.argv = [sys.argv[0], *image_overrides(sys.argv[1:])]
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()
