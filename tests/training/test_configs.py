@@ -61,7 +61,11 @@ def _missing_plugin(option: Path) -> str | None:
     for name in _plugin_configs(option):
         assert name in PLUGIN_CONFIGS, f"{option} builds on {name}: add its plugin to PLUGIN_CONFIGS"
         package, extra = PLUGIN_CONFIGS[name]
-        if importlib.util.find_spec(package) is None:
+        try:  # find_spec of a submodule raises when its parent package (hydra_plugins) is absent
+            found = importlib.util.find_spec(package) is not None
+        except ModuleNotFoundError:
+            found = False
+        if not found:
             return (f"{option.relative_to(CONF_DIR)} builds on {name}, registered by {package}, which is not "
                     f"installed (pip install -e '.[{extra}]')")
     return None

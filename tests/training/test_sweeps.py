@@ -24,8 +24,17 @@ from core_attn.training import sweep_objective
 from tests.training.tiny import CONF_DIR, TINY, compose_config
 
 ROOT = CONF_DIR.parent
-SUBMITIT = importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is not None
-OPTUNA = importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is not None
+
+
+def _installed(module: str) -> bool:
+    try:  # find_spec of a submodule raises when its parent package (hydra_plugins) is absent
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+SUBMITIT = _installed("hydra_plugins.hydra_submitit_launcher")
+OPTUNA = _installed("hydra_plugins.hydra_optuna_sweeper")
 needs_submitit = pytest.mark.skipif(not SUBMITIT, reason="hydra-submitit-launcher is not installed "
                                     "(pip install -e '.[cluster]')")
 needs_optuna = pytest.mark.skipif(not OPTUNA, reason="hydra-optuna-sweeper is not installed "
