@@ -91,8 +91,9 @@ class _Keys:
         bh, lk, d = x.shape
         self.nkb, self.bk, self.d, self.band, self.kv_index = lk // block_k, block_k, d, band, kv_index
         self.cols = kv_index.shape[1]
+        self.buf: Tensor | None = None
         if band is None:
-            self.x = x.reshape(bh, self.nkb, block_k, d)
+            self.x = x.reshape(bh, self.nkb, block_k, d).contiguous()  # rows gathered as flat blocks
             self.lead = 0
         else:  # pad whole blocks so that every row's window r + band .. r + band + cols - 1 exists
             nqb = kv_index.shape[0]
@@ -103,8 +104,16 @@ class _Keys:
     def window(self, i: int, r0: int, r1: int) -> Tensor:
         """Head i, query blocks r0..r1-1 -> (r1 - r0, cols * bk, D)."""
         if self.band is None:
-            blk = self.kv_index[r0:r1].clamp(min=0)
-            return self.x[i, blk.reshape(-1)].reshape(r1 - r0, self.cols * self.bk, self.d)
+            blk = self.kv_index[r0:r1].clamp(min=0).reshape(-1)
+            if torch.compiler.is_compiling():
+                return self.x[i, blk].reshape(r1 - r0, self.cols * self.bk, self.d)
+            # gathered into one reused buffer (a window is consumed before the next is taken): fresh
+            # tensors this size cost page faults that made the gather ~7x slower (measured)
+            if self.buf is None or self.buf.numel() < blk.numel() * self.bk * self.d:
+                self.buf = self.x.new_empty(blk.numel() * self.bk * self.d)
+            flat = self.x[i].view(self.nkb, self.bk * self.d)
+            out = self.buf[:blk.numel() * self.bk * self.d].view(blk.numel(), self.bk * self.d)
+            return torch.index_select(flat, 0, blk, out=out).view(r1 - r0, self.cols * self.bk, self.d)
         # offsets from the padded tensor itself (storage offset 0), which exporters translate faithfully
         start = self.x.storage_offset() + i * self.x.shape[1] * self.d + (r0 + self.band + self.lead) * self.bk * self.d
         return self.x.as_strided((r1 - r0, self.cols * self.bk, self.d), (self.bk * self.d, self.d, 1), start)
@@ -397,6 +406,8 @@ def pattern_attention(q: Tensor, k: Tensor, v: Tensor, pattern: Pattern,
         earlier = [pp.mask for pp in parts[:p]]
 
         def part_mask(i, j, part=part, earlier=earlier):
+            if part.exact and not earlier and not pattern.is_causal:  # every listed pair is visible:
+                return (i >= 0) & (j >= 0)  # only padding (-1) is hidden, no position arithmetic
             m = part.mask(i, j)
             for em in earlier:  # each pair belongs to the first part that visits it
                 m = m & ~em(i, j)

@@ -54,6 +54,7 @@ class Part:
     identity_q: bool = False  # q_pos == arange(n) padded at the end: no gather needed
     identity_k: bool = False
     band: int | bool | None = None  # kv_index[r, c] == r + c + band: set lazily by the kernel
+    exact: bool = False  # every pair of a listed (query block, key block) is in ``mask``: no mask to evaluate
 
     @property
     def row_slots(self) -> Tensor:
@@ -115,6 +116,18 @@ class Component:
 
     def parts(self, n: int, device=None) -> list[Part]:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def key_blocks(self, n: int, block: int, device=None) -> tuple[Tensor, MaskFn] | None:
+        """For block-granular components (BigBird's): ``(kv, covered)`` where ``kv`` (n_blocks, C) lists
+        the key blocks of each query block in natural order at this ``block`` size, every pair of a
+        listed block visible, and ``covered`` is the predicate of exactly those pairs. ``None`` when the
+        component is not block-granular at ``block``. :meth:`Pattern.parts` fuses such components into
+        one plan (one pass, no merge of partial softmaxes)."""
+        return None
+
+    def rest_parts(self, n: int, device=None) -> list[Part]:
+        """The parts for the pairs ``key_blocks`` does not cover (none for most components)."""
+        return []
 
     def to_pattern(self) -> "Pattern":
         return Pattern([self])
@@ -181,6 +194,12 @@ class BlockLocal(Component):
         kv = _band_index(nb, bs, self.half * bs, self.half * bs, device)
         return [Part(pos, pos, _trim(kv), bs, bs, self.mask, identity_q=True, identity_k=True)]
 
+    def key_blocks(self, n, block, device=None):
+        if block != self.block_size:
+            return None
+        nb = math.ceil(n / block)
+        return _band_index(nb, block, self.half * block, self.half * block, device), self.mask
+
 
 class Global(Component):
     """Global tokens: they attend to every position and every position attends to them.
@@ -236,6 +255,25 @@ class Global(Component):
         cols_kv = torch.arange(g_pad.numel() // bq, device=device).expand(q_all.numel() // 128, -1)
         cols = Part(q_all, g_pad, cols_kv.contiguous(), 128, bq, lambda i, j: Global._is_global(table, j) & (i == i), identity_q=True)
         return [rows, cols]
+
+    def key_blocks(self, n, block, device=None):
+        # Block-granular when the global tokens fill whole blocks (BigBird's global blocks): the columns
+        # of those blocks are then listed for every query block; the global rows stay a part of their own.
+        g = self.positions(n, device)
+        blocks = torch.unique(torch.div(g, block, rounding_mode="floor"))
+        full = (torch.clamp(n - blocks * block, max=block)).sum()
+        if len(g) == 0 or int(full) != len(g) or len(blocks) > 4:
+            return None
+        nb = math.ceil(n / block)
+        table = self._table(n, device)
+        return blocks.expand(nb, -1), functools.partial(Global._is_global_key, table)
+
+    @staticmethod
+    def _is_global_key(table: Tensor, i: Tensor, j: Tensor) -> Tensor:
+        return Global._is_global(table, j) & (i == i)
+
+    def rest_parts(self, n, device=None):
+        return self.parts(n, device)[:1]
 
 
 class RandomBlocks(Component):
@@ -295,6 +333,11 @@ class RandomBlocks(Component):
         pos = _padded_arange(n, bs, device)
         return [Part(pos, pos, self.table(n, device), bs, bs, self.mask_fn(n, device), identity_q=True,
                      identity_k=True)]
+
+    def key_blocks(self, n, block, device=None):
+        if block != self.block_size or self.r == 0:
+            return None
+        return self.table(n, device), self.mask_fn(n, device)
 
 
 class Strided(Component):
@@ -405,10 +448,43 @@ class Pattern:
 
     def parts(self, n: int, device=None) -> list[Part]:
         """Kernel plans for length ``n`` (their union covers exactly ``mask_fn(n)``'s pairs)."""
+        fused = self._fused(n, device)
         out: list[Part] = []
+        if fused is not None:
+            part, members = fused
+            out.append(part)
         for c in self.components:
-            out.extend(c.parts(n, device))
+            out.extend(c.rest_parts(n, device) if fused is not None and c in members else c.parts(n, device))
         return out
+
+    def _fused(self, n: int, device=None) -> tuple[Part, list] | None:
+        """One plan for the block-granular components that share a block size (BigBird's window,
+        global columns and random blocks): per query block the union of their key blocks, each listed
+        once, so every pair is computed once and no partial softmaxes need merging."""
+        sizes = [c.block_size for c in self.components if isinstance(c, (BlockLocal, RandomBlocks))]
+        if not sizes:
+            return None
+        block = sizes[0]
+        found = [(c, c.key_blocks(n, block, device)) for c in self.components]
+        found = [(c, kb) for c, kb in found if kb is not None]
+        if len(found) < 2:
+            return None
+        kv = torch.cat([kb[0] for _, kb in found], 1).sort(1).values
+        dup = torch.zeros_like(kv, dtype=torch.bool)
+        dup[:, 1:] = kv[:, 1:] == kv[:, :-1]
+        kv = torch.where(dup | (kv < 0), torch.iinfo(kv.dtype).max, kv).sort(1).values  # unique, -1 last
+        kv = _trim(torch.where(kv == torch.iinfo(kv.dtype).max, -1, kv))
+        masks = [kb[1] for _, kb in found]
+
+        def covered(i: Tensor, j: Tensor) -> Tensor:
+            m = masks[0](i, j)
+            for f in masks[1:]:
+                m = m | f(i, j)
+            return m
+
+        pos = _padded_arange(n, block, device)
+        part = Part(pos, pos, kv, block, block, covered, identity_q=True, identity_k=True, exact=True)
+        return part, [c for c, _ in found]
 
     def block_layout(self, n: int, block: int) -> Tensor:
         """(nb, nb) bool: which (query block, key block) pairs hold at least one visible pair.

@@ -65,3 +65,50 @@ def test_mask_mod_for_flex():
     mm = p.mask_mod(10)
     assert bool(mm(0, 0, torch.tensor(5), torch.tensor(7)))
     assert not bool(mm(0, 0, torch.tensor(5), torch.tensor(8)))
+
+
+def _claimed_pairs(part, n):
+    """Counts, per (query, key) pair, how often ``part`` visits and claims it."""
+    counts = torch.zeros(n, n, dtype=torch.long)
+    qb = part.q_pos.view(-1, part.block_q)
+    kb = part.k_pos.view(-1, part.block_k)
+    for r, blocks in enumerate(part.kv_index.tolist()):
+        for c in blocks:
+            if c < 0:
+                continue
+            qi, kj = qb[r][qb[r] >= 0], kb[c][kb[c] >= 0]
+            claim = part.mask(qi[:, None], kj[None, :])
+            counts[qi[:, None].expand_as(claim)[claim], kj[None, :].expand_as(claim)[claim]] += 1
+            if part.exact:  # an exact part claims every pair of every block it lists
+                assert bool(claim.all())
+    return counts
+
+
+def test_block_granular_components_fuse_into_one_exact_part():
+    """BigBird's window, global columns and random blocks become one plan listing each key block once;
+    with the global rows' part it covers the pattern's pairs exactly once."""
+    from core_attn.patterns import BlockLocal
+
+    bs, n = 8, 100  # 13 blocks, the last one partial
+    glob = Global(list(range(0, 8)) + list(range(96, 100)))  # first and (partial) last block
+    p = Pattern([BlockLocal(bs, 3), glob, RandomBlocks(bs, 2, seed=1, exclude_window=1, exclude_blocks=[0, -1])])
+    parts = p.parts(n)
+    assert [part.exact for part in parts] == [True, False]
+    kv = parts[0].kv_index
+    for row in kv.tolist():
+        listed = [c for c in row if c >= 0]
+        assert len(listed) == len(set(listed)), f"a key block listed twice: {row}"
+    mask = p.dense_mask(n)
+    first = _claimed_pairs(parts[0], n)
+    owned = first > 0
+    rest = torch.zeros_like(first)
+    for part in parts[1:]:
+        rest += _claimed_pairs(part, n) * ~owned  # the kernel hides pairs of earlier parts
+    assert torch.equal(first + rest, mask.long()), "each visible pair exactly once"
+
+
+def test_scattered_global_tokens_are_not_fused():
+    from core_attn.patterns import BlockLocal
+
+    p = Pattern([BlockLocal(8, 3), Global([3, 50])])  # global tokens do not fill whole blocks
+    assert not any(part.exact for part in p.parts(64))
