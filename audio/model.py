@@ -19,6 +19,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from audio.features import LogMelFeatures, SpecAugment, WaveAugment
 from core_attn._checks import check_choice, check_float, check_int
@@ -175,16 +176,20 @@ class ConformerEncoder(nn.Module):
         attention: the variant: a zero-argument factory (a Hydra ``_partial_`` config, called per block),
             an instance (deep-copied per block) or ``None`` (dense).
         positions: ``none`` (the convolutions carry position) or ``rotary`` (RoPE in every block).
+        gradient_checkpointing: recompute each block in the backward pass while training (less memory:
+            only the blocks' inputs are kept).
     """
 
     def __init__(self, *, in_features: int = 80, dim: int = 144, depth: int = 8, num_heads: int = 4,
                  ffn_mult: float = 4.0, conv_kernel: int = 15, subsampling: int = 4, subsampling_channels: int = 144,
-                 dropout: float = 0.1, attention: AttentionSpec = None, positions: str = "none"):
+                 dropout: float = 0.1, attention: AttentionSpec = None, positions: str = "none",
+                 gradient_checkpointing: bool = False):
         super().__init__()
         check_int("depth", depth, min_value=1)
         check_float("dropout", dropout, min_value=0.0, max_value=1.0)
         check_choice("positions", positions, ("none", "rotary"))
         self.dim = dim
+        self.gradient_checkpointing = bool(gradient_checkpointing)
         self.subsampling = ConvSubsampling(in_features=in_features, channels=subsampling_channels, dim=dim,
                                            factor=subsampling)
         make_attention = _attention_factory(attention, {"num_heads": num_heads, "head_dim": dim // num_heads})
@@ -211,7 +216,10 @@ class ConformerEncoder(nn.Module):
             pad = padding_mask(lengths, m)
             pad = pad if bool(pad.any()) else None
         for block in self.blocks:
-            x = block(x, pad)
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(block, x, pad, use_reentrant=False)  # dropout masks replayed (RNG state kept)
+            else:
+                x = block(x, pad)
         return x[:, :n]
 
     def forward(self, feats: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:

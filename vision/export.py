@@ -9,6 +9,7 @@ SDPA with its dense mask (needed for TorchScript, which cannot save the block-sp
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,22 @@ from core_attn.training.export import SUFFIX, export_model, set_attention_backen
 from vision.module import ImageClassifier
 
 
+def input_shape(model: Mapping[str, Any]) -> tuple[int, int, int]:
+    """(channels, height, width) of the images a network takes, from its model config (``in_chans`` and
+    ``img_size``, an int or [height, width]: the keys of ``conf/model/vit.yaml`` and ``timm_vit.yaml``).
+
+    Read from the config rather than the network because the two model families store them differently
+    (timm's ``PatchEmbed`` keeps no ``in_chans``).
+    """
+    missing = [k for k in ("in_chans", "img_size") if k not in model]
+    if missing:
+        raise ValueError(f"the checkpoint's model config ({model.get('_target_')}) has no {missing}; vision.export "
+                         "needs model.in_chans and model.img_size to build the example input")
+    size = model["img_size"]
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    return int(model["in_chans"]), int(h), int(w)
+
+
 def export(*, ckpt_path: str, format: str, out: str | None = None, batch_size: int = 1, seed: int = 0,
            atol: float = 1e-4, attention_backend: str | None = None) -> dict[str, Any]:
     """Export the network of the vision checkpoint ``ckpt_path``; return ``{"path", "format", "max_abs_diff"}``.
@@ -29,11 +46,12 @@ def export(*, ckpt_path: str, format: str, out: str | None = None, batch_size: i
     """
     if not ckpt_path or not Path(ckpt_path).is_file():
         raise FileNotFoundError(f"ckpt_path={ckpt_path!r}: no such checkpoint file (pass ckpt_path=<path to a .ckpt>)")
-    net = ImageClassifier.load_from_checkpoint(ckpt_path, map_location="cpu").net.eval()
+    module = ImageClassifier.load_from_checkpoint(ckpt_path, map_location="cpu")
+    net = module.net.eval()
     if attention_backend is not None:
         set_attention_backend(net, attention_backend)
-    h, w = net.patch_embed.img_size
-    x = torch.randn(batch_size, net.patch_embed.in_chans, h, w, generator=torch.Generator().manual_seed(seed))
+    c, h, w = input_shape(module.hparams.model)
+    x = torch.randn(batch_size, c, h, w, generator=torch.Generator().manual_seed(seed))
     path = Path(out) if out else Path(ckpt_path).with_suffix(SUFFIX.get(format, ".bin"))
     diff = export_model(net, x, format, path, atol=atol)
     return {"path": str(path), "format": format, "max_abs_diff": diff, "input_shape": list(x.shape)}

@@ -29,6 +29,7 @@ from core_attn.training.callbacks import (
     peak_memory_mb,
     reset_peak_memory,
 )
+from core_attn.training.offload import offloading_callbacks
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +199,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     ``cfg`` needs: ``data`` (a LightningDataModule config), ``module`` (a LightningModule config whose
     hyper-parameters rebuild the model), ``trainer``, optional ``callbacks``/``logger`` (name -> config),
-    ``paths.output_dir``, ``seed``, ``train``, ``test``, ``ckpt_path``, ``monitor``.
+    ``paths.output_dir``, ``seed``, ``train``, ``test``, ``ckpt_path``, ``monitor``, and optionally
+    ``activation_offloading`` (true: the training forward saves its tensors in CPU memory,
+    :class:`core_attn.training.offload.ActivationOffloading`).
     """
     apply_extras(cfg)
     output_dir = Path(cfg.paths.output_dir)
@@ -210,6 +213,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     module: pl.LightningModule = instantiate(cfg.module, _recursive_=False, _convert_="all")
     throughput = ThroughputMonitor()
     callbacks = instantiate_callbacks(cfg.get("callbacks")) + [throughput, ConfigInCheckpoint(config)]
+    callbacks += offloading_callbacks(cfg.get("activation_offloading", False))
     trainer = _make_trainer(cfg, callbacks)
 
     reset_peak_memory()

@@ -194,7 +194,9 @@ def test_hydra_group_option_composes(group, option, tmp_path):
 
 def test_plugin_configs_are_found():
     assert _plugin_configs(HYDRA_DIR / "launcher" / "slurm.yaml") == ["hydra/launcher/submitit_slurm"]
-    assert "hydra/sweeper/optuna" in _plugin_configs(CONF_DIR / "hparams_search" / "vision_optuna.yaml")
+    assert _plugin_configs(HYDRA_DIR / "launcher" / "local_joblib.yaml") == ["hydra/launcher/joblib"]
+    for app in APPS:
+        assert "hydra/sweeper/optuna" in _plugin_configs(CONF_DIR / "hparams_search" / f"{app}_optuna.yaml")
     assert _plugin_configs(CONF_DIR / "hparams_search" / "vision_lr.yaml") == []
 
 
