@@ -24,6 +24,9 @@ from core_attn.patterns import Part, Pattern
 CHUNK_ELEMENTS = 1 << 23
 # Training keeps one part's softmax probabilities for the backward pass up to this size (else recomputes).
 SAVED_PROBS_BYTES = 512 << 20
+# A plan keeps its hidden-pair masks across calls up to this size (computing them was ~10% of a local
+# forward); inputs with a key padding mask recompute theirs every call.
+MASK_CACHE_BYTES = 96 << 20
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -172,13 +175,17 @@ class _Hidden:
     boolean mask per head."""
 
     def __init__(self, hide: Tensor, dtype: torch.dtype):
-        self.hide = hide  # (Bm, Hm, c, bq, C * bk) bool
         # torch.export / torch.compile cannot branch on tensor values: there, mask every column
         self.runs = [(0, hide.shape[-1])] if torch.compiler.is_compiling() else _column_runs(hide)
         self.shared = hide.shape[0] * hide.shape[1] == 1
         if self.shared:
             self.bias = [torch.zeros(hide.shape[2:-1] + (hi - lo,), dtype=dtype, device=hide.device)
                          .masked_fill_(hide[0, 0, ..., lo:hi], float("-inf")) for lo, hi in self.runs]
+            self.hide = None
+            self.nbytes = sum(b.numel() * b.element_size() for b in self.bias)
+        else:
+            self.hide = hide  # (Bm, Hm, c, bq, C * bk) bool
+            self.nbytes = hide.numel()
 
     def apply(self, sc: Tensor, h: int, bh0: int, bh1: int) -> None:
         """sc: (heads bh0..bh1-1, c, bq, C * bk) scores of this block range."""
@@ -196,18 +203,26 @@ class _Hidden:
 
 
 def _chunk_hidden(masks: dict, part_mask, q_pos_b: Tensor, k_pos_b: Tensor, kv_index: Tensor, key_pad,
-                  r0: int, r1: int, dtype: torch.dtype) -> _Hidden:
+                  r0: int, r1: int, dtype: torch.dtype, persist: dict | None = None) -> _Hidden:
     """The hidden pairs of query blocks r0..r1-1, computed once per block range and kept for the
-    backward pass."""
+    backward pass (``masks``) and, within ``MASK_CACHE_BYTES``, for later calls (``persist``)."""
     if (r0, r1) not in masks:
-        m, _ = _chunk_mask(part_mask, q_pos_b, k_pos_b, kv_index, r0, r1, key_pad)
-        masks[(r0, r1)] = _Hidden(~m, dtype)
+        key = (r0, r1, dtype)
+        if persist is not None and key in persist:
+            masks[(r0, r1)] = persist[key]
+        else:
+            m, _ = _chunk_mask(part_mask, q_pos_b, k_pos_b, kv_index, r0, r1, key_pad)
+            hidden = masks[(r0, r1)] = _Hidden(~m, dtype)
+            if persist is not None and persist.get("bytes", 0) + hidden.nbytes <= MASK_CACHE_BYTES:
+                persist[key] = hidden
+                persist["bytes"] = persist.get("bytes", 0) + hidden.nbytes
     return masks[(r0, r1)]
 
 
 class _BlockSparseAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, q_pos, k_pos, kv_index, block_q, block_k, part_mask, key_pad, scale, band, training):
+    def forward(ctx, q, k, v, q_pos, k_pos, kv_index, block_q, block_k, part_mask, key_pad, scale, band, training,
+                persist):
         b, h, lq, d = q.shape
         lk, dv = k.shape[2], v.shape[-1]
         bh, nqb, nkb = b * h, lq // block_q, lk // block_k
@@ -233,7 +248,7 @@ class _BlockSparseAttention(torch.autograd.Function):
         for chunk in chunks:
             bh0, bh1, r0, r1 = chunk
             c = r1 - r0
-            hidden = _chunk_hidden(masks, part_mask, q_pos_b, k_pos_b, kv_index, key_pad, r0, r1, acc)
+            hidden = _chunk_hidden(masks, part_mask, q_pos_b, k_pos_b, kv_index, key_pad, r0, r1, acc, persist)
             sc = probs[bh0:bh1, r0:r1] if keep else scores[:(bh1 - bh0) * c * block_q * ck].view(bh1 - bh0, c, block_q, ck)
             for i in range(bh0, bh1):
                 _bmm(qs[i, r0:r1], keys.window(i, r0, r1).transpose(1, 2), sc[i - bh0])
@@ -312,11 +327,12 @@ class _BlockSparseAttention(torch.autograd.Function):
         dq = dq.mul_(scale).view(b, h, lq, d)  # scores = (q * scale) k^T
         dk = keys.unpad(dk).view(b, h, lk, d).to(k.dtype)
         dvv = vals.unpad(dvv).view(b, h, lk, dv).to(v.dtype)
-        return dq, dk, dvv, None, None, None, None, None, None, None, None, None, None
+        return dq, dk, dvv, None, None, None, None, None, None, None, None, None, None, None
 
 
 def block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, part: Part, part_mask=None,
-                           key_pad: Tensor | None = None, scale: float | None = None) -> tuple[Tensor, Tensor]:
+                           key_pad: Tensor | None = None, scale: float | None = None,
+                           cache_masks: bool = False) -> tuple[Tensor, Tensor]:
     """Attention over the pairs of one part, in the part's visiting order.
 
     Args:
@@ -325,6 +341,8 @@ def block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, part: Part, part_mas
         part_mask: predicate over original positions (default ``part.mask``).
         key_pad: (B, n + 1) bool, True = padded key; the last slot stands for positions of -1.
         scale: softmax scale (default ``1 / sqrt(D)``).
+        cache_masks: keep the hidden-pair masks in ``part.mask_cache`` for later calls; only valid when
+            ``part_mask`` is a fixed function of the part (as :func:`pattern_attention` makes it).
 
     Returns:
         ``out`` (B, H, Lq, Dv) and ``lse`` (B, H, Lq) in fp32; rows with no visible key give 0 and -inf.
@@ -335,8 +353,9 @@ def block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, part: Part, part_mas
         part.band = False if offset is None else offset
     band = None if part.band is False else part.band
     training = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    persist = part.mask_cache if cache_masks and key_pad is None and not torch.compiler.is_compiling() else None
     return _BlockSparseAttention.apply(q, k, v, part.q_pos, part.k_pos, part.kv_index, part.block_q,
-                                       part.block_k, part_mask or part.mask, key_pad, scale, band, training)
+                                       part.block_k, part_mask or part.mask, key_pad, scale, band, training, persist)
 
 
 def _take(x: Tensor, pos: Tensor, identity: bool, n: int) -> Tensor:
@@ -418,7 +437,7 @@ def pattern_attention(q: Tensor, k: Tensor, v: Tensor, pattern: Pattern,
         qp = _take(q, part.q_pos, part.identity_q, n)
         kp = _take(k, part.k_pos, part.identity_k, n)
         vp = _take(v, part.k_pos, part.identity_k, n)
-        o, lse = block_sparse_attention(qp, kp, vp, part, part_mask, key_pad, scale)
+        o, lse = block_sparse_attention(qp, kp, vp, part, part_mask, key_pad, scale, cache_masks=True)
         few_rows = not part.identity_q and part.q_pos.dim() == 1 and not torch.compiler.is_compiling()
         if few_rows and part.rows.numel() < n // 2:
             row_parts.append((part.rows, o[:, :, part.row_slots], lse[:, :, part.row_slots]))

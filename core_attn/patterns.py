@@ -55,6 +55,8 @@ class Part:
     identity_k: bool = False
     band: int | bool | None = None  # kv_index[r, c] == r + c + band: set lazily by the kernel
     exact: bool = False  # every pair of a listed (query block, key block) is in ``mask``: no mask to evaluate
+    # the kernel's hidden-pair masks of this plan, kept across calls (see core_attn.kernels.MASK_CACHE_BYTES)
+    mask_cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def row_slots(self) -> Tensor:

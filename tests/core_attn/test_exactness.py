@@ -221,3 +221,28 @@ def test_kernel_modes_agree_for_data_dependent_plans(name, monkeypatch):
     for other in results[1:]:
         for a, r in zip(results[0], other):
             torch.testing.assert_close(a, r, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name,kw", [("local", {"window": 5}), ("bigbird", {"block_size": 8}),
+                                     ("sparse_strided", {"stride": 8})])
+def test_masks_kept_across_calls_give_the_same_results(name, kw, monkeypatch):
+    """A plan keeps its hidden-pair masks for later calls (within MASK_CACHE_BYTES); calls served from
+    that cache are exact; inputs with key padding neither use nor fill it."""
+    from core_attn import kernels
+
+    attn = core_attn.build_attention(name, backend="blocked", **kw)
+    n = 72
+    _check(attn, b=2, h=3, n=n, d=8, padded=True)
+    parts = attn.parts(n, torch.device("cpu"))
+    assert all(not p.mask_cache for p in parts), "key padding masks must not be kept"
+    _check(attn, b=2, h=3, n=n, d=8, padded=False)  # fills the cache
+    kept = [dict(p.mask_cache) for p in parts]
+    assert any(kept)
+    _check(attn, b=1, h=2, n=n, d=8, padded=False)  # served from it (other batch and heads)
+    assert [dict(p.mask_cache) for p in parts] == kept
+    _check(attn, b=2, h=3, n=n, d=8, padded=True)
+
+    monkeypatch.setattr(kernels, "MASK_CACHE_BYTES", 0)
+    fresh = core_attn.build_attention(name, backend="blocked", **kw)
+    _check(fresh, b=2, h=3, n=n, d=8, padded=False)
+    assert all(p.mask_cache.get("bytes", 0) == 0 for p in fresh.parts(n, torch.device("cpu")))
