@@ -94,6 +94,8 @@ def read_manifest(path: str | Path) -> list[Segment]:
         audio_path = Path(audio) if Path(audio).is_absolute() else path.parent / audio
         out.append(Segment(str(audio_path), str(text), float(row.get("offset") or 0.0),
                            None if duration is None else float(duration)))
+    if not out:
+        raise ValueError(f"manifest {path} has no entries; expected one JSON object per line with 'audio' and 'text'")
     return out
 
 

@@ -12,6 +12,7 @@ import csv
 import gzip
 import logging
 import re
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -133,7 +134,7 @@ def iter_records(path: str | Path, tokenizer: Tokenizer, *, fmt: str | None = No
 
     Raises:
         DataError: a foreign character (file, record, position and character), an empty record, a repeated
-            id, or a FASTA file asked for CDS labels.
+            id, a FASTA file asked for CDS labels, or a file that is corrupt, truncated or holds no records.
     """
     check_choice("on_error", on_error, ON_ERROR)
     path = Path(path)
@@ -144,7 +145,7 @@ def iter_records(path: str | Path, tokenizer: Tokenizer, *, fmt: str | None = No
         raise DataError(f"{path}: CDS labels need a GenBank file with CDS features; this is {fmt}")
     seen: dict[str, int] = {}
     with open_text(path) as handle_:
-        for index, rec in enumerate(SeqIO.parse(handle_, fmt)):
+        for index, rec in enumerate(_parse(path, handle_, fmt)):
             where = f"{path}, record #{index} {rec.id!r}"
             if rec.id in seen:
                 handle(DataError(f"{where}: duplicate record id (first seen as record #{seen[rec.id]})"),
@@ -168,6 +169,26 @@ def iter_records(path: str | Path, tokenizer: Tokenizer, *, fmt: str | None = No
             if labels is not None and isinstance(tokenizer, DNATokenizer) and tokenizer.k > 1:
                 raise DataError(f"{path}: per-base CDS labels need per-base tokens (k=1); got k={tokenizer.k}")
             yield Record(rec.id, rec.description, tokens, labels)
+
+
+def _parse(path: Path, handle_, fmt: str) -> Iterator:
+    """``SeqIO.parse`` whose failures (a truncated gzip stream, bytes that are no ``fmt``) and empty result
+    raise a :class:`DataError` naming ``path``, instead of a bare parser error or no records at all."""
+    records, count = None, 0
+    while True:
+        try:  # Biopython reads a FASTA's first line when the iterator is made: that can fail too
+            records = SeqIO.parse(handle_, fmt) if records is None else records
+            rec = next(records)
+        except StopIteration:
+            break
+        except (OSError, EOFError, ValueError, zlib.error) as e:  # gzip: EOFError/BadGzipFile; Biopython: ValueError
+            raise DataError(f"{path}: unreadable {fmt} file after {count} records (corrupt or truncated?): "
+                            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+        count += 1
+        yield rec
+    if count == 0:
+        raise DataError(f"{path}: no {fmt} records (an empty file, or not {fmt}: a FASTA record starts with '>', "
+                        "a GenBank one with 'LOCUS' and ends with '//')")
 
 
 def read_records(path: str | Path, tokenizer: Tokenizer, **kw) -> list[Record]:

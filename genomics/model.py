@@ -64,6 +64,7 @@ class SequenceTransformer(nn.Module):
             if pool == "none":
                 self.local = nn.Conv1d(dim, dim, kernel_size=local_kernel, padding=local_kernel // 2)
         token_len = None if max_len is None else -(-max_len // patch_size)
+        self.max_len = max_len if positions == "learned" else None  # a hard limit only with learned positions
         self.encoder = TransformerEncoder(dim, depth, num_heads, attention=attention, mlp_ratio=mlp_ratio,
                                           dropout=dropout, positions=positions, max_len=token_len,
                                           gradient_checkpointing=gradient_checkpointing)
@@ -99,6 +100,9 @@ class SequenceTransformer(nn.Module):
         if n % p:
             raise ValueError(f"sequence length {n} is not a multiple of patch_size={p}; pad it (data.window / "
                              "data.max_len a multiple of model.patch_size)")
+        if self.max_len is not None and n > self.max_len:
+            raise ValueError(f"sequence of {n} bases is longer than the model allows: model.max_len={self.max_len} "
+                             "(learned positions); crop it (data.window / data.max_len) or use model.positions=rotary")
         x = self.embed(tokens)  # (B, L, C)
         token_pad = pad
         if p == 1 and self.stem is not None:  # residual k-mer features for per-base tokens

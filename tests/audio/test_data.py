@@ -192,3 +192,12 @@ def test_sound_files_are_read_with_soundfile(tmp_path):
     assert sf.info(tmp_path / "stereo.flac").channels == 2
     with pytest.raises(BadAudioError, match="silent"):  # the two channels cancel in the mono mix
         load_audio(tmp_path / "stereo.flac", 16000)
+
+
+def test_empty_manifest_is_named(tmp_path):
+    (tmp_path / "m.jsonl").write_text("\n\n")
+    with pytest.raises(ValueError, match=r"manifest .*m\.jsonl has no entries; expected one JSON object per line"):
+        read_manifest(tmp_path / "m.jsonl")
+    m = str(tmp_path / "m.jsonl")
+    with pytest.raises(ValueError, match=r"m\.jsonl has no entries"):
+        ManifestDataModule(train=m, val=m, test=m, batch_size=2).setup()

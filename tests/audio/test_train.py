@@ -52,3 +52,10 @@ def test_vocab_mismatch_is_a_clear_error(tmp_path):
     cfg = compose_config("audio", [*TINY_AUDIO, "model.vocab_size=30"], tmp_path)
     with pytest.raises(InstantiationException, match=r"model.vocab_size=30 but the character vocabulary has 29 tokens"):
         instantiate(cfg.module, _recursive_=False, _convert_="all")
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(corpus_dir, tmp_path):
+    from tests.ops.helpers import POISON_AT_4, assert_nan_stops_and_keeps_last_good
+
+    cfg = compose_config("audio", [*TINY_AUDIO, f"paths.data_dir={corpus_dir}", *POISON_AT_4], tmp_path / "run")
+    assert_nan_stops_and_keeps_last_good(cfg)

@@ -135,3 +135,35 @@ def test_label_table_csv_and_tsv(tmp_path):
 def test_proteins(fasta):
     recs = read_records(fasta([("p1", "MKVL*"), ("p2", "mkx")], "p.faa"), ProteinTokenizer())
     assert [ProteinTokenizer().decode(r.tokens) for r in recs] == ["MKVL", "MKX"]
+
+
+def _corrupt(tmp_path, name):
+    """A broken sequence file: a gzip stream cut in half, bytes that are no FASTA, a 'LOCUS' line over
+    garbage, an empty file."""
+    import gzip
+
+    path = tmp_path / name
+    if name == "cut.fa.gz":
+        data = gzip.compress((">r1\n" + "ACGT" * 5000 + "\n>r2\n" + "ACGT" * 5000 + "\n").encode())
+        path.write_bytes(data[:len(data) // 2])
+    elif name == "binary.fa":
+        path.write_bytes(bytes(range(256)) * 4)
+    elif name == "junk.gbk":
+        path.write_bytes(b"LOCUS garbage\nthis is not genbank\n\x00\x01\x02")
+    else:
+        path.write_bytes(b"")
+    return path
+
+
+@pytest.mark.parametrize("name,match", [
+    ("cut.fa.gz", r"cut\.fa\.gz: unreadable fasta file after 0 records \(corrupt or truncated\?\): EOFError"),
+    ("binary.fa", r"binary\.fa: unreadable fasta file after 0 records .*ValueError"),
+    ("junk.gbk", r"junk\.gbk: no genbank records \(an empty file, or not genbank"),
+    ("empty.fa", r"empty\.fa: no fasta records \(an empty file, or not fasta"),
+], ids=["cut_gz", "binary", "junk_genbank", "empty"])
+def test_corrupt_or_empty_file_is_named(tmp_path, name, match):
+    path = _corrupt(tmp_path, name)
+    with pytest.raises(DataError, match=match):
+        read_records(path, DNA)
+    with pytest.raises(DataError, match=match):  # skipping bad records does not hide a bad file
+        read_records(path, DNA, on_error="skip", skipped=Skipped())

@@ -95,3 +95,12 @@ def test_forward_long_matches_forward(positions):
     assert torch.allclose(net.forward_long(x, chunk=7), ref, atol=1e-5)
     with pytest.raises(ValueError, match=r"forward_long needs a per-base model"):
         _net(pool="mean").forward_long(x)
+
+
+def test_sequence_longer_than_learned_positions():
+    net = _net(positions="learned", max_len=32, patch_size=4)
+    assert net(torch.zeros(1, 32, dtype=torch.long)).shape == (1, 32, 9)
+    with pytest.raises(ValueError, match=r"sequence of 36 bases is longer than the model allows: model\.max_len=32 "
+                                         r"\(learned positions\); crop it .* or use model\.positions=rotary"):
+        net(torch.zeros(1, 36, dtype=torch.long))
+    assert _net(positions="rotary", max_len=32)(torch.zeros(1, 36, dtype=torch.long)).shape == (1, 36, 9)

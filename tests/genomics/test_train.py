@@ -111,3 +111,10 @@ def test_default_config_is_the_builtin_lm(tmp_path):
         assert exp.module.model.vocab_size == exp.data.vocab_size
         # the experiment wins over the primary config's own values (module, monitor, attention.causal)
         assert (exp.module._target_, exp.monitor, exp.attention.causal) == (f"genomics.module.{module}", monitor, causal)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_dir, genome, tmp_path):
+    from tests.ops.helpers import POISON_AT_4, assert_nan_stops_and_keeps_last_good
+
+    cfg = _cfg("genomics", [*_lm(genome), *POISON_AT_4], data_dir, tmp_path / "run")
+    assert_nan_stops_and_keeps_last_good(cfg)

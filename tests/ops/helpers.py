@@ -74,3 +74,26 @@ class DDPProbe(pl.Callback):
         record = {"rank": trainer.global_rank, "world_size": trainer.world_size, "samples": self.samples,
                   "weights": state_hash(pl_module), "steps": trainer.global_step}
         (self.out_dir / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
+
+
+# With trainer=fast (3 batches per epoch), epoch 0 ends at global step 3 and saves last.ckpt; step 4's loss is NaN
+POISON_AT_4 = ["trainer.max_epochs=3", "+callbacks.poison._target_=tests.ops.helpers.PoisonAt",
+               "+callbacks.poison.step=4"]
+
+
+def assert_nan_stops_and_keeps_last_good(cfg) -> None:
+    """Run ``train(cfg)`` (composed with :data:`POISON_AT_4`): it must stop with the guard's message at step 4 and
+    leave ``last.ckpt`` from step 3 with finite weights, loadable and with no temporary file beside it."""
+    import pytest
+
+    from core_attn.training import train
+
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    with pytest.raises(FloatingPointError, match=r"non-finite training loss \(nan\) at global step 4 \(epoch 1\); "
+                                                 r"training stopped before the optimizer step and the last "
+                                                 r"checkpoint, .*last\.ckpt, is from before it"):
+        train(cfg)
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 3
+    assert all(torch.isfinite(t).all() for t in ckpt["state_dict"].values() if t.is_floating_point())
+    assert not list(last.parent.glob(".*.tmp"))

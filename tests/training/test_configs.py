@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import re
 from pathlib import Path
 
 import pytest
@@ -217,16 +218,25 @@ def test_defaults_compose_and_resolve(tmp_path):
     assert cfg.trainer.precision == cfg.precision
 
 
-def test_unknown_key_raises_at_compose(tmp_path):
-    with pytest.raises(ConfigCompositionException, match=r"Could not override 'model\.dimm'"):
-        compose_config("vision", ["model.dimm=3"], tmp_path)
+MODEL_KEY = {"vision": "model.dim", "audio": "model.encoder.dim", "genomics": "model.dim"}  # a real key per app
+
+
+@pytest.mark.parametrize("app", APPS)
+def test_unknown_key_raises_at_compose(app, tmp_path):
+    compose_config(app, [f"{MODEL_KEY[app]}=32"], tmp_path)  # the real key composes
+    key = MODEL_KEY[app] + "m"
+    with pytest.raises(ConfigCompositionException, match=f"Could not override '{re.escape(key)}'"):
+        compose_config(app, [f"{key}=3"], tmp_path)
     with pytest.raises(ConfigCompositionException, match=r"Could not override 'learning_rate'"):
-        compose_config("vision", ["learning_rate=0.1"], tmp_path)
+        compose_config(app, ["learning_rate=0.1"], tmp_path)
 
 
-def test_unknown_option_raises_at_compose(tmp_path):
-    with pytest.raises(ConfigCompositionException, match=r"Could not find 'attention/lokal'"):
-        compose_config("vision", ["attention=lokal"], tmp_path)
+@pytest.mark.parametrize("app", APPS)
+def test_unknown_option_raises_at_compose(app, tmp_path):
+    # Hydra names the group and lists the options it has (no "did you mean" of its own)
+    with pytest.raises(ConfigCompositionException, match=r"(?s)Could not find 'attention/lokal'.*Available options in "
+                                                         r"'attention':.*\blocal\b"):
+        compose_config(app, ["attention=lokal"], tmp_path)
 
 
 def test_forced_unknown_key_raises_at_instantiate(tmp_path):

@@ -250,3 +250,10 @@ def test_image_folder_unknown_val_class(tmp_path):
     _image_tree(tmp_path, {"train/cat": 3, "train/dog": 3, "val/cow": 1})
     with pytest.raises(ValueError, match=r"class folders \['cow'\] in .*val are not among the classes"):
         _folder_dm(tmp_path).setup()
+
+
+def test_image_folder_without_images_is_named(tmp_path):
+    _image_tree(tmp_path, {"cat": 0, "dog": 0})
+    (tmp_path / "cat" / "notes.txt").write_text("not an image")
+    with pytest.raises(ValueError, match=r"no readable images for the train split under .*test_image_folder_without"):
+        _folder_dm(tmp_path).setup()
