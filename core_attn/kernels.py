@@ -143,12 +143,15 @@ class _Keys:
         return acc.reshape(acc.shape[0], self.nkb * self.bk, self.d)
 
 
-def _bmm(a: Tensor, b: Tensor, buf: Tensor) -> Tensor:
-    """a @ b written into ``buf`` (a reused buffer: fresh tensors this size cost page faults on CPU);
-    half-precision inputs multiply in their own dtype and are widened into the buffer."""
+def _bmm(a: Tensor, b: Tensor, buf: Tensor, alpha: float = 1.0) -> Tensor:
+    """alpha * (a @ b) written into ``buf`` (a reused buffer: fresh tensors this size cost page faults on
+    CPU); half-precision inputs multiply in their own dtype and are widened into the buffer."""
     if a.dtype == buf.dtype:
-        return torch.bmm(a, b, out=buf)
-    return buf.copy_(torch.bmm(a, b))
+        if alpha == 1.0:
+            return torch.bmm(a, b, out=buf)
+        return torch.baddbmm(buf, a, b, beta=0.0, alpha=alpha, out=buf)  # beta=0: buf's old values ignored
+    out = buf.copy_(torch.bmm(a, b))
+    return out if alpha == 1.0 else out.mul_(alpha)
 
 
 def _itemsize(dtype: torch.dtype) -> int:
@@ -227,7 +230,9 @@ class _BlockSparseAttention(torch.autograd.Function):
         lk, dv = k.shape[2], v.shape[-1]
         bh, nqb, nkb = b * h, lq // block_q, lk // block_k
         acc = _acc_dtype(q.dtype)
-        qs = (q * scale).reshape(bh, nqb, block_q, d)  # fold the softmax scale into q once
+        # the softmax scale is applied by the score matmul itself (baddbmm's alpha): no scaled copy of q,
+        # which at long lengths is a whole activation (512 MB at 1M tokens x 128 channels)
+        qb = q.reshape(bh, nqb, block_q, d)
         keys = _Keys(k.reshape(bh, lk, d), kv_index, block_k, band)
         vals = _Keys(v.reshape(bh, lk, dv), kv_index, block_k, band)
         q_pos_b = q_pos.view(*q_pos.shape[:-1], nqb, block_q)
@@ -252,7 +257,7 @@ class _BlockSparseAttention(torch.autograd.Function):
             hidden = _chunk_hidden(masks, part_mask, q_pos_b, k_pos_b, kv_index, key_pad, r0, r1, acc, persist)
             sc = probs[bh0:bh1, r0:r1] if keep else scores[:(bh1 - bh0) * c * block_q * ck].view(bh1 - bh0, c, block_q, ck)
             for i in range(bh0, bh1):
-                _bmm(qs[i, r0:r1], keys.window(i, r0, r1).transpose(1, 2), sc[i - bh0])
+                _bmm(qb[i, r0:r1], keys.window(i, r0, r1).transpose(1, 2), sc[i - bh0], scale)
             hidden.apply(sc, h, bh0, bh1)
             mx = sc.amax(-1, keepdim=True)
             if fused_softmax:
@@ -276,15 +281,16 @@ class _BlockSparseAttention(torch.autograd.Function):
             for i in range(bh0, bh1):
                 torch.bmm(pv[i - bh0], vals.window(i, r0, r1), out=out[i, r0:r1])
         out, lse = out.view(b, h, lq, dv), lse.view(b, h, lq)
-        ctx.save_for_backward(qs, k, v, kv_index, out, lse, probs if keep else None)
+        ctx.save_for_backward(q, k, v, kv_index, out, lse, probs if keep else None)
         ctx.masks, ctx.meta = masks, (block_q, block_k, scale, chunks, band, q_pos_b, k_pos_b, key_pad, part_mask)
         ctx.set_materialize_grads(False)  # an unused lse gets no zero-filled gradient to multiply
         return out, lse
 
     @staticmethod
     def backward(ctx, dout, dlse):
-        qs, k, v, kv_index, out, lse, probs = ctx.saved_tensors
+        q, k, v, kv_index, out, lse, probs = ctx.saved_tensors
         block_q, block_k, scale, chunks, band, q_pos_b, k_pos_b, key_pad, part_mask = ctx.meta
+        qs = (q * scale).reshape(q.shape[0] * q.shape[1], q.shape[2] // block_q, block_q, q.shape[3])
         b, h, lq, dv = out.shape
         bh, nqb, _, d = qs.shape
         lk = k.shape[2]
