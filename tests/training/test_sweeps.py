@@ -84,11 +84,11 @@ def test_slurm_launcher_overrides_and_typos(tmp_path):
                        return_hydra_config=True)
 
 
-@needs_submitit
-@pytest.mark.slow  # 28-46 s measured: two training processes
-def test_local_submitit_sweep(tmp_path):
+def _lr_sweep(launcher: str, tmp_path):
+    """A real 2-job vision sweep (lr 1e-3, 3e-3) with ``hydra/launcher=<launcher>``; checks each job's
+    metrics.json and the summary rows, returns (sweep dir, process, summary rows)."""
     sweep = tmp_path / "sweep"
-    proc = _run(["vision.train", "-m", "hydra/launcher=local_submitit", "optimizer.lr=1e-3,3e-3", "trainer=fast",
+    proc = _run(["vision.train", "-m", f"hydra/launcher={launcher}", "optimizer.lr=1e-3,3e-3", "trainer=fast",
                  *TINY, f"hydra.sweep.dir={sweep}"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     for job, lr in (("0", 1e-3), ("1", 3e-3)):
@@ -97,6 +97,13 @@ def test_local_submitit_sweep(tmp_path):
         assert metrics["metric_name"] == "test/acc" and 0.0 <= metrics["metric"] <= 1.0
     rows = list(csv.DictReader((sweep / "summary.csv").open()))
     assert [r["job"] for r in rows] == ["0", "1"] and all(r["status"] == "ok" for r in rows)
+    return sweep, proc, rows
+
+
+@needs_submitit
+@pytest.mark.slow  # 28-46 s measured: two training processes
+def test_local_submitit_sweep(tmp_path):
+    sweep, _, _ = _lr_sweep("local_submitit", tmp_path)
     assert (sweep / "summary.md").is_file()
     assert len([p for p in (sweep / ".submitit").iterdir() if p.name != "%j"]) == 2  # one submitit folder per job
 
@@ -121,17 +128,8 @@ def test_local_joblib_launcher_config(tmp_path):
 @needs_joblib
 @pytest.mark.slow  # 42 s measured (2 shared cores): two training processes side by side
 def test_local_joblib_sweep(tmp_path):
-    sweep = tmp_path / "sweep"
-    proc = _run(["vision.train", "-m", "hydra/launcher=local_joblib", "optimizer.lr=1e-3,3e-3", "trainer=fast",
-                 *TINY, f"hydra.sweep.dir={sweep}"])
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    sweep, proc, rows = _lr_sweep("local_joblib", tmp_path)
     assert "Joblib.Parallel(n_jobs=2" in proc.stdout + proc.stderr  # the joblib launcher ran the jobs
-    for job, lr in (("0", 1e-3), ("1", 3e-3)):
-        metrics = json.loads((sweep / job / "metrics.json").read_text())
-        assert metrics["status"] == "ok" and f"optimizer.lr={lr:g}" in " ".join(metrics["overrides"])
-        assert metrics["metric_name"] == "test/acc" and 0.0 <= metrics["metric"] <= 1.0
-    rows = list(csv.DictReader((sweep / "summary.csv").open()))
-    assert [r["job"] for r in rows] == ["0", "1"] and all(r["status"] == "ok" for r in rows)
     assert "optimizer.lr=0.001" in rows[0]["overrides"] and "optimizer.lr=0.003" in rows[1]["overrides"]
     md = (sweep / "summary.md").read_text().splitlines()
     assert len(md) == 4 and md[2].startswith("| 0 | local |") and md[3].startswith("| 1 | local |")
