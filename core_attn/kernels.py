@@ -14,6 +14,7 @@ Gimelshein 2018 for merging partial softmaxes.
 from __future__ import annotations
 
 import math
+import threading
 
 import torch
 from torch import Tensor
@@ -27,6 +28,63 @@ SAVED_PROBS_BYTES = 512 << 20
 # A plan keeps its hidden-pair masks across calls up to this size (computing them was ~10% of a local
 # forward); inputs with a key padding mask recompute theirs every call.
 MASK_CACHE_BYTES = 96 << 20
+# CPU scratch buffers (saved probabilities, padded K/V, score chunks) are kept for later calls up to this
+# many bytes in all; 0 turns the reuse off. A fresh buffer costs a page fault per 4 KiB on first touch:
+# ~0.7 s of page faults per 16k local forward+backward here (its probabilities alone are 335 MB).
+WORKSPACE_BYTES = 1 << 30
+
+
+class _Workspace:
+    """Scratch buffers reused across calls (CPU only; the CUDA caching allocator already reuses memory).
+
+    The workspace owns each buffer; :meth:`take` hands out a view of one that nobody else references
+    (its storage's use count is 1: every tensor or view a caller or an autograd graph still holds counts),
+    so a buffer comes back by itself when the last view dies: after a backward pass has released the
+    saved probabilities, when activation checkpointing drops them, never while ``retain_graph`` keeps
+    them. Buffers beyond ``WORKSPACE_BYTES`` in all are plain allocations, freed as usual."""
+
+    def __init__(self):
+        self.owned: list[Tensor] = []  # uint8 buffers
+        self.lock = threading.Lock()
+
+    @staticmethod
+    def _idle(raw: Tensor) -> bool:
+        return torch._C._storage_Use_Count(raw.untyped_storage()._cdata) == 1
+
+    def take(self, numel: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """A 1-D tensor of ``numel`` elements, uninitialised."""
+        if device.type != "cpu" or WORKSPACE_BYTES <= 0 or torch.compiler.is_compiling() or not _USE_COUNT:
+            return torch.empty(numel, dtype=dtype, device=device)
+        nbytes = numel * _itemsize(dtype)
+        with self.lock:
+            idle = [r for r in self.owned if self._idle(r)]
+            fits = [r for r in idle if nbytes <= r.numel() <= 2 * nbytes]
+            if fits:  # the smallest idle buffer that fits
+                return min(fits, key=lambda r: r.numel())[:nbytes].view(dtype)
+            total = sum(r.numel() for r in self.owned)
+            for r in sorted(idle, key=lambda r: r.numel()):  # make room: drop idle buffers that do not fit
+                if total + nbytes <= WORKSPACE_BYTES:
+                    break
+                self.owned = [o for o in self.owned if o is not r]
+                total -= r.numel()
+            if total + nbytes > WORKSPACE_BYTES:
+                return torch.empty(numel, dtype=dtype, device=device)
+            raw = torch.empty(nbytes, dtype=torch.uint8, device=device)
+            self.owned.append(raw)
+            return raw.view(dtype)
+
+    def clear(self) -> None:
+        with self.lock:
+            self.owned = []
+
+
+_USE_COUNT = hasattr(torch._C, "_storage_Use_Count")
+WORKSPACE = _Workspace()
+
+
+def empty_workspace() -> None:
+    """Free the scratch buffers kept for later calls (as ``torch.cuda.empty_cache`` does on GPU)."""
+    WORKSPACE.clear()
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -91,18 +149,29 @@ class _Keys:
     of gradients."""
 
     def __init__(self, x: Tensor, kv_index: Tensor, block_k: int, band: int | None):
-        bh, lk, d = x.shape
+        """x: (B, H, Lk, D), any strides."""
+        b, h, lk, d = x.shape
+        bh = b * h
         self.nkb, self.bk, self.d, self.band, self.kv_index = lk // block_k, block_k, d, band, kv_index
         self.cols = kv_index.shape[1]
         self.buf: Tensor | None = None
         if band is None:
             self.x = x.reshape(bh, self.nkb, block_k, d).contiguous()  # rows gathered as flat blocks
             self.lead = 0
-        else:  # pad whole blocks so that every row's window r + band .. r + band + cols - 1 exists
-            nqb = kv_index.shape[0]
-            self.lead = max(0, -band)
-            tail = max(0, nqb - 1 + band + self.cols - self.nkb)
-            self.x = torch.nn.functional.pad(x, (0, 0, self.lead * block_k, tail * block_k)).contiguous()
+        elif torch.compiler.is_compiling():  # pad whole blocks so that every row's window exists
+            self.lead, tail = self._pads(kv_index.shape[0], band)
+            self.x = torch.nn.functional.pad(x.reshape(bh, lk, d), (0, 0, self.lead * block_k, tail * block_k))
+        else:  # the same, copied once from x's own layout into a reused buffer (no zero-fill of it all)
+            self.lead, tail = self._pads(kv_index.shape[0], band)
+            rows = (self.lead + self.nkb + tail) * block_k
+            self.x = WORKSPACE.take(bh * rows * d, x.dtype, x.device).view(bh, rows, d)
+            self.x[:, :self.lead * block_k].zero_()
+            self.x[:, rows - tail * block_k:].zero_()
+            self.x[:, self.lead * block_k:self.lead * block_k + lk].view(b, h, lk, d).copy_(x)
+
+    def _pads(self, nqb: int, band: int) -> tuple[int, int]:
+        """Blocks before and after the sequence that rows r + band .. r + band + cols - 1 reach."""
+        return max(0, -band), max(0, nqb - 1 + band + self.cols - self.nkb)
 
     def window(self, i: int, r0: int, r1: int) -> Tensor:
         """Head i, query blocks r0..r1-1 -> (r1 - r0, cols * bk, D)."""
@@ -113,7 +182,7 @@ class _Keys:
             # gathered into one reused buffer (a window is consumed before the next is taken): fresh
             # tensors this size cost page faults that made the gather ~7x slower (measured)
             if self.buf is None or self.buf.numel() < blk.numel() * self.bk * self.d:
-                self.buf = self.x.new_empty(blk.numel() * self.bk * self.d)
+                self.buf = WORKSPACE.take(blk.numel() * self.bk * self.d, self.x.dtype, self.x.device)
             flat = self.x[i].view(self.nkb, self.bk * self.d)
             out = self.buf[:blk.numel() * self.bk * self.d].view(blk.numel(), self.bk * self.d)
             return torch.index_select(flat, 0, blk, out=out).view(r1 - r0, self.cols * self.bk, self.d)
@@ -141,6 +210,26 @@ class _Keys:
         if self.band is not None:
             acc = acc[:, self.lead:self.lead + self.nkb]
         return acc.reshape(acc.shape[0], self.nkb * self.bk, self.d)
+
+
+class _Rows:
+    """Head i = b * H + h of a (B, H, L, D) tensor as (L / block, block, D), a view whatever the tensor's
+    strides: the layer's q, k, v arrive as views of one (B, L, 3, H, D) projection, and a reshape to
+    (B * H, ...) would copy them when B > 1."""
+
+    def __init__(self, x: Tensor, block: int):
+        self.x, self.h, self.block = x, x.shape[1], block
+
+    def __getitem__(self, i: int) -> Tensor:
+        return self.x[i // self.h, i % self.h].unflatten(0, (-1, self.block))
+
+
+def _new_heads(b: int, h: int, n: int, d: int, like: Tensor) -> Tensor:
+    """An uninitialised (B, H, N, D) result laid out as (B, N, H, D): the layer's merge of heads
+    (transpose + reshape to (B, N, H * D)) is then a view, not a copy."""
+    if torch.compiler.is_compiling():
+        return like.new_empty(b, h, n, d)
+    return like.new_empty(b, n, h, d).transpose(1, 2)
 
 
 def _bmm(a: Tensor, b: Tensor, buf: Tensor, alpha: float = 1.0) -> Tensor:
@@ -189,6 +278,28 @@ class _Hidden:
         else:
             self.hide = hide  # (Bm, Hm, c, bq, C * bk) bool
             self.nbytes = hide.numel()
+        # per row: a visible column (the first), whose score and probability give the row's log-sum-exp
+        # without two max passes over the scores; rows with no visible key (dead) are listed apart
+        visible = ~hide
+        self.ref = visible.to(torch.uint8).argmax(-1, keepdim=True)  # (Bm, Hm, c, bq, 1)
+        self.dead = ~visible.any(-1, keepdim=True)
+        self.any_dead = bool(self.dead.any())
+        self.nbytes += self.ref.numel() * 9
+
+    def _per_head(self, t: Tensor, h: int, bh0: int, bh1: int) -> Tensor:
+        """t (Bm, Hm, ...) -> (heads bh0..bh1-1 or 1, ...)."""
+        bm, hm = t.shape[:2]
+        if bm * hm == 1:
+            return t[0]
+        idx = torch.arange(bh0, bh1, device=t.device)
+        bi = torch.div(idx, h, rounding_mode="floor") if bm > 1 else torch.zeros_like(idx)
+        hi_ = torch.remainder(idx, h) if hm > 1 else torch.zeros_like(idx)
+        return t[bi, hi_]
+
+    def rows(self, sc: Tensor, h: int, bh0: int, bh1: int) -> tuple[Tensor, Tensor]:
+        """The reference column per row expanded to sc's rows, and the dead rows (broadcastable)."""
+        ref = self._per_head(self.ref, h, bh0, bh1).expand(*sc.shape[:-1], 1)
+        return ref, self._per_head(self.dead, h, bh0, bh1)
 
     def apply(self, sc: Tensor, h: int, bh0: int, bh1: int) -> None:
         """sc: (heads bh0..bh1-1, c, bq, C * bk) scores of this block range."""
@@ -196,11 +307,7 @@ class _Hidden:
             for (lo, hi), bias in zip(self.runs, self.bias):
                 sc[..., lo:hi].add_(bias)
             return
-        bm, hm = self.hide.shape[:2]
-        idx = torch.arange(bh0, bh1, device=sc.device)
-        bi = torch.div(idx, h, rounding_mode="floor") if bm > 1 else torch.zeros_like(idx)
-        hi_ = torch.remainder(idx, h) if hm > 1 else torch.zeros_like(idx)
-        hide = self.hide[bi, hi_]  # (heads, c, bq, C * bk)
+        hide = self._per_head(self.hide, h, bh0, bh1)  # (heads, c, bq, C * bk)
         for lo, hi in self.runs:
             sc[..., lo:hi].masked_fill_(hide[..., lo:hi], float("-inf"))
 
@@ -232,23 +339,24 @@ class _BlockSparseAttention(torch.autograd.Function):
         acc = _acc_dtype(q.dtype)
         # the softmax scale is applied by the score matmul itself (baddbmm's alpha): no scaled copy of q,
         # which at long lengths is a whole activation (512 MB at 1M tokens x 128 channels)
-        qb = q.reshape(bh, nqb, block_q, d)
-        keys = _Keys(k.reshape(bh, lk, d), kv_index, block_k, band)
-        vals = _Keys(v.reshape(bh, lk, dv), kv_index, block_k, band)
+        qb = _Rows(q, block_q)
+        keys = _Keys(k, kv_index, block_k, band)
+        vals = _Keys(v, kv_index, block_k, band)
         q_pos_b = q_pos.view(*q_pos.shape[:-1], nqb, block_q)
         k_pos_b = k_pos.view(*k_pos.shape[:-1], nkb, block_k)
         ck = kv_index.shape[-1] * block_k
-        out = q.new_empty(bh, nqb, block_q, dv)
+        out = _new_heads(b, h, lq, dv, q)
+        outb = _Rows(out, block_q)
         lse = torch.empty(bh, nqb, block_q, dtype=acc, device=q.device)
         cq = _chunk_blocks(1, 1, block_q, ck)
         chunks = _chunks(bh, nqb, cq)
         # Training keeps the probabilities when they are small enough (SAVED_PROBS_BYTES): the backward
         # then skips recomputing scores, mask and exp, a third of its work; otherwise it recomputes.
         keep = training and bh * nqb * block_q * ck * _itemsize(acc) <= SAVED_PROBS_BYTES
-        if keep:
-            probs = torch.empty(bh, nqb, block_q, ck, dtype=acc, device=q.device)
+        if keep:  # back to the workspace once the graph releases it
+            probs = WORKSPACE.take(bh * nqb * block_q * ck, acc, q.device).view(bh, nqb, block_q, ck)
         else:
-            scores = torch.empty(min(cq, bh * nqb) * block_q * ck, dtype=acc, device=q.device)
+            scores = WORKSPACE.take(min(cq, bh * nqb) * block_q * ck, acc, q.device)
         masks: dict = {}
         fused_softmax = not torch.compiler.is_compiling()  # exporters do not take the aliased out= call
         for chunk in chunks:
@@ -257,21 +365,32 @@ class _BlockSparseAttention(torch.autograd.Function):
             hidden = _chunk_hidden(masks, part_mask, q_pos_b, k_pos_b, kv_index, key_pad, r0, r1, acc, persist)
             sc = probs[bh0:bh1, r0:r1] if keep else scores[:(bh1 - bh0) * c * block_q * ck].view(bh1 - bh0, c, block_q, ck)
             for i in range(bh0, bh1):
-                _bmm(qb[i, r0:r1], keys.window(i, r0, r1).transpose(1, 2), sc[i - bh0], scale)
+                _bmm(qb[i][r0:r1], keys.window(i, r0, r1).transpose(1, 2), sc[i - bh0], scale)
             hidden.apply(sc, h, bh0, bh1)
-            mx = sc.amax(-1, keepdim=True)
             if fused_softmax:
                 # torch's softmax kernel in place (max, exp + sum, scale: one vectorised routine; measured
                 # 25 vs 33 ms for 10M scores on one core against separate sub/exp/sum/div passes); the
-                # log-sum-exp follows from the row maximum: p_max = exp(mx - lse)
+                # log-sum-exp follows from one visible column j per row: p_j = exp(s_j - lse)
+                ref, dead = hidden.rows(sc, h, bh0, bh1)
+                s_ref = sc.gather(-1, ref)
                 p = torch.ops.aten._softmax.out(sc, -1, False, out=sc)
-                dead = torch.isinf(mx)  # rows with no visible key: softmax gives NaN there
-                lse_c = mx - p.amax(-1, keepdim=True).log()
-                if bool(dead.any()):
+                p_ref = p.gather(-1, ref)
+                lse_c = s_ref - p_ref.log()
+                if hidden.any_dead:  # rows with no visible key: softmax gives NaN there
                     p.masked_fill_(dead, 0.0)
                     lse_c.masked_fill_(dead, float("-inf"))
+                low = p_ref < 1e-30  # j's probability underflows (scores ~70 apart): recompute these rows
+                if hidden.any_dead:
+                    low &= ~dead
+                if bool(low.any()):
+                    full = torch.empty_like(sc)
+                    for i in range(bh0, bh1):
+                        _bmm(qb[i][r0:r1], keys.window(i, r0, r1).transpose(1, 2), full[i - bh0], scale)
+                    hidden.apply(full, h, bh0, bh1)
+                    lse_c = torch.where(low, full.logsumexp(-1, keepdim=True), lse_c)
                 lse[bh0:bh1, r0:r1] = lse_c.squeeze(-1)
             else:
+                mx = sc.amax(-1, keepdim=True)
                 mx.masked_fill_(torch.isinf(mx), 0.0)  # rows with no visible key: exp(-inf) = 0 below
                 p = sc.sub_(mx).exp_()
                 l = p.sum(-1, keepdim=True)
@@ -279,8 +398,8 @@ class _BlockSparseAttention(torch.autograd.Function):
                 p.div_(l.clamp_min(1e-30))
             pv = p if p.dtype == v.dtype else p.to(v.dtype)
             for i in range(bh0, bh1):
-                torch.bmm(pv[i - bh0], vals.window(i, r0, r1), out=out[i, r0:r1])
-        out, lse = out.view(b, h, lq, dv), lse.view(b, h, lq)
+                torch.bmm(pv[i - bh0], vals.window(i, r0, r1), out=outb[i][r0:r1])
+        lse = lse.view(b, h, lq)
         ctx.save_for_backward(q, k, v, kv_index, out, lse, probs if keep else None)
         ctx.masks, ctx.meta = masks, (block_q, block_k, scale, chunks, band, q_pos_b, k_pos_b, key_pad, part_mask)
         ctx.set_materialize_grads(False)  # an unused lse gets no zero-filled gradient to multiply
@@ -290,11 +409,10 @@ class _BlockSparseAttention(torch.autograd.Function):
     def backward(ctx, dout, dlse):
         q, k, v, kv_index, out, lse, probs = ctx.saved_tensors
         block_q, block_k, scale, chunks, band, q_pos_b, k_pos_b, key_pad, part_mask = ctx.meta
-        qs = (q * scale).reshape(q.shape[0] * q.shape[1], q.shape[2] // block_q, block_q, q.shape[3])
         b, h, lq, dv = out.shape
-        bh, nqb, _, d = qs.shape
-        lk = k.shape[2]
-        acc = _acc_dtype(qs.dtype)
+        bh, nqb, d, lk = b * h, lq // block_q, q.shape[3], k.shape[2]
+        qs = _Rows(q, block_q)  # the scale is applied by the matmuls (alpha), as in forward
+        acc = _acc_dtype(q.dtype)
         ck = kv_index.shape[-1] * block_k
         lse_safe = lse.masked_fill(torch.isinf(lse), 0.0).view(bh, nqb, block_q, 1)  # no visible key
         # dL/dscores = p * (dp - rowsum(dp * p) + dlse), and rowsum(dp * p) = rowsum(dout * out)
@@ -307,40 +425,41 @@ class _BlockSparseAttention(torch.autograd.Function):
         if dlse is not None:
             delta = delta - dlse.to(acc)
         delta = delta.view(bh, nqb, block_q, 1)
-        dout = dout.reshape(bh, nqb, block_q, dv)
-        keys = _Keys(k.reshape(bh, lk, d), kv_index, block_k, band)
-        vals = _Keys(v.reshape(bh, lk, dv), kv_index, block_k, band)
-        dq = torch.empty(bh, nqb, block_q, d, dtype=qs.dtype, device=qs.device)
+        doutb = _Rows(dout, block_q)
+        keys = _Keys(k, kv_index, block_k, band)
+        vals = _Keys(v, kv_index, block_k, band)
+        dq = _new_heads(b, h, lq, d, q)
+        dqb = _Rows(dq, block_q)
         dk, dvv = keys.grad_buffer(acc), vals.grad_buffer(acc)
         cq = max(ch[3] - ch[2] for ch in chunks) * max(ch[1] - ch[0] for ch in chunks)
-        pbuf = None if probs is not None else torch.empty(cq * block_q * ck, dtype=acc, device=qs.device)
-        dpbuf = torch.empty(cq * block_q * ck, dtype=acc, device=qs.device)
+        pbuf = None if probs is not None else WORKSPACE.take(cq * block_q * ck, acc, q.device)
+        dpbuf = WORKSPACE.take(cq * block_q * ck, acc, q.device)
         cmax = max(ch[3] - ch[2] for ch in chunks)
-        dk_buf = torch.empty(cmax, ck, d, dtype=acc, device=qs.device)
-        dv_buf = torch.empty(cmax, ck, dv, dtype=acc, device=qs.device)
+        dk_buf = WORKSPACE.take(cmax * ck * d, acc, q.device).view(cmax, ck, d)
+        dv_buf = WORKSPACE.take(cmax * ck * dv, acc, q.device).view(cmax, ck, dv)
         for chunk in chunks:
             bh0, bh1, r0, r1 = chunk
             c, nh = r1 - r0, bh1 - bh0
             ds = dpbuf[:nh * c * block_q * ck].view(nh, c, block_q, ck)
             for i in range(bh0, bh1):
-                _bmm(dout[i, r0:r1], vals.window(i, r0, r1).transpose(1, 2), ds[i - bh0])
+                _bmm(doutb[i][r0:r1], vals.window(i, r0, r1).transpose(1, 2), ds[i - bh0])
             if probs is not None:
                 p = probs[bh0:bh1, r0:r1]
             else:  # recompute the probabilities
                 hidden = _chunk_hidden(ctx.masks, part_mask, q_pos_b, k_pos_b, kv_index, key_pad, r0, r1, acc)
                 p = pbuf[:nh * c * block_q * ck].view(nh, c, block_q, ck)
                 for i in range(bh0, bh1):
-                    _bmm(qs[i, r0:r1], keys.window(i, r0, r1).transpose(1, 2), p[i - bh0])
+                    _bmm(qs[i][r0:r1], keys.window(i, r0, r1).transpose(1, 2), p[i - bh0], scale)
                 hidden.apply(p, h, bh0, bh1)
                 p.sub_(lse_safe[bh0:bh1, r0:r1]).exp_()
             ds.sub_(delta[bh0:bh1, r0:r1]).mul_(p)
-            pl = p if p.dtype == qs.dtype else p.to(qs.dtype)
-            dsl = ds if ds.dtype == qs.dtype else ds.to(qs.dtype)
+            pl = p if p.dtype == q.dtype else p.to(q.dtype)
+            dsl = ds if ds.dtype == q.dtype else ds.to(q.dtype)
             for i in range(bh0, bh1):
-                torch.bmm(dsl[i - bh0], keys.window(i, r0, r1), out=dq[i, r0:r1])
-                vals.scatter(dvv, i, r0, r1, _bmm(pl[i - bh0].transpose(1, 2), dout[i, r0:r1], dv_buf[:c]))
-                keys.scatter(dk, i, r0, r1, _bmm(dsl[i - bh0].transpose(1, 2), qs[i, r0:r1], dk_buf[:c]))
-        dq = dq.mul_(scale).view(b, h, lq, d)  # scores = (q * scale) k^T
+                # scores = scale * q k^T: dq = scale * ds k, dk = scale * ds^T q
+                _bmm(dsl[i - bh0], keys.window(i, r0, r1), dqb[i][r0:r1], scale)
+                vals.scatter(dvv, i, r0, r1, _bmm(pl[i - bh0].transpose(1, 2), doutb[i][r0:r1], dv_buf[:c]))
+                keys.scatter(dk, i, r0, r1, _bmm(dsl[i - bh0].transpose(1, 2), qs[i][r0:r1], dk_buf[:c], scale))
         dk = keys.unpad(dk).view(b, h, lk, d).to(k.dtype)
         dvv = vals.unpad(dvv).view(b, h, lk, dv).to(v.dtype)
         return dq, dk, dvv, None, None, None, None, None, None, None, None, None, None, None

@@ -19,8 +19,8 @@ PATTERN_CASES = [
 ]
 
 
-def _grads(out, inputs, g):
-    return torch.autograd.grad(out, inputs, g)
+def _grads(out, inputs, g, retain_graph=False):
+    return torch.autograd.grad(out, inputs, g, retain_graph=retain_graph)
 
 
 def _check(attn, b, h, n, d, padded, dtype=torch.float32, atol=1e-5):
@@ -246,3 +246,61 @@ def test_masks_kept_across_calls_give_the_same_results(name, kw, monkeypatch):
     fresh = core_attn.build_attention(name, backend="blocked", **kw)
     _check(fresh, b=2, h=3, n=n, d=8, padded=False)
     assert all(p.mask_cache.get("bytes", 0) == 0 for p in fresh.parts(n, torch.device("cpu")))
+
+
+def test_workspace_buffers_are_reused_and_never_handed_out_while_referenced(monkeypatch):
+    """Scratch buffers (saved probabilities, padded K/V, score chunks) come from a workspace: a second
+    identical call allocates nothing new; a buffer a live graph still holds (retain_graph) is never
+    handed to another call, so backward through a kept graph after other calls is unchanged; with the
+    workspace off the results are identical."""
+    from core_attn import kernels
+
+    kernels.empty_workspace()
+    torch.manual_seed(0)
+    attn = core_attn.build_attention("local", window=16, backend="blocked")
+    q, k, v = (torch.randn(1, 2, 256, 8, requires_grad=True) for _ in range(3))
+    g = torch.randn(1, 2, 256, 8)
+
+    kept = attn(q, k, v)  # its graph holds the saved probabilities
+    first = _grads(kept, (q, k, v), g, retain_graph=True)
+    owned = len(kernels.WORKSPACE.owned)
+    assert owned > 0
+    for _ in range(2):  # other calls of the same shape: the kept graph's buffers must not be reused
+        _grads(attn(q * 2, k, v), (q, k, v), g)
+    n_owned = len(kernels.WORKSPACE.owned)
+    _grads(attn(q * 2, k, v), (q, k, v), g)
+    assert len(kernels.WORKSPACE.owned) == n_owned, "an identical call took new buffers"
+    again = _grads(kept, (q, k, v), g)
+    for a, b in zip(first, again):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+    monkeypatch.setattr(kernels, "WORKSPACE_BYTES", 0)
+    kernels.empty_workspace()
+    plain = attn(q, k, v)
+    torch.testing.assert_close(plain, kept, rtol=0, atol=0)
+    for a, b in zip(first, _grads(plain, (q, k, v), g)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not kernels.WORKSPACE.owned
+
+
+@pytest.mark.parametrize("mode", ["head-chunks", "recompute"])
+@pytest.mark.parametrize("name,kw", [("local", {"window": 6}), ("bigbird", {"block_size": 8})])
+def test_exact_when_scores_are_hundreds_apart(name, kw, mode, monkeypatch):
+    """The forward takes each row's log-sum-exp from one visible column's score and probability; when
+    that probability underflows (scores ~70+ apart) it recomputes those rows. The lse feeds the merge of
+    parts (bigbird) and the recomputing backward: both stay exact with near one-hot attention."""
+    from core_attn import kernels
+
+    for key, value in KERNEL_MODES[mode].items():
+        monkeypatch.setattr(kernels, key, value)
+    torch.manual_seed(3)
+    attn = core_attn.build_attention(name, backend="blocked", **kw)
+    n = 64
+    q = (torch.randn(2, 2, n, 8) * 40).requires_grad_()
+    k, v = (torch.randn(2, 2, n, 8, requires_grad=True) for _ in range(2))
+    out = attn(q, k, v)
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=attn.dense_mask(n))
+    g = torch.randn_like(out)
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+    for a, r in zip(_grads(out, (q, k, v), g), _grads(ref, (q, k, v), g)):
+        torch.testing.assert_close(a, r, atol=1e-3, rtol=1e-3)
