@@ -20,13 +20,27 @@ def state_hash(module: torch.nn.Module) -> str:
 
 
 class PoisonAt(pl.Callback):
-    """Sets every weight to NaN just before training batch ``step`` (global step), so its loss is NaN."""
+    """Makes training batch ``step``'s (global step) loss non-finite: ``value="nan"`` sets every weight to
+    NaN just before the batch; ``value="inf"`` multiplies that batch's (positive) loss by +inf."""
 
-    def __init__(self, step: int):
-        self.step = step
+    def __init__(self, step: int, value: str = "nan"):
+        value = str(value)  # a command line's value=inf arrives as a float
+        assert value in ("nan", "inf"), value
+        self.step, self.value = step, value
+
+    def setup(self, trainer, pl_module, stage) -> None:
+        if self.value != "inf":
+            return
+        step = pl_module.training_step
+
+        def poisoned(*args, **kwargs):
+            loss = step(*args, **kwargs)
+            return loss * float("inf") if trainer.global_step == self.step else loss
+
+        pl_module.training_step = poisoned
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == self.step:
+        if trainer.global_step == self.step and self.value == "nan":
             with torch.no_grad():
                 for p in pl_module.parameters():
                     p.fill_(float("nan"))
@@ -81,7 +95,7 @@ POISON_AT_4 = ["trainer.max_epochs=3", "+callbacks.poison._target_=tests.ops.hel
                "+callbacks.poison.step=4"]
 
 
-def assert_nan_stops_and_keeps_last_good(cfg) -> None:
+def assert_nan_stops_and_keeps_last_good(cfg, value: str = "nan") -> None:
     """Run ``train(cfg)`` (composed with :data:`POISON_AT_4`): it must stop with the guard's message at step 4 and
     leave ``last.ckpt`` from step 3 with finite weights, loadable and with no temporary file beside it."""
     import pytest
@@ -89,7 +103,7 @@ def assert_nan_stops_and_keeps_last_good(cfg) -> None:
     from core_attn.training import train
 
     last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
-    with pytest.raises(FloatingPointError, match=r"non-finite training loss \(nan\) at global step 4 \(epoch 1\); "
+    with pytest.raises(FloatingPointError, match=rf"non-finite training loss \({value}\) at global step 4 \(epoch 1\); "
                                                  r"training stopped before the optimizer step and the last "
                                                  r"checkpoint, .*last\.ckpt, is from before it"):
         train(cfg)

@@ -11,6 +11,12 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert_nan_stops_and_keeps_last_good(cfg)
 
 
+def test_inf_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    cfg = compose_config("vision", [*TINY, "trainer=fast", "logger=csv", *POISON_AT_4, "+callbacks.poison.value=inf"],
+                         tmp_path / "run")
+    assert_nan_stops_and_keeps_last_good(cfg, value="inf")
+
+
 def test_guard_can_be_dropped(tmp_path):
     cfg = compose_config("vision", [*TINY, "callbacks.nonfinite_loss=null"], tmp_path / "run")
     assert cfg.callbacks.nonfinite_loss is None
