@@ -333,141 +333,175 @@ class _BlockSparseAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, q_pos, k_pos, kv_index, block_q, block_k, part_mask, key_pad, scale, band, training,
                 persist):
-        b, h, lq, d = q.shape
-        lk, dv = k.shape[2], v.shape[-1]
-        bh, nqb, nkb = b * h, lq // block_q, lk // block_k
-        acc = _acc_dtype(q.dtype)
-        # the softmax scale is applied by the score matmul itself (baddbmm's alpha): no scaled copy of q,
-        # which at long lengths is a whole activation (512 MB at 1M tokens x 128 channels)
-        qb = _Rows(q, block_q)
-        keys = _Keys(k, kv_index, block_k, band)
-        vals = _Keys(v, kv_index, block_k, band)
-        q_pos_b = q_pos.view(*q_pos.shape[:-1], nqb, block_q)
-        k_pos_b = k_pos.view(*k_pos.shape[:-1], nkb, block_k)
-        ck = kv_index.shape[-1] * block_k
-        out = _new_heads(b, h, lq, dv, q)
-        outb = _Rows(out, block_q)
-        lse = torch.empty(bh, nqb, block_q, dtype=acc, device=q.device)
-        cq = _chunk_blocks(1, 1, block_q, ck)
-        chunks = _chunks(bh, nqb, cq)
-        # Training keeps the probabilities when they are small enough (SAVED_PROBS_BYTES): the backward
-        # then skips recomputing scores, mask and exp, a third of its work; otherwise it recomputes.
-        keep = training and bh * nqb * block_q * ck * _itemsize(acc) <= SAVED_PROBS_BYTES
-        if keep:  # back to the workspace once the graph releases it
-            probs = WORKSPACE.take(bh * nqb * block_q * ck, acc, q.device).view(bh, nqb, block_q, ck)
-        else:
-            scores = WORKSPACE.take(min(cq, bh * nqb) * block_q * ck, acc, q.device)
-        masks: dict = {}
-        fused_softmax = not torch.compiler.is_compiling()  # exporters do not take the aliased out= call
-        for chunk in chunks:
-            bh0, bh1, r0, r1 = chunk
-            c = r1 - r0
-            hidden = _chunk_hidden(masks, part_mask, q_pos_b, k_pos_b, kv_index, key_pad, r0, r1, acc, persist)
-            sc = probs[bh0:bh1, r0:r1] if keep else scores[:(bh1 - bh0) * c * block_q * ck].view(bh1 - bh0, c, block_q, ck)
-            for i in range(bh0, bh1):
-                _bmm(qb[i][r0:r1], keys.window(i, r0, r1).transpose(1, 2), sc[i - bh0], scale)
-            hidden.apply(sc, h, bh0, bh1)
-            if fused_softmax:
-                # torch's softmax kernel in place (max, exp + sum, scale: one vectorised routine; measured
-                # 25 vs 33 ms for 10M scores on one core against separate sub/exp/sum/div passes); the
-                # log-sum-exp follows from one visible column j per row: p_j = exp(s_j - lse)
-                ref, dead = hidden.rows(sc, h, bh0, bh1)
-                s_ref = sc.gather(-1, ref)
-                p = torch.ops.aten._softmax.out(sc, -1, False, out=sc)
-                p_ref = p.gather(-1, ref)
-                lse_c = s_ref - p_ref.log()
-                if hidden.any_dead:  # rows with no visible key: softmax gives NaN there
-                    p.masked_fill_(dead, 0.0)
-                    lse_c.masked_fill_(dead, float("-inf"))
-                low = p_ref < 1e-30  # j's probability underflows (scores ~70 apart): recompute these rows
-                if hidden.any_dead:
-                    low &= ~dead
-                if bool(low.any()):
-                    full = torch.empty_like(sc)
-                    for i in range(bh0, bh1):
-                        _bmm(qb[i][r0:r1], keys.window(i, r0, r1).transpose(1, 2), full[i - bh0], scale)
-                    hidden.apply(full, h, bh0, bh1)
-                    lse_c = torch.where(low, full.logsumexp(-1, keepdim=True), lse_c)
-                lse[bh0:bh1, r0:r1] = lse_c.squeeze(-1)
-            else:
-                mx = sc.amax(-1, keepdim=True)
-                mx.masked_fill_(torch.isinf(mx), 0.0)  # rows with no visible key: exp(-inf) = 0 below
-                p = sc.sub_(mx).exp_()
-                l = p.sum(-1, keepdim=True)
-                lse[bh0:bh1, r0:r1] = (mx + l.log()).squeeze(-1)
-                p.div_(l.clamp_min(1e-30))
-            pv = p if p.dtype == v.dtype else p.to(v.dtype)
-            for i in range(bh0, bh1):
-                torch.bmm(pv[i - bh0], vals.window(i, r0, r1), out=outb[i][r0:r1])
-        lse = lse.view(b, h, lq)
-        ctx.save_for_backward(q, k, v, kv_index, out, lse, probs if keep else None)
-        ctx.masks, ctx.meta = masks, (block_q, block_k, scale, chunks, band, q_pos_b, k_pos_b, key_pad, part_mask)
-        ctx.set_materialize_grads(False)  # an unused lse gets no zero-filled gradient to multiply
-        return out, lse
+        ctx.packed = None
+        return _forward(ctx, q, k, v, q_pos, k_pos, kv_index, block_q, block_k, part_mask, key_pad, scale, band,
+                        training, persist)
 
     @staticmethod
     def backward(ctx, dout, dlse):
-        q, k, v, kv_index, out, lse, probs = ctx.saved_tensors
-        block_q, block_k, scale, chunks, band, q_pos_b, k_pos_b, key_pad, part_mask = ctx.meta
-        b, h, lq, dv = out.shape
-        bh, nqb, d, lk = b * h, lq // block_q, q.shape[3], k.shape[2]
-        qs = _Rows(q, block_q)  # the scale is applied by the matmuls (alpha), as in forward
-        acc = _acc_dtype(q.dtype)
-        ck = kv_index.shape[-1] * block_k
-        lse_safe = lse.masked_fill(torch.isinf(lse), 0.0).view(bh, nqb, block_q, 1)  # no visible key
-        # dL/dscores = p * (dp - rowsum(dp * p) + dlse), and rowsum(dp * p) = rowsum(dout * out)
-        # (FlashAttention's D term): one (B, H, Lq) vector instead of a pass over the scores.
-        if dout is None:  # only the lse was used
-            dout = torch.zeros_like(out)
-            delta = torch.zeros(b, h, lq, dtype=acc, device=out.device)
-        else:
-            delta = (dout.to(acc) * out.to(acc)).sum(-1)
-        if dlse is not None:
-            delta = delta - dlse.to(acc)
-        delta = delta.view(bh, nqb, block_q, 1)
-        doutb = _Rows(dout, block_q)
-        keys = _Keys(k, kv_index, block_k, band)
-        vals = _Keys(v, kv_index, block_k, band)
-        dq = _new_heads(b, h, lq, d, q)
-        dqb = _Rows(dq, block_q)
-        dk, dvv = keys.grad_buffer(acc), vals.grad_buffer(acc)
-        cq = max(ch[3] - ch[2] for ch in chunks) * max(ch[1] - ch[0] for ch in chunks)
-        pbuf = None if probs is not None else WORKSPACE.take(cq * block_q * ck, acc, q.device)
-        dpbuf = WORKSPACE.take(cq * block_q * ck, acc, q.device)
-        cmax = max(ch[3] - ch[2] for ch in chunks)
-        dk_buf = WORKSPACE.take(cmax * ck * d, acc, q.device).view(cmax, ck, d)
-        dv_buf = WORKSPACE.take(cmax * ck * dv, acc, q.device).view(cmax, ck, dv)
-        for chunk in chunks:
-            bh0, bh1, r0, r1 = chunk
-            c, nh = r1 - r0, bh1 - bh0
-            ds = dpbuf[:nh * c * block_q * ck].view(nh, c, block_q, ck)
-            for i in range(bh0, bh1):
-                _bmm(doutb[i][r0:r1], vals.window(i, r0, r1).transpose(1, 2), ds[i - bh0])
-            if probs is not None:
-                p = probs[bh0:bh1, r0:r1]
-            else:  # recompute the probabilities
-                hidden = _chunk_hidden(ctx.masks, part_mask, q_pos_b, k_pos_b, kv_index, key_pad, r0, r1, acc)
-                p = pbuf[:nh * c * block_q * ck].view(nh, c, block_q, ck)
+        return (*_backward(ctx, dout, dlse), None, None, None, None, None, None, None, None, None, None, None)
+
+
+class _PackedBlockSparseAttention(torch.autograd.Function):
+    """The same over q, k, v given as one (3, B, H, N, D) tensor (a view of the layer's qkv projection):
+    the backward writes dq, dk, dv into one gradient with the input's strides, so the projection's
+    backward reads it as is (three separate gradients cost a stack and a relayout copy, ~5% of a layer)."""
+
+    @staticmethod
+    def forward(ctx, qkv, q_pos, k_pos, kv_index, block_q, block_k, part_mask, key_pad, scale, band, training,
+                persist):
+        ctx.packed = (qkv.shape, qkv.stride())
+        q, k, v = qkv.unbind(0)
+        return _forward(ctx, q, k, v, q_pos, k_pos, kv_index, block_q, block_k, part_mask, key_pad, scale, band,
+                        training, persist)
+
+    @staticmethod
+    def backward(ctx, dout, dlse):
+        return (_backward(ctx, dout, dlse), None, None, None, None, None, None, None, None, None, None, None)
+
+
+def _forward(ctx, q, k, v, q_pos, k_pos, kv_index, block_q, block_k, part_mask, key_pad, scale, band, training,
+             persist):
+    b, h, lq, d = q.shape
+    lk, dv = k.shape[2], v.shape[-1]
+    bh, nqb, nkb = b * h, lq // block_q, lk // block_k
+    acc = _acc_dtype(q.dtype)
+    # the softmax scale is applied by the score matmul itself (baddbmm's alpha): no scaled copy of q,
+    # which at long lengths is a whole activation (512 MB at 1M tokens x 128 channels)
+    qb = _Rows(q, block_q)
+    keys = _Keys(k, kv_index, block_k, band)
+    vals = _Keys(v, kv_index, block_k, band)
+    q_pos_b = q_pos.view(*q_pos.shape[:-1], nqb, block_q)
+    k_pos_b = k_pos.view(*k_pos.shape[:-1], nkb, block_k)
+    ck = kv_index.shape[-1] * block_k
+    out = _new_heads(b, h, lq, dv, q)
+    outb = _Rows(out, block_q)
+    lse = torch.empty(bh, nqb, block_q, dtype=acc, device=q.device)
+    cq = _chunk_blocks(1, 1, block_q, ck)
+    chunks = _chunks(bh, nqb, cq)
+    # Training keeps the probabilities when they are small enough (SAVED_PROBS_BYTES): the backward
+    # then skips recomputing scores, mask and exp, a third of its work; otherwise it recomputes.
+    keep = training and bh * nqb * block_q * ck * _itemsize(acc) <= SAVED_PROBS_BYTES
+    if keep:  # back to the workspace once the graph releases it
+        probs = WORKSPACE.take(bh * nqb * block_q * ck, acc, q.device).view(bh, nqb, block_q, ck)
+    else:
+        scores = WORKSPACE.take(min(cq, bh * nqb) * block_q * ck, acc, q.device)
+    masks: dict = {}
+    fused_softmax = not torch.compiler.is_compiling()  # exporters do not take the aliased out= call
+    for chunk in chunks:
+        bh0, bh1, r0, r1 = chunk
+        c = r1 - r0
+        hidden = _chunk_hidden(masks, part_mask, q_pos_b, k_pos_b, kv_index, key_pad, r0, r1, acc, persist)
+        sc = probs[bh0:bh1, r0:r1] if keep else scores[:(bh1 - bh0) * c * block_q * ck].view(bh1 - bh0, c, block_q, ck)
+        for i in range(bh0, bh1):
+            _bmm(qb[i][r0:r1], keys.window(i, r0, r1).transpose(1, 2), sc[i - bh0], scale)
+        hidden.apply(sc, h, bh0, bh1)
+        if fused_softmax:
+            # torch's softmax kernel in place (max, exp + sum, scale: one vectorised routine; measured
+            # 25 vs 33 ms for 10M scores on one core against separate sub/exp/sum/div passes); the
+            # log-sum-exp follows from one visible column j per row: p_j = exp(s_j - lse)
+            ref, dead = hidden.rows(sc, h, bh0, bh1)
+            s_ref = sc.gather(-1, ref)
+            p = torch.ops.aten._softmax.out(sc, -1, False, out=sc)
+            p_ref = p.gather(-1, ref)
+            lse_c = s_ref - p_ref.log()
+            if hidden.any_dead:  # rows with no visible key: softmax gives NaN there
+                p.masked_fill_(dead, 0.0)
+                lse_c.masked_fill_(dead, float("-inf"))
+            low = p_ref < 1e-30  # j's probability underflows (scores ~70 apart): recompute these rows
+            if hidden.any_dead:
+                low &= ~dead
+            if bool(low.any()):
+                full = torch.empty_like(sc)
                 for i in range(bh0, bh1):
-                    _bmm(qs[i][r0:r1], keys.window(i, r0, r1).transpose(1, 2), p[i - bh0], scale)
-                hidden.apply(p, h, bh0, bh1)
-                p.sub_(lse_safe[bh0:bh1, r0:r1]).exp_()
-            ds.sub_(delta[bh0:bh1, r0:r1]).mul_(p)
-            pl = p if p.dtype == q.dtype else p.to(q.dtype)
-            dsl = ds if ds.dtype == q.dtype else ds.to(q.dtype)
+                    _bmm(qb[i][r0:r1], keys.window(i, r0, r1).transpose(1, 2), full[i - bh0], scale)
+                hidden.apply(full, h, bh0, bh1)
+                lse_c = torch.where(low, full.logsumexp(-1, keepdim=True), lse_c)
+            lse[bh0:bh1, r0:r1] = lse_c.squeeze(-1)
+        else:
+            mx = sc.amax(-1, keepdim=True)
+            mx.masked_fill_(torch.isinf(mx), 0.0)  # rows with no visible key: exp(-inf) = 0 below
+            p = sc.sub_(mx).exp_()
+            l = p.sum(-1, keepdim=True)
+            lse[bh0:bh1, r0:r1] = (mx + l.log()).squeeze(-1)
+            p.div_(l.clamp_min(1e-30))
+        pv = p if p.dtype == v.dtype else p.to(v.dtype)
+        for i in range(bh0, bh1):
+            torch.bmm(pv[i - bh0], vals.window(i, r0, r1), out=outb[i][r0:r1])
+    lse = lse.view(b, h, lq)
+    ctx.save_for_backward(q, k, v, kv_index, out, lse, probs if keep else None)
+    ctx.masks, ctx.meta = masks, (block_q, block_k, scale, chunks, band, q_pos_b, k_pos_b, key_pad, part_mask)
+    ctx.set_materialize_grads(False)  # an unused lse gets no zero-filled gradient to multiply
+    return out, lse
+
+def _backward(ctx, dout, dlse):
+    """(dq, dk, dv), or for a packed input one (3, B, H, N, D) gradient with the input's strides."""
+    q, k, v, kv_index, out, lse, probs = ctx.saved_tensors
+    block_q, block_k, scale, chunks, band, q_pos_b, k_pos_b, key_pad, part_mask = ctx.meta
+    b, h, lq, dv = out.shape
+    bh, nqb, d, lk = b * h, lq // block_q, q.shape[3], k.shape[2]
+    qs = _Rows(q, block_q)  # the scale is applied by the matmuls (alpha), as in forward
+    acc = _acc_dtype(q.dtype)
+    ck = kv_index.shape[-1] * block_k
+    lse_safe = lse.masked_fill(torch.isinf(lse), 0.0).view(bh, nqb, block_q, 1)  # no visible key
+    # dL/dscores = p * (dp - rowsum(dp * p) + dlse), and rowsum(dp * p) = rowsum(dout * out)
+    # (FlashAttention's D term): one (B, H, Lq) vector instead of a pass over the scores.
+    if dout is None:  # only the lse was used
+        dout = torch.zeros_like(out)
+        delta = torch.zeros(b, h, lq, dtype=acc, device=out.device)
+    else:
+        delta = (dout.to(acc) * out.to(acc)).sum(-1)
+    if dlse is not None:
+        delta = delta - dlse.to(acc)
+    delta = delta.view(bh, nqb, block_q, 1)
+    doutb = _Rows(dout, block_q)
+    keys = _Keys(k, kv_index, block_k, band)
+    vals = _Keys(v, kv_index, block_k, band)
+    grad = None if ctx.packed is None else torch.empty_strided(*ctx.packed, dtype=q.dtype, device=q.device)
+    dq = _new_heads(b, h, lq, d, q) if grad is None else grad[0]
+    dqb = _Rows(dq, block_q)
+    dk, dvv = keys.grad_buffer(acc), vals.grad_buffer(acc)
+    cq = max(ch[3] - ch[2] for ch in chunks) * max(ch[1] - ch[0] for ch in chunks)
+    pbuf = None if probs is not None else WORKSPACE.take(cq * block_q * ck, acc, q.device)
+    dpbuf = WORKSPACE.take(cq * block_q * ck, acc, q.device)
+    cmax = max(ch[3] - ch[2] for ch in chunks)
+    dk_buf = WORKSPACE.take(cmax * ck * d, acc, q.device).view(cmax, ck, d)
+    dv_buf = WORKSPACE.take(cmax * ck * dv, acc, q.device).view(cmax, ck, dv)
+    for chunk in chunks:
+        bh0, bh1, r0, r1 = chunk
+        c, nh = r1 - r0, bh1 - bh0
+        ds = dpbuf[:nh * c * block_q * ck].view(nh, c, block_q, ck)
+        for i in range(bh0, bh1):
+            _bmm(doutb[i][r0:r1], vals.window(i, r0, r1).transpose(1, 2), ds[i - bh0])
+        if probs is not None:
+            p = probs[bh0:bh1, r0:r1]
+        else:  # recompute the probabilities
+            hidden = _chunk_hidden(ctx.masks, part_mask, q_pos_b, k_pos_b, kv_index, key_pad, r0, r1, acc)
+            p = pbuf[:nh * c * block_q * ck].view(nh, c, block_q, ck)
             for i in range(bh0, bh1):
-                # scores = scale * q k^T: dq = scale * ds k, dk = scale * ds^T q
-                _bmm(dsl[i - bh0], keys.window(i, r0, r1), dqb[i][r0:r1], scale)
-                vals.scatter(dvv, i, r0, r1, _bmm(pl[i - bh0].transpose(1, 2), doutb[i][r0:r1], dv_buf[:c]))
-                keys.scatter(dk, i, r0, r1, _bmm(dsl[i - bh0].transpose(1, 2), qs[i][r0:r1], dk_buf[:c], scale))
-        dk = keys.unpad(dk).view(b, h, lk, d).to(k.dtype)
-        dvv = vals.unpad(dvv).view(b, h, lk, dv).to(v.dtype)
-        return dq, dk, dvv, None, None, None, None, None, None, None, None, None, None, None
+                _bmm(qs[i][r0:r1], keys.window(i, r0, r1).transpose(1, 2), p[i - bh0], scale)
+            hidden.apply(p, h, bh0, bh1)
+            p.sub_(lse_safe[bh0:bh1, r0:r1]).exp_()
+        ds.sub_(delta[bh0:bh1, r0:r1]).mul_(p)
+        pl = p if p.dtype == q.dtype else p.to(q.dtype)
+        dsl = ds if ds.dtype == q.dtype else ds.to(q.dtype)
+        for i in range(bh0, bh1):
+            # scores = scale * q k^T: dq = scale * ds k, dk = scale * ds^T q
+            _bmm(dsl[i - bh0], keys.window(i, r0, r1), dqb[i][r0:r1], scale)
+            vals.scatter(dvv, i, r0, r1, _bmm(pl[i - bh0].transpose(1, 2), doutb[i][r0:r1], dv_buf[:c]))
+            keys.scatter(dk, i, r0, r1, _bmm(dsl[i - bh0].transpose(1, 2), qs[i][r0:r1], dk_buf[:c], scale))
+    dk = keys.unpad(dk).view(b, h, lk, d)
+    dvv = vals.unpad(dvv).view(b, h, lk, dv)
+    if grad is not None:
+        grad[1].copy_(dk)
+        grad[2].copy_(dvv)
+        return grad
+    return dq, dk.to(k.dtype), dvv.to(v.dtype)
 
 
 def block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, part: Part, part_mask=None,
                            key_pad: Tensor | None = None, scale: float | None = None,
-                           cache_masks: bool = False) -> tuple[Tensor, Tensor]:
+                           cache_masks: bool = False, packed: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Attention over the pairs of one part, in the part's visiting order.
 
     Args:
@@ -478,6 +512,8 @@ def block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, part: Part, part_mas
         scale: softmax scale (default ``1 / sqrt(D)``).
         cache_masks: keep the hidden-pair masks in ``part.mask_cache`` for later calls; only valid when
             ``part_mask`` is a fixed function of the part (as :func:`pattern_attention` makes it).
+        packed: (3, B, H, Lq, D) with ``(q, k, v) == packed.unbind(0)``: gradients go to ``packed`` as one
+            tensor with its strides instead of to q, k and v.
 
     Returns:
         ``out`` (B, H, Lq, Dv) and ``lse`` (B, H, Lq) in fp32; rows with no visible key give 0 and -inf.
@@ -489,8 +525,12 @@ def block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, part: Part, part_mas
     band = None if part.band is False else part.band
     training = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
     persist = part.mask_cache if cache_masks and key_pad is None and not torch.compiler.is_compiling() else None
-    return _BlockSparseAttention.apply(q, k, v, part.q_pos, part.k_pos, part.kv_index, part.block_q,
-                                       part.block_k, part_mask or part.mask, key_pad, scale, band, training, persist)
+    meta = (part.q_pos, part.k_pos, part.kv_index, part.block_q, part.block_k, part_mask or part.mask, key_pad,
+            scale, band)
+    if packed is not None and not torch.compiler.is_compiling():
+        training = torch.is_grad_enabled() and packed.requires_grad
+        return _PackedBlockSparseAttention.apply(packed, *meta, training, persist)
+    return _BlockSparseAttention.apply(q, k, v, *meta, training, persist)
 
 
 def _take(x: Tensor, pos: Tensor, identity: bool, n: int) -> Tensor:
@@ -538,7 +578,7 @@ def merge_partials(outs: list[Tensor], lses: list[Tensor]) -> tuple[Tensor, Tens
 
 def pattern_attention(q: Tensor, k: Tensor, v: Tensor, pattern: Pattern,
                       key_padding_mask: Tensor | None = None, scale: float | None = None,
-                      parts: list[Part] | None = None) -> Tensor:
+                      parts: list[Part] | None = None, packed: Tensor | None = None) -> Tensor:
     """Exact attention restricted to ``pattern`` (self-attention: q, k, v share the length N).
 
     Args:
@@ -546,6 +586,8 @@ def pattern_attention(q: Tensor, k: Tensor, v: Tensor, pattern: Pattern,
         pattern: the sparsity pattern; causal patterns also hide j > i.
         key_padding_mask: (B, N) bool, True marks padding keys (``torch.nn.MultiheadAttention``'s rule).
         parts: precomputed ``pattern.parts(N)`` (cached by the attention modules).
+        packed: optional (3, B, H, N, D) tensor with ``(q, k, v) == packed.unbind(0)`` (the layer's qkv
+            projection): a pattern of one part in natural order then sends one gradient to it.
 
     Returns:
         (B, H, N, Dv); a query that sees no key gets zeros.
@@ -572,7 +614,10 @@ def pattern_attention(q: Tensor, k: Tensor, v: Tensor, pattern: Pattern,
         qp = _take(q, part.q_pos, part.identity_q, n)
         kp = _take(k, part.k_pos, part.identity_k, n)
         vp = _take(v, part.k_pos, part.identity_k, n)
-        o, lse = block_sparse_attention(qp, kp, vp, part, part_mask, key_pad, scale, cache_masks=True)
+        one = (packed is not None and len(parts) == 1 and part.identity_q and part.identity_k
+               and part.q_pos.numel() == n and part.k_pos.numel() == n)  # no padding to whole blocks
+        o, lse = block_sparse_attention(qp, kp, vp, part, part_mask, key_pad, scale, cache_masks=True,
+                                        packed=packed if one else None)
         few_rows = not part.identity_q and part.q_pos.dim() == 1 and not torch.compiler.is_compiling()
         if few_rows and part.rows.numel() < n // 2:
             row_parts.append((part.rows, o[:, :, part.row_slots], lse[:, :, part.row_slots]))

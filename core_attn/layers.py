@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from core_attn._checks import check_choice, check_float, check_int
-from core_attn.attention.base import AttentionBase
+from core_attn.attention.base import AttentionBase, PatternAttention
 from core_attn.registry import build_attention
 
 AttentionSpec = Union[AttentionBase, Callable[[], AttentionBase], None]
@@ -137,7 +137,10 @@ class MultiheadAttention(nn.Module):
         q, k, v = qkv.unbind(0)  # each (B, H, N, hd)
         if self.rotary is not None:
             q, k = self.rotary(q), self.rotary(k)
-        out = self.attention(q, k, v, key_padding_mask=key_padding_mask)  # (B, H, N, hd)
+        if self.rotary is None and isinstance(self.attention, PatternAttention):  # one gradient for qkv
+            out = self.attention(q, k, v, key_padding_mask=key_padding_mask, packed=qkv)  # (B, H, N, hd)
+        else:
+            out = self.attention(q, k, v, key_padding_mask=key_padding_mask)
         out = out.transpose(1, 2).reshape(b, n, c)  # (B, N, C)
         return self.proj_drop(self.proj(out))
 

@@ -120,8 +120,14 @@ class PatternAttention(AttentionBase):
             raise ValueError(f"backend={self.backend!r} cannot run this input ({listing})")
         return self.backend
 
-    def forward(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None = None, *,
+                packed: Tensor | None = None) -> Tensor:
+        """``packed``: optional (3, B, H, N, D) tensor whose ``unbind(0)`` is (q, k, v), e.g. a view of one
+        qkv projection; the blocked backend then returns one gradient for it (no stack of three)."""
         check_qkv(q, k, v, key_padding_mask, self_attention=True)
+        if packed is not None and (packed.shape[0] != 3 or packed.shape[1:] != q.shape or packed.dtype != q.dtype):
+            raise ValueError(f"packed must have shape (3, *q.shape) = (3, {', '.join(map(str, q.shape))}) and "
+                             f"q's dtype; got {tuple(packed.shape)}, {packed.dtype}")
         n = q.shape[2]
         self.check_length(n)
         q, k, v = autocast_inputs(q, k, v)
@@ -130,7 +136,10 @@ class PatternAttention(AttentionBase):
             if backend == "blocked":
                 from core_attn.kernels import pattern_attention
 
-                return pattern_attention(q, k, v, self.pattern(n), key_padding_mask, parts=self.parts(n, q.device))
+                if packed is not None and packed.dtype != q.dtype:  # autocast changed q: not packed any more
+                    packed = None
+                return pattern_attention(q, k, v, self.pattern(n), key_padding_mask, parts=self.parts(n, q.device),
+                                         packed=packed)
             if backend == "flex":
                 from core_attn import flex as flex_mod
 

@@ -276,3 +276,34 @@ def test_encoder_fills_required_context_into_partials():
     # an explicitly bound value wins
     TransformerEncoder(32, 1, 4, attention=functools.partial(Sized, num_heads=9, head_dim=1, max_seq_len=3))
     assert seen == {"num_heads": 9, "head_dim": 1, "max_seq_len": 3}
+
+
+@pytest.mark.parametrize("n,padded", [(64, False), (64, True), (61, False)])
+def test_packed_qkv_gradients_equal_separate_ones(n, padded, monkeypatch):
+    """The layer hands its qkv projection to pattern variants as one packed tensor: a one-part plan in
+    natural order (local, n a multiple of the block) returns one gradient for it; results and gradients
+    equal the three-tensor path, and other plans fall back to it."""
+    from core_attn import kernels
+
+    calls = []
+    packed_apply = kernels._PackedBlockSparseAttention.apply
+    monkeypatch.setattr(kernels._PackedBlockSparseAttention, "apply",
+                        lambda *a: calls.append(1) or packed_apply(*a))
+    torch.manual_seed(0)
+    layer = MultiheadAttention(32, 4, attention=build_attention("local", window=8, backend="blocked"))
+    x = torch.randn(2, n, 32, requires_grad=True)
+    kpm = torch.zeros(2, n, dtype=torch.bool)
+    if padded:
+        kpm[1, n - 7:] = True
+    y = layer(x, key_padding_mask=kpm)
+    g = torch.randn_like(y)
+    got = torch.autograd.grad(y, (x, *layer.parameters()), g)
+    assert len(calls) == (1 if n % 32 == 0 else 0)  # window 8 -> 32-token blocks
+
+    q, k, v = layer.qkv(x).reshape(2, n, 3, 4, 8).permute(2, 0, 3, 1, 4).unbind(0)
+    ref = layer.proj(layer.attention(q, k, v, key_padding_mask=kpm).transpose(1, 2).reshape(2, n, 32))
+    torch.testing.assert_close(y, ref, rtol=0, atol=0)
+    for a, b in zip(got, torch.autograd.grad(ref, (x, *layer.parameters()), g)):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match=r"packed must have shape \(3, \*q.shape\)"):
+        layer.attention(q, k, v, packed=torch.stack([q, k]))
