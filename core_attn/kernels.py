@@ -191,8 +191,8 @@ class _Keys:
         return self.x.as_strided((r1 - r0, self.cols * self.bk, self.d), (self.bk * self.d, self.d, 1), start)
 
     def grad_buffer(self, dtype: torch.dtype) -> Tensor:
-        return torch.zeros(self.x.shape[0], self.x.shape[1] // self.bk if self.band is not None else self.nkb,
-                           self.bk * self.d, dtype=dtype, device=self.x.device)
+        shape = (self.x.shape[0], self.x.shape[1] // self.bk if self.band is not None else self.nkb, self.bk * self.d)
+        return WORKSPACE.take(math.prod(shape), dtype, self.x.device).view(shape).zero_()
 
     def scatter(self, acc: Tensor, i: int, r0: int, r1: int, contrib: Tensor) -> None:
         """acc (B * H, blocks, bk * D) += contributions (r1 - r0, cols * bk, D) of head i's blocks."""
@@ -226,10 +226,11 @@ class _Rows:
 
 def _new_heads(b: int, h: int, n: int, d: int, like: Tensor) -> Tensor:
     """An uninitialised (B, H, N, D) result laid out as (B, N, H, D): the layer's merge of heads
-    (transpose + reshape to (B, N, H * D)) is then a view, not a copy."""
+    (transpose + reshape to (B, N, H * D)) is then a view, not a copy. From the workspace: a result is
+    a buffer nobody else can take while the caller holds it (see :class:`_Workspace`)."""
     if torch.compiler.is_compiling():
         return like.new_empty(b, h, n, d)
-    return like.new_empty(b, n, h, d).transpose(1, 2)
+    return WORKSPACE.take(b * n * h * d, like.dtype, like.device).view(b, n, h, d).transpose(1, 2)
 
 
 def _bmm(a: Tensor, b: Tensor, buf: Tensor, alpha: float = 1.0) -> Tensor:
@@ -457,7 +458,10 @@ def _backward(ctx, dout, dlse):
     doutb = _Rows(dout, block_q)
     keys = _Keys(k, kv_index, block_k, band)
     vals = _Keys(v, kv_index, block_k, band)
-    grad = None if ctx.packed is None else torch.empty_strided(*ctx.packed, dtype=q.dtype, device=q.device)
+    grad = None
+    if ctx.packed is not None:  # the input's strides: a permutation of a dense layout
+        shape, stride = ctx.packed
+        grad = WORKSPACE.take(math.prod(shape), q.dtype, q.device).as_strided(shape, stride)
     dq = _new_heads(b, h, lq, d, q) if grad is None else grad[0]
     dqb = _Rows(dq, block_q)
     dk, dvv = keys.grad_buffer(acc), vals.grad_buffer(acc)
