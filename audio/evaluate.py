@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+from core_attn.training.cli import run
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
@@ -95,4 +96,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "audio_eval")  # Hydra's errors plus "did you mean" for mistyped overrides

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+from core_attn.training.cli import run
 import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
@@ -89,4 +90,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "audio_export")  # Hydra's errors plus "did you mean" for mistyped overrides

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import hydra
+from core_attn.training.cli import run
 from omegaconf import DictConfig
 
 from core_attn.training import sweep_objective, train
@@ -21,4 +22,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "audio")  # Hydra's errors plus "did you mean" for mistyped overrides

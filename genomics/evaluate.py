@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+from core_attn.training.cli import run
 import torch
 from omegaconf import DictConfig, open_dict
 
@@ -63,4 +64,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "genomics_eval")  # Hydra's errors plus "did you mean" for mistyped overrides

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+from core_attn.training.cli import run
 import numpy as np
 import torch
 from hydra.utils import instantiate
@@ -128,4 +129,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "genomics_infer")  # Hydra's errors plus "did you mean" for mistyped overrides

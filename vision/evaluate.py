@@ -7,6 +7,7 @@ The model is rebuilt from the checkpoint; the data defaults to the config stored
 from __future__ import annotations
 
 import hydra
+from core_attn.training.cli import run
 from omegaconf import DictConfig
 
 from core_attn.training import evaluate
@@ -19,4 +20,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "vision_eval")  # Hydra's errors plus "did you mean" for mistyped overrides

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+from core_attn.training.cli import run
 import torch
 from omegaconf import DictConfig
 
@@ -66,4 +67,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "vision_export")  # Hydra's errors plus "did you mean" for mistyped overrides

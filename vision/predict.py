@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+from core_attn.training.cli import run
 import numpy as np
 import torch
 from hydra.utils import instantiate
@@ -240,4 +241,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "vision_predict")  # Hydra's errors plus "did you mean" for mistyped overrides

@@ -1,0 +1,37 @@
+"""A mistyped override gets Hydra's error plus a "did you mean" line naming the closest valid name."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from core_attn.training.cli import override_hints
+
+
+@pytest.mark.parametrize("app,arg,expected", [
+    ("vision", "atention=local", "unknown config key 'atention' (override 'atention=local'); did you mean attention"),
+    ("vision", "model.dimm=3", "unknown config key 'model.dimm' (override 'model.dimm=3'); did you mean model.dim"),
+    ("vision", "attention=lokal", "'lokal' is not an option of config group 'attention' (override 'attention=lokal'); "
+                                  "did you mean local?"),
+    ("genomics", "trainer.max_epoch=2", "did you mean trainer.max_epochs"),
+    ("audio", "data.sampel_rate=8000", "unknown config key 'data.sampel_rate'"),
+])
+def test_mistyped_overrides_get_the_closest_valid_name(app, arg, expected):
+    hints = override_hints(app, [arg])
+    assert len(hints) == 1 and expected in hints[0], hints
+
+
+def test_valid_overrides_and_group_choices_get_no_hint():
+    # data=image_folder brings data.root: keys are checked against the config composed with the group choices
+    assert override_hints("vision", ["attention=bigbird", "model.dim=32", "data=image_folder", "data.root=/x",
+                                     "+new_key=1", "~logger", "hydra.run.dir=/tmp/x", "-m"]) == []
+
+
+def test_entry_point_prints_the_hint_after_hydras_error():
+    proc = subprocess.run([sys.executable, "-m", "vision.train", "atention=local"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode != 0
+    assert "Key 'atention' is not in struct" in proc.stderr  # Hydra's own message stays
+    assert "did you mean attention" in proc.stderr
