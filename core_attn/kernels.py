@@ -53,7 +53,8 @@ class _Workspace:
 
     def take(self, numel: int, dtype: torch.dtype, device: torch.device) -> Tensor:
         """A 1-D tensor of ``numel`` elements, uninitialised."""
-        if device.type != "cpu" or WORKSPACE_BYTES <= 0 or torch.compiler.is_compiling() or not _USE_COUNT:
+        if (device.type != "cpu" or WORKSPACE_BYTES <= 0 or torch.compiler.is_compiling() or torch.jit.is_tracing()
+                or not _USE_COUNT):
             return torch.empty(numel, dtype=dtype, device=device)
         nbytes = numel * _itemsize(dtype)
         with self.lock:
@@ -281,11 +282,15 @@ class _Hidden:
             self.nbytes = hide.numel()
         # per row: a visible column (the first), whose score and probability give the row's log-sum-exp
         # without two max passes over the scores; rows with no visible key (dead) are listed apart
-        visible = ~hide
-        self.ref = visible.to(torch.uint8).argmax(-1, keepdim=True)  # (Bm, Hm, c, bq, 1)
-        self.dead = ~visible.any(-1, keepdim=True)
-        self.any_dead = bool(self.dead.any())
-        self.nbytes += self.ref.numel() * 9
+        # (only eager runs use them: traced runs take separate softmax passes, see the forward)
+        self.ref = self.dead = None
+        self.any_dead = False
+        if not torch.compiler.is_compiling():
+            visible = ~hide
+            self.ref = visible.to(torch.uint8).argmax(-1, keepdim=True)  # (Bm, Hm, c, bq, 1)
+            self.dead = ~visible.any(-1, keepdim=True)
+            self.any_dead = bool(self.dead.any())
+            self.nbytes += self.ref.numel() * 9
 
     def _per_head(self, t: Tensor, h: int, bh0: int, bh1: int) -> Tensor:
         """t (Bm, Hm, ...) -> (heads bh0..bh1-1 or 1, ...)."""
