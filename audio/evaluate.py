@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from core_attn.training.cli import run
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
@@ -26,6 +25,7 @@ from audio.text import CharTokenizer, normalize_text
 from audio.transcribe import load_model, log_probs_of, transcribe
 from core_attn.training import evaluate
 from core_attn.training.callbacks import CONFIG_KEY
+from core_attn.training.cli import run
 from core_attn.training.train import write_json_atomic
 
 log = logging.getLogger(__name__)

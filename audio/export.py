@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from core_attn.training.cli import run
 import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
@@ -24,6 +23,7 @@ from torch import Tensor, nn
 from audio.model import ConformerCTC
 from audio.transcribe import load_model
 from core_attn._checks import check_int
+from core_attn.training.cli import run
 from core_attn.training.export import SUFFIX, export_model, set_attention_backend
 
 

@@ -8,10 +8,10 @@
 from __future__ import annotations
 
 import hydra
-from core_attn.training.cli import run
 from omegaconf import DictConfig
 
 from core_attn.training import sweep_objective, train
+from core_attn.training.cli import run
 
 
 @hydra.main(config_path="../conf", config_name="audio", version_base="1.3")

@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from core_attn.training.cli import run
 import torch
 from omegaconf import DictConfig, open_dict
 
 from core_attn.training import evaluate
 from core_attn.training.callbacks import CONFIG_KEY
+from core_attn.training.cli import run
 
 log = logging.getLogger(__name__)
 

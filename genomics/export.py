@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from core_attn.training.cli import run
 import torch
 from omegaconf import DictConfig
 
 from core_attn._checks import check_int
 from core_attn.training.callbacks import CONFIG_KEY
+from core_attn.training.cli import run
 from core_attn.training.export import SUFFIX, export_model, set_attention_backend
 from genomics.module import GenomicsModule
 from genomics.tokenizers import SPECIALS

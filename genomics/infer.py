@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from core_attn.training.cli import run
 import numpy as np
 import torch
 from hydra.utils import instantiate
@@ -31,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from core_attn._checks import check_choice
 from core_attn.training.callbacks import CONFIG_KEY, peak_memory_mb, reset_peak_memory
+from core_attn.training.cli import run
 from core_attn.training.train import variant_name, write_json_atomic
 from genomics.data import GenomeDataModule
 from genomics.module import CausalLM

@@ -7,10 +7,10 @@ The model is rebuilt from the checkpoint; the data defaults to the config stored
 from __future__ import annotations
 
 import hydra
-from core_attn.training.cli import run
 from omegaconf import DictConfig
 
 from core_attn.training import evaluate
+from core_attn.training.cli import run
 
 
 @hydra.main(config_path="../conf", config_name="vision_eval", version_base="1.3")

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from core_attn.training.cli import run
 import torch
 from omegaconf import DictConfig
 
+from core_attn.training.cli import run
 from core_attn.training.export import SUFFIX, export_model, set_attention_backend
 from vision.module import ImageClassifier
 

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from core_attn.training.cli import run
 import numpy as np
 import torch
 from hydra.utils import instantiate
@@ -37,6 +36,7 @@ from torch import Tensor, nn
 from core_attn._checks import check_int
 from core_attn.attention.base import AttentionBase, PatternAttention
 from core_attn.training.callbacks import CONFIG_KEY
+from core_attn.training.cli import run
 from vision.data import IMG_EXTENSIONS
 from vision.module import ImageClassifier
 

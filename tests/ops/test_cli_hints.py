@@ -35,3 +35,22 @@ def test_entry_point_prints_the_hint_after_hydras_error():
     assert proc.returncode != 0
     assert "Key 'atention' is not in struct" in proc.stderr  # Hydra's own message stays
     assert "did you mean attention" in proc.stderr
+
+
+ENTRY_POINTS = [f"{app}/{name}.py" for app, names in {"vision": ["train", "evaluate", "export", "predict"],
+                                                       "audio": ["train", "evaluate", "export"],
+                                                       "genomics": ["train", "evaluate", "export", "infer"]}.items()
+                for name in names]
+
+
+@pytest.mark.parametrize("path", ENTRY_POINTS)
+def test_entry_point_hints_against_its_own_config(path):
+    """Each entry point names its config twice (``@hydra.main(config_name=...)`` and ``run(main, ...)``): the
+    two must agree, or its hints would check the wrong config."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / path).read_text()
+    decorated = re.findall(r'@hydra\.main\(.*?config_name="([^"]+)"', text, flags=re.S)
+    run_calls = re.findall(r'\brun\(main, "([^"]+)"\)', text)
+    assert len(decorated) == 1 and run_calls == decorated, (path, decorated, run_calls)
