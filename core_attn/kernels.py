@@ -245,6 +245,14 @@ def _bmm(a: Tensor, b: Tensor, buf: Tensor, alpha: float = 1.0) -> Tensor:
     return out if alpha == 1.0 else out.mul_(alpha)
 
 
+def _scores(qb: _Rows, keys: _Keys, bh0: int, bh1: int, r0: int, r1: int, out: Tensor, scale: float) -> Tensor:
+    """scale * q k^T of heads bh0..bh1-1, query blocks r0..r1-1, into ``out`` (heads, c, bq, C * bk): one
+    routine for the forward, its exact-lse fallback and the recomputing backward, so all see equal scores."""
+    for i in range(bh0, bh1):
+        _bmm(qb[i][r0:r1], keys.window(i, r0, r1).transpose(1, 2), out[i - bh0], scale)
+    return out
+
+
 def _itemsize(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
@@ -399,8 +407,7 @@ def _forward(ctx, q, k, v, q_pos, k_pos, kv_index, block_q, block_k, part_mask, 
         c = r1 - r0
         hidden = _chunk_hidden(masks, part_mask, q_pos_b, k_pos_b, kv_index, key_pad, r0, r1, acc, persist)
         sc = probs[bh0:bh1, r0:r1] if keep else scores[:(bh1 - bh0) * c * block_q * ck].view(bh1 - bh0, c, block_q, ck)
-        for i in range(bh0, bh1):
-            _bmm(qb[i][r0:r1], keys.window(i, r0, r1).transpose(1, 2), sc[i - bh0], scale)
+        _scores(qb, keys, bh0, bh1, r0, r1, sc, scale)
         hidden.apply(sc, h, bh0, bh1)
         if fused_softmax:
             # torch's softmax kernel in place (max, exp + sum, scale: one vectorised routine; measured
@@ -418,9 +425,7 @@ def _forward(ctx, q, k, v, q_pos, k_pos, kv_index, block_q, block_k, part_mask, 
             if hidden.any_dead:
                 low &= ~dead
             if bool(low.any()):
-                full = torch.empty_like(sc)
-                for i in range(bh0, bh1):
-                    _bmm(qb[i][r0:r1], keys.window(i, r0, r1).transpose(1, 2), full[i - bh0], scale)
+                full = _scores(qb, keys, bh0, bh1, r0, r1, torch.empty_like(sc), scale)
                 hidden.apply(full, h, bh0, bh1)
                 lse_c = torch.where(low, full.logsumexp(-1, keepdim=True), lse_c)
             lse[bh0:bh1, r0:r1] = lse_c.squeeze(-1)
@@ -440,13 +445,14 @@ def _forward(ctx, q, k, v, q_pos, k_pos, kv_index, block_q, block_k, part_mask, 
     ctx.set_materialize_grads(False)  # an unused lse gets no zero-filled gradient to multiply
     return out, lse
 
+
 def _backward(ctx, dout, dlse):
     """(dq, dk, dv), or for a packed input one (3, B, H, N, D) gradient with the input's strides."""
     q, k, v, kv_index, out, lse, probs = ctx.saved_tensors
     block_q, block_k, scale, chunks, band, q_pos_b, k_pos_b, key_pad, part_mask = ctx.meta
     b, h, lq, dv = out.shape
     bh, nqb, d, lk = b * h, lq // block_q, q.shape[3], k.shape[2]
-    qs = _Rows(q, block_q)  # the scale is applied by the matmuls (alpha), as in forward
+    qb = _Rows(q, block_q)  # the scale is applied by the matmuls (alpha), as in forward
     acc = _acc_dtype(q.dtype)
     ck = kv_index.shape[-1] * block_k
     lse_safe = lse.masked_fill(torch.isinf(lse), 0.0).view(bh, nqb, block_q, 1)  # no visible key
@@ -486,9 +492,7 @@ def _backward(ctx, dout, dlse):
             p = probs[bh0:bh1, r0:r1]
         else:  # recompute the probabilities
             hidden = _chunk_hidden(ctx.masks, part_mask, q_pos_b, k_pos_b, kv_index, key_pad, r0, r1, acc)
-            p = pbuf[:nh * c * block_q * ck].view(nh, c, block_q, ck)
-            for i in range(bh0, bh1):
-                _bmm(qs[i][r0:r1], keys.window(i, r0, r1).transpose(1, 2), p[i - bh0], scale)
+            p = _scores(qb, keys, bh0, bh1, r0, r1, pbuf[:nh * c * block_q * ck].view(nh, c, block_q, ck), scale)
             hidden.apply(p, h, bh0, bh1)
             p.sub_(lse_safe[bh0:bh1, r0:r1]).exp_()
         ds.sub_(delta[bh0:bh1, r0:r1]).mul_(p)
@@ -498,7 +502,7 @@ def _backward(ctx, dout, dlse):
             # scores = scale * q k^T: dq = scale * ds k, dk = scale * ds^T q
             _bmm(dsl[i - bh0], keys.window(i, r0, r1), dqb[i][r0:r1], scale)
             vals.scatter(dvv, i, r0, r1, _bmm(pl[i - bh0].transpose(1, 2), doutb[i][r0:r1], dv_buf[:c]))
-            keys.scatter(dk, i, r0, r1, _bmm(dsl[i - bh0].transpose(1, 2), qs[i][r0:r1], dk_buf[:c], scale))
+            keys.scatter(dk, i, r0, r1, _bmm(dsl[i - bh0].transpose(1, 2), qb[i][r0:r1], dk_buf[:c], scale))
     dk = keys.unpad(dk).view(b, h, lk, d)
     dvv = vals.unpad(dvv).view(b, h, lk, dv)
     if grad is not None:
