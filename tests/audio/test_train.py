@@ -55,7 +55,7 @@ def test_vocab_mismatch_is_a_clear_error(tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(corpus_dir, tmp_path):
-    from tests.ops.helpers import POISON_AT_4, assert_nan_stops_and_keeps_last_good
+    from tests.ops.helpers import POISON_AT_4, assert_nonfinite_stops_and_keeps_last_good
 
     cfg = compose_config("audio", [*TINY_AUDIO, f"paths.data_dir={corpus_dir}", *POISON_AT_4], tmp_path / "run")
-    assert_nan_stops_and_keeps_last_good(cfg)
+    assert_nonfinite_stops_and_keeps_last_good(cfg)

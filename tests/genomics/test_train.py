@@ -114,7 +114,7 @@ def test_default_config_is_the_builtin_lm(tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_dir, genome, tmp_path):
-    from tests.ops.helpers import POISON_AT_4, assert_nan_stops_and_keeps_last_good
+    from tests.ops.helpers import POISON_AT_4, assert_nonfinite_stops_and_keeps_last_good
 
     cfg = _cfg("genomics", [*_lm(genome), *POISON_AT_4], data_dir, tmp_path / "run")
-    assert_nan_stops_and_keeps_last_good(cfg)
+    assert_nonfinite_stops_and_keeps_last_good(cfg)

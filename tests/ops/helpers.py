@@ -90,12 +90,12 @@ class DDPProbe(pl.Callback):
         (self.out_dir / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
 
 
-# With trainer=fast (3 batches per epoch), epoch 0 ends at global step 3 and saves last.ckpt; step 4's loss is NaN
+# With trainer=fast (3 batches per epoch), epoch 0 ends at global step 3 and saves last.ckpt; step 4's loss is NaN (or inf)
 POISON_AT_4 = ["trainer.max_epochs=3", "+callbacks.poison._target_=tests.ops.helpers.PoisonAt",
                "+callbacks.poison.step=4"]
 
 
-def assert_nan_stops_and_keeps_last_good(cfg, value: str = "nan") -> None:
+def assert_nonfinite_stops_and_keeps_last_good(cfg, value: str = "nan") -> None:
     """Run ``train(cfg)`` (composed with :data:`POISON_AT_4`): it must stop with the guard's message at step 4 and
     leave ``last.ckpt`` from step 3 with finite weights, loadable and with no temporary file beside it."""
     import pytest

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from tests.ops.helpers import POISON_AT_4, assert_nan_stops_and_keeps_last_good
+from tests.ops.helpers import POISON_AT_4, assert_nonfinite_stops_and_keeps_last_good
 from tests.training.tiny import TINY, compose_config
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     cfg = compose_config("vision", [*TINY, "trainer=fast", "logger=csv", *POISON_AT_4], tmp_path / "run")
-    assert_nan_stops_and_keeps_last_good(cfg)
+    assert_nonfinite_stops_and_keeps_last_good(cfg)
 
 
 def test_inf_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     cfg = compose_config("vision", [*TINY, "trainer=fast", "logger=csv", *POISON_AT_4, "+callbacks.poison.value=inf"],
                          tmp_path / "run")
-    assert_nan_stops_and_keeps_last_good(cfg, value="inf")
+    assert_nonfinite_stops_and_keeps_last_good(cfg, value="inf")
 
 
 def test_guard_can_be_dropped(tmp_path):
