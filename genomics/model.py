@@ -6,7 +6,8 @@ do not depend on where a patch boundary falls), so a 100,000-base window costs 1
 attention tokens; per-base
 outputs then come back through an upsampling of the token features added to a per-base local branch
 (a small non-causal convolution over the embeddings). ``pool="mean"`` averages tokens into one
-prediction per sequence. The causal language model needs ``patch_size=1`` and a causal variant.
+prediction per sequence, ``pool="max"`` takes their feature-wise maximum (a motif anywhere in the
+record counts, as in a convolutional classifier's global max pooling). The causal language model needs ``patch_size=1`` and a causal variant.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from core_attn._checks import check_choice, check_int
+from core_attn._checks import check_choice, check_float, check_int
 from core_attn.layers import TransformerEncoder
 from genomics.tokenizers import PAD
 
@@ -27,13 +28,14 @@ class SequenceTransformer(nn.Module):
 
     Args:
         vocab_size: token ids ``0 .. vocab_size-1`` (0 is padding).
-        num_outputs: outputs per position (``pool="none"``) or per sequence (``pool="mean"``).
+        num_outputs: outputs per position (``pool="none"``) or per sequence (``pool="mean"`` or ``"max"``).
         dim: model width.
         depth: transformer blocks.
         num_heads: attention heads.
         mlp_ratio: MLP width as a multiple of ``dim``.
         patch_size: bases per attention token (1: per base).
-        pool: ``none`` (per-base outputs) or ``mean`` (one output per sequence, padding excluded).
+        pool: ``none`` (per-base outputs), ``mean`` or ``max`` (one output per sequence over its tokens,
+            padding excluded).
         positions: ``rotary`` (relative; lengths beyond training work), ``learned`` (needs ``max_len``) or ``none``.
         max_len: the longest input in bases, for learned positions and length-aware variants.
         dropout: dropout in the blocks.
@@ -43,17 +45,23 @@ class SequenceTransformer(nn.Module):
             (causal) when the attention is causal.
         attention: the variant: a zero-argument factory (a Hydra ``_partial_`` config), an instance, or ``None``.
         gradient_checkpointing: recompute blocks in the backward pass.
+        embed_std: standard deviation of the token embeddings at init. ``None``: 1.0 when a convolution reads
+            them before patching (``patch_size > 1``: ``nn.Embedding``'s own default, so the stem's k-mer
+            detectors start with inputs of unit scale; at 0.02 they start 50x too small and a 16S classifier
+            learns several times slower), 0.02 otherwise (GPT-2's init for per-base tokens that enter the
+            residual stream directly).
     """
 
     def __init__(self, *, vocab_size: int, num_outputs: int, dim: int = 128, depth: int = 4, num_heads: int = 4,
                  mlp_ratio: float = 2.0, patch_size: int = 1, pool: str = "none", positions: str = "rotary",
                  max_len: int | None = None, dropout: float = 0.0, local_kernel: int = 9, stem_kernel: int = 9,
-                 attention: Callable[[], nn.Module] | nn.Module | None = None, gradient_checkpointing: bool = False):
+                 attention: Callable[[], nn.Module] | nn.Module | None = None, gradient_checkpointing: bool = False,
+                 embed_std: float | None = None):
         super().__init__()
         self.vocab_size = check_int("vocab_size", vocab_size, min_value=2)
         self.num_outputs = check_int("num_outputs", num_outputs, min_value=1)
         self.patch_size = check_int("patch_size", patch_size, min_value=1)
-        self.pool = check_choice("pool", pool, ("none", "mean"))
+        self.pool = check_choice("pool", pool, ("none", "mean", "max"))
         for name, k in (("local_kernel", local_kernel), ("stem_kernel", stem_kernel)):
             if check_int(name, k, min_value=1) % 2 == 0:
                 raise ValueError(f"{name}={k} must be odd (a centred convolution)")
@@ -71,7 +79,9 @@ class SequenceTransformer(nn.Module):
         self.stem_causal = self.is_causal  # a causal model's stem sees only the current and earlier bases
         self.out_norm = nn.LayerNorm(dim) if patch_size > 1 and pool == "none" else nn.Identity()
         self.head = nn.Linear(dim, num_outputs)
-        nn.init.normal_(self.embed.weight, std=0.02)
+        if embed_std is None:
+            embed_std = 1.0 if patch_size > 1 else 0.02
+        nn.init.normal_(self.embed.weight, std=check_float("embed_std", embed_std, min_value=0.0))
         with torch.no_grad():  # padding embeds to zero, as the convolutions' zero padding does
             self.embed.weight[PAD].zero_()
         nn.init.trunc_normal_(self.head.weight, std=0.02)
@@ -116,6 +126,10 @@ class SequenceTransformer(nn.Module):
         if token_pad is not None and not bool(token_pad.any()):
             token_pad = None  # no padding: keep the variants' fast paths (e.g. SDPA without a mask)
         h = self.encoder(x, key_padding_mask=token_pad)  # (B, N, C)
+        if self.pool == "max":
+            if token_pad is not None:
+                h = h.masked_fill(token_pad.unsqueeze(-1), float("-inf"))
+            return self.head(h.amax(dim=1))
         if self.pool == "mean":
             if token_pad is None:
                 return self.head(h.mean(dim=1))

@@ -201,13 +201,14 @@ class MaskedLM(GenomicsModule):
 
 class SequenceClassifier(GenomicsModule):
     """One class per record (e.g. 16S gene -> phylum); logs ``acc``, macro ``f1`` and, at test, the majority
-    class baseline ``test/majority_acc``."""
+    class baseline ``test/majority_acc`` and the k-mer naive Bayes (RDP classifier) baseline
+    ``test/kmer_nb_acc``, ``test/kmer_nb_f1`` on the same records."""
 
     def __init__(self, *, model: dict[str, Any], optimizer: dict[str, Any], scheduler: dict[str, Any] | None = None):
         super().__init__(model=model, optimizer=optimizer, scheduler=scheduler)
         c = self.net.num_outputs
-        if getattr(self.net, "pool", "mean") != "mean":
-            raise ValueError("sequence classification needs one output per record: model.pool=mean")
+        if getattr(self.net, "pool", "mean") not in ("mean", "max"):
+            raise ValueError("sequence classification needs one output per record: model.pool=mean or model.pool=max")
         self._per_stage("acc", lambda: MulticlassAccuracy(c, average="micro"))
         self._per_stage("f1", lambda: MulticlassF1Score(c, average="macro"))
 
@@ -231,6 +232,10 @@ class SequenceClassifier(GenomicsModule):
         dm = self._datamodule()
         if dm is not None and hasattr(dm, "majority_baseline"):
             self.log("test/majority_acc", dm.majority_baseline("test"))
+        if dm is not None and hasattr(dm, "kmer_baseline"):
+            kmer = dm.kmer_baseline("test")
+            self.log("test/kmer_nb_acc", kmer["acc"])
+            self.log("test/kmer_nb_f1", kmer["f1"])
 
 
 class TokenClassifier(GenomicsModule):

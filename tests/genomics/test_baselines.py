@@ -1,4 +1,4 @@
-"""The Markov baseline against a known chain, and its order selection on validation."""
+"""The Markov baseline against a known chain, and its order selection on validation; the k-mer naive Bayes."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from genomics.baselines import MarkovChain, select_markov, unigram_log_probs
+from genomics.baselines import KmerNaiveBayes, MarkovChain, kmer_codes, select_markov, unigram_log_probs
 
 
 def _sample_chain(trans: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -79,3 +79,47 @@ def test_markov_errors():
 def test_unigram_log_probs():
     lp = unigram_log_probs(np.array([3, 1, 0]), alpha=1.0)
     assert np.exp(lp).tolist() == pytest.approx([4 / 7, 2 / 7, 1 / 7])
+
+
+def test_kmer_codes_match_a_brute_force_count_and_skip_invalid_symbols():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 4, size=200)
+    x[[17, 90]] = 4  # an N: no word may hold it
+    want = set()
+    for i in range(len(x) - 3 + 1):
+        w = x[i:i + 3]
+        if (w < 4).all():
+            want.add(int(w[0]) * 16 + int(w[1]) * 4 + int(w[2]))
+    assert set(kmer_codes(x, 3, 4).tolist()) == want
+    assert kmer_codes(x[:2], 3, 4).size == 0
+
+
+def test_kmer_naive_bayes_separates_classes_that_differ_in_words():
+    """Three classes, each a family of mutated copies (8% substitutions, random crops) of its own ancestor,
+    as genes of one phylum are: NB classifies unseen members; its word probabilities follow RDP's formula."""
+    rng = np.random.default_rng(1)
+    ancestors = [rng.integers(0, 4, size=400) for _ in range(3)]
+
+    def sample(y):
+        x = ancestors[y].copy()
+        hit = rng.random(x.size) < 0.08
+        x[hit] = rng.integers(0, 4, size=int(hit.sum()))
+        start = int(rng.integers(0, 100))
+        return x[start:start + 300]
+
+    ytr = rng.integers(0, 3, size=60)
+    yte = rng.integers(0, 3, size=60)
+    nb = KmerNaiveBayes(k=8, num_symbols=4).fit([sample(y) for y in ytr], ytr, 3)
+    assert np.array_equal(nb.predict([sample(y) for y in yte]), yte)
+    shuffled = KmerNaiveBayes(k=8, num_symbols=4).fit([sample(y) for y in ytr], rng.permutation(ytr), 3)
+    assert np.mean(shuffled.predict([sample(y) for y in yte]) == yte) < 0.8  # the labels carry the signal
+    # RDP: P(w) = (n(w) + 0.5) / (N + 1); log p(w | c) = log((m(c, w) + P(w)) / (M(c) + 1))
+    one = KmerNaiveBayes(k=2, num_symbols=4).fit([np.array([0, 1, 2]), np.array([0, 1])], [0, 1], 2)
+    p01 = (2 + 0.5) / 3  # "AC" (code 1) is in both records
+    assert math.isclose(one.log_probs[1, 1], math.log((1 + p01) / 2))
+    p12 = (1 + 0.5) / 3  # "CG" (code 6) only in the class-0 record
+    assert math.isclose(one.log_probs[1, 6], math.log((0 + p12) / 2))
+    with pytest.raises(ValueError, match=r"lower k"):
+        KmerNaiveBayes(k=13, num_symbols=4)
+    with pytest.raises(ValueError, match=r"before fit"):
+        KmerNaiveBayes(k=2).predict([np.array([0, 1])])

@@ -55,11 +55,37 @@ def test_mean_pool_ignores_padding():
         assert torch.allclose(net(x), net(padded, pad), atol=1e-5)
 
 
+def test_max_pool_ignores_padding_and_is_a_feature_max():
+    net = _net(num_outputs=3, pool="max", patch_size=2)
+    x = torch.randint(4, 9, (1, 16))
+    padded = torch.cat([x, torch.zeros(1, 8, dtype=torch.long)], dim=1)
+    pad = torch.zeros(1, 24, dtype=torch.bool)
+    pad[:, 16:] = True
+    with torch.no_grad():
+        out = net(padded, pad)
+        assert torch.allclose(net(x), out, atol=1e-5)
+        feats = {}
+        net.head.register_forward_hook(lambda m, i, o: feats.setdefault("in", i[0]))
+        net(x)
+    assert feats["in"].shape == (1, 16)  # one pooled feature vector per record
+
+
+def test_embedding_init_depends_on_the_stem():
+    torch.manual_seed(0)
+    patched, per_base = _net(patch_size=8, dim=64), _net(patch_size=1, dim=64)
+    assert 0.9 < patched.embed.weight[1:].std().item() < 1.1  # a convolution reads them: unit scale
+    assert 0.015 < per_base.embed.weight[1:].std().item() < 0.025  # they enter the residual stream: GPT-2's 0.02
+    assert abs(_net(patch_size=8, dim=64, embed_std=0.02).embed.weight[1:].std().item() - 0.02) < 0.005
+    assert patched.embed.weight[0].abs().sum() == 0  # padding stays zero
+    with pytest.raises(ValueError, match=r"embed_std"):
+        _net(embed_std=-1.0)
+
+
 def test_model_argument_errors():
     with pytest.raises(ValueError, match=r"local_kernel=4 must be odd"):
         _net(patch_size=2, local_kernel=4)
-    with pytest.raises(ValueError, match=r"pool='max' is not allowed; expected one of \['none', 'mean'\]"):
-        _net(pool="max")
+    with pytest.raises(ValueError, match=r"pool='sum' is not allowed; expected one of \['none', 'mean', 'max'\]"):
+        _net(pool="sum")
     with pytest.raises(ValueError, match=r"tokens must have shape \(B, L\)"):
         _net()(torch.zeros(3, dtype=torch.long))
 
@@ -78,11 +104,12 @@ def test_modules_check_their_network():
         CausalLM(model=_model_cfg(), optimizer=OPT)
     with pytest.raises(ValueError, match=r"needs model.patch_size=1 and model.pool=none"):
         CausalLM(model=_model_cfg(causal=True, patch_size=2), optimizer=OPT)
-    with pytest.raises(ValueError, match=r"needs one output per record: model.pool=mean"):
+    with pytest.raises(ValueError, match=r"needs one output per record: model.pool=mean or model.pool=max"):
         SequenceClassifier(model=_model_cfg(), optimizer=OPT)
     with pytest.raises(ValueError, match=r"needs model.num_outputs=2 and model.pool=none"):
         TokenClassifier(model=_model_cfg(), optimizer=OPT)
     assert CausalLM(model=_model_cfg(causal=True), optimizer=OPT).net.is_causal
+    assert SequenceClassifier(model=_model_cfg(pool="max"), optimizer=OPT).net.pool == "max"
 
 
 @pytest.mark.parametrize("positions", ["rotary", "learned"])

@@ -88,7 +88,9 @@ def test_classification_trains(data_dir, tmp_path):
                                       "data.labels.regex='class=(\\S+)'", "data.labels.group_regex=null",
                                       "data.labels.min_count=1", "data.num_outputs=4", "data.max_len=640", "data.batch_size=4",
                                       "attention.window=8", "trainer.fast_dev_run=true"], data_dir, tmp_path / "run"))
-    assert {"test/acc", "test/f1", "test/majority_acc"} <= set(metrics["test"])
+    test = metrics["test"]
+    assert {"test/acc", "test/f1", "test/majority_acc", "test/kmer_nb_acc", "test/kmer_nb_f1"} <= set(test)
+    assert test["test/kmer_nb_acc"] >= test["test/majority_acc"]
 
 
 def test_builtin_genome_is_generated(data_dir):
