@@ -148,10 +148,7 @@ def kmer_codes(x: np.ndarray, k: int, num_symbols: int) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     bad = np.concatenate([[0], np.cumsum((x < 0) | (x >= num_symbols))])
     ok = bad[k:] - bad[:-k] == 0  # windows without an invalid symbol
-    xs = np.clip(x, 0, num_symbols - 1)
-    code = np.zeros(n, dtype=np.int64)
-    for t in range(k):
-        code = code * num_symbols + xs[t:t + n]
+    _, code = _codes(np.clip(x, 0, num_symbols - 1), k - 1, num_symbols)  # a k-mer: k-1 context + 1 symbol
     return np.unique(code[ok])
 
 

@@ -25,6 +25,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
+from torchmetrics.functional.classification import multiclass_f1_score
 
 from core_attn._checks import check_choice, check_float, check_int
 from genomics import prepare as prep
@@ -429,13 +430,8 @@ class SequenceDataModule(_GenomicsDataModule):
             [r - shift for r in self.records["train"]], self.targets["train"], len(self.classes))
         pred = nb.predict([r - shift for r in self.records[split]])
         truth = np.asarray(self.targets[split])
-        f1s = []
-        for c in range(len(self.classes)):
-            tp = float(np.sum((pred == c) & (truth == c)))
-            denom = float(np.sum(pred == c) + np.sum(truth == c))
-            if denom:  # classes neither present nor predicted do not count (as torchmetrics' macro F1)
-                f1s.append(2 * tp / denom)
-        return {"acc": float(np.mean(pred == truth)), "f1": float(np.mean(f1s)), "k": float(k)}
+        f1 = multiclass_f1_score(torch.from_numpy(pred), torch.from_numpy(truth), len(self.classes), average="macro")
+        return {"acc": float(np.mean(pred == truth)), "f1": float(f1), "k": float(k)}
 
 
 # -- command line ------------------------------------------------------------------------------------

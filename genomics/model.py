@@ -7,7 +7,8 @@ attention tokens; per-base
 outputs then come back through an upsampling of the token features added to a per-base local branch
 (a small non-causal convolution over the embeddings). ``pool="mean"`` averages tokens into one
 prediction per sequence, ``pool="max"`` takes their feature-wise maximum (a motif anywhere in the
-record counts, as in a convolutional classifier's global max pooling). The causal language model needs ``patch_size=1`` and a causal variant.
+record counts, as in a convolutional classifier's global max pooling). The causal language model needs
+``patch_size=1`` and a causal variant.
 """
 
 from __future__ import annotations

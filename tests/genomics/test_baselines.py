@@ -121,5 +121,7 @@ def test_kmer_naive_bayes_separates_classes_that_differ_in_words():
     assert math.isclose(one.log_probs[1, 6], math.log((0 + p12) / 2))
     with pytest.raises(ValueError, match=r"lower k"):
         KmerNaiveBayes(k=13, num_symbols=4)
+    with pytest.raises(ValueError, match=r"fit needs as many labels as records, at least one; got 2 records, 1 labels"):
+        KmerNaiveBayes(k=2).fit([np.array([0, 1]), np.array([1, 2])], [0], 2)
     with pytest.raises(ValueError, match=r"before fit"):
         KmerNaiveBayes(k=2).predict([np.array([0, 1])])

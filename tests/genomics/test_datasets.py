@@ -187,6 +187,10 @@ def test_header_regex_labels_and_min_count(fasta):
     assert sum(len(dm.records[s]) for s in ("train", "val", "test")) == 50
     item = dm.datasets["train"][0]
     assert item["tokens"].shape == (40,) and item["label"].item() in (0, 1)
+    assert dm.kmer_baseline("test") == {"acc": 1.0, "f1": 1.0, "k": 8.0}  # the two classes share no 8-mer
+    mlm = SequenceDataModule(dataset="path", path=str(path), max_len=40, task="mlm", num_outputs=9)
+    with pytest.raises(ValueError, match=r"kmer_baseline needs labelled records \(data.task=classify\)"):
+        mlm.kmer_baseline()
     with pytest.raises(ValueError, match=r"data.num_outputs=3 but .*x\.fa \(labels: 2 classes, \['Firm', 'Prot'\]\) needs 2; "
                                          r"set data.num_outputs=2"):
         SequenceDataModule(**{**kw, "num_outputs": 3}, on_error="skip").setup()
