@@ -202,10 +202,10 @@ def _maxrss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
-def _backend_of(layer: torch.nn.Module, train: bool) -> str:
+def _backend_of(layer: torch.nn.Module, train: bool, n: int) -> str:
     attn = getattr(layer, "attention", None)
     if isinstance(attn, PatternAttention):
-        probe = torch.zeros(1, 1, 1, 1, requires_grad=train)
+        probe = torch.zeros(1, 1, n, 1, requires_grad=train)  # auto's choice depends on the length
         with torch.set_grad_enabled(train):
             return attn.select_backend(probe, probe, probe)
     return "sdpa" if getattr(attn, "name", None) == "dense" else "eager"
@@ -218,7 +218,7 @@ def build_layer(variant: str, n: int, window: int, train: bool) -> tuple[torch.n
     from core_attn.layers import MultiheadAttention
 
     layer = MultiheadAttention(DIM, HEADS, attention=make_attention(variant, n, window))
-    return layer, _backend_of(layer, train)
+    return layer, _backend_of(layer, train, n)
 
 
 def run_case(spec: dict) -> dict:

@@ -75,10 +75,17 @@ class PatternAttention(AttentionBase):
         ``blocked``: our eager block-sparse kernel (forward and backward, any device).
         ``flex``: compiled FlexAttention with the pattern's ``BlockMask`` (no backward on CPU).
         ``dense``: SDPA with ``dense_mask(n)``: O(N^2), for checking and for short inputs only.
-        ``auto``: ``flex`` on CUDA, ``blocked`` elsewhere.
+        ``auto``: ``flex`` on CUDA; elsewhere ``dense`` when the pattern allows at least
+        ``AUTO_DENSE_MIN_DENSITY`` of the score matrix (short inputs, ``n <= AUTO_DENSE_MAX_N``: the same
+        result, and the masked dense product beats block bookkeeping there), else ``blocked``.
     """
 
     exact = True
+    # auto's short-input rule, measured (docs/performance.md "Backends"): local window 64 + a global token,
+    # fwd+bwd at 16 x 4 heads (benchmarks/short_inputs.py): dense / blocked time 0.17 at N = 64, 0.66 at 128 (density
+    # 0.76), 0.7-1.2 at 192 (0.57, break-even), 1.7-2.3 at 256 (0.45)
+    AUTO_DENSE_MIN_DENSITY = 0.6
+    AUTO_DENSE_MAX_N = 2048
 
     def __init__(self, *, causal: bool = False, backend: str = "auto"):
         super().__init__(causal=causal)
@@ -99,6 +106,16 @@ class PatternAttention(AttentionBase):
         self.check_length(n)
         return self.pattern(n).dense_mask(n)
 
+    def _dense_mask_cached(self, n: int, device) -> Tensor:
+        key = ("dense", n, str(device))
+        if key not in self._parts_cache:
+            self._parts_cache[key] = self.pattern(n).dense_mask(n, device)
+        return self._parts_cache[key]
+
+    def density(self, n: int) -> float:
+        """Fraction of the (n, n) score matrix the pattern allows."""
+        return float(self._dense_mask_cached(n, "cpu").float().mean())
+
     def parts(self, n: int, device) -> list:
         key = (n, str(device))
         if key not in self._parts_cache:
@@ -114,7 +131,16 @@ class PatternAttention(AttentionBase):
         grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
         reasons = {"blocked": None, "dense": None, "flex": flex_mod.unusable_reason(q.device, grad)}
         if self.backend == "auto":
-            return "flex" if q.device.type == "cuda" and reasons["flex"] is None else "blocked"
+            if q.device.type == "cuda" and reasons["flex"] is None:
+                return "flex"
+            n = q.shape[-2]
+            key = ("auto", n, str(q.device))
+            if key not in self._parts_cache:
+                if torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting():
+                    return "blocked"  # a length never run eagerly: the density is not traceable
+                short = n <= self.AUTO_DENSE_MAX_N and self.density(n) >= self.AUTO_DENSE_MIN_DENSITY
+                self._parts_cache[key] = "dense" if short else "blocked"
+            return self._parts_cache[key]
         if reasons[self.backend] is not None:
             listing = "; ".join(f"{b}: {r or 'usable'}" for b, r in reasons.items())
             raise ValueError(f"backend={self.backend!r} cannot run this input ({listing})")
@@ -146,7 +172,7 @@ class PatternAttention(AttentionBase):
                 return flex_mod.flex_pattern_attention(q, k, v, self.pattern(n), key_padding_mask, self._flex_cache)
             from core_attn.reference import reference_attention
 
-            mask = self.pattern(n).dense_mask(n, q.device)
+            mask = self._dense_mask_cached(n, q.device)
             return reference_attention(q, k, v, mask=mask, key_padding_mask=key_padding_mask)
 
     def extra_repr(self) -> str:

@@ -186,7 +186,7 @@ def test_targets_pass_and_fail_on_synthetic_rows():
 
 def test_main_quick_writes_csv_markdown_and_plots(tmp_path, capsys):
     out = tmp_path / "results"
-    rc = main(["--quick", "--variants", "local,dense", "--mode", "fwdbwd", "--lengths", "512", "--outdir", str(out),
+    rc = main(["--quick", "--variants", "local,dense", "--mode", "fwdbwd", "--lengths", "1024", "--outdir", str(out),
                "--tag", "t", "--check-targets"])
     assert rc == 0
     with open(out / "t.csv") as f:
@@ -194,11 +194,11 @@ def test_main_quick_writes_csv_markdown_and_plots(tmp_path, capsys):
         rows = list(reader)
     assert reader.fieldnames == COLUMNS
     assert [(r["variant"], r["n"], r["mode"], r["status"]) for r in rows] == [
-        ("local", "512", "fwdbwd", "ok"), ("dense", "512", "fwdbwd", "ok")]
+        ("local", "1024", "fwdbwd", "ok"), ("dense", "1024", "fwdbwd", "ok")]
     local, dense = rows
     assert local["backend"] == "blocked" and dense["backend"] == "sdpa"
-    assert int(local["pairs"]) == int(build_attention("local", window=256).dense_mask(512).sum())
-    assert int(dense["pairs"]) == 512 * 512
+    assert int(local["pairs"]) == int(build_attention("local", window=256).dense_mask(1024).sum())
+    assert int(dense["pairs"]) == 1024 * 1024
     for r in rows:
         assert float(r["ms"]) > 0 and float(r["peak_abs_mb"]) > float(r["peak_mb"]) >= 0
         assert float(r["pct_gemm_peak"]) > 0 and float(r["useful_gflops"]) > 0

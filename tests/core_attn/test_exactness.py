@@ -136,10 +136,35 @@ def test_flex_backend_refuses_cpu_training_with_reasons():
         attn(q, k, v)
 
 
-def test_auto_uses_blocked_on_cpu():
+def test_auto_on_cpu_is_dense_for_dense_patterns_and_blocked_otherwise():
     attn = core_attn.build_attention("local", window=8)
-    q = torch.randn(1, 1, 32, 8)
-    assert attn.select_backend(q, q, q) == "blocked"
+    choice = {}
+    for n in (12, 16, 32, 256):
+        q = torch.randn(1, 1, n, 8)
+        choice[n] = attn.select_backend(q, q, q)
+    assert attn.density(16) >= attn.AUTO_DENSE_MIN_DENSITY > attn.density(32)
+    assert choice == {12: "dense", 16: "dense", 32: "blocked", 256: "blocked"}
+    wide = core_attn.build_attention("local", window=4096)  # a dense pattern, but past AUTO_DENSE_MAX_N
+    q = torch.randn(1, 1, wide.AUTO_DENSE_MAX_N + 8, 8)
+    assert wide.select_backend(q, q, q) == "blocked"
+
+
+@pytest.mark.parametrize("variant,kw", [("local", {"window": 8, "global_tokens": [0]}),
+                                        ("bigbird", {"block_size": 4, "num_random_blocks": 1})])
+def test_auto_short_input_matches_blocked_with_gradients(variant, kw):
+    auto, blocked = (core_attn.build_attention(variant, backend=b, **kw) for b in ("auto", "blocked"))
+    blocked.load_state_dict(auto.state_dict())
+    n = 24
+    q, k, v = (torch.randn(2, 2, n, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    pad = torch.zeros(2, n, dtype=torch.bool)
+    pad[1, 17:] = True
+    assert auto.select_backend(q, k, v) == "dense" and blocked.select_backend(q, k, v) == "blocked"
+    grads = []
+    for attn in (auto, blocked):
+        out = attn(q, k, v, key_padding_mask=pad)
+        grads.append((out, *torch.autograd.grad(out.square().sum(), (q, k, v))))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
 
 
 @pytest.mark.slow
