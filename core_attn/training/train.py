@@ -139,20 +139,28 @@ def _make_trainer(cfg: DictConfig, callbacks: list[pl.Callback]) -> pl.Trainer:
 
 
 def _resume_path(cfg: DictConfig, trainer: pl.Trainer, output_dir: Path) -> str | None:
-    """``cfg.ckpt_path`` as a file: ``last`` means ``last.ckpt`` in this run's checkpoint folder."""
+    """``cfg.ckpt_path`` as a file: ``last`` means ``last.ckpt`` in this run's checkpoint folder (it must
+    exist); ``auto`` means that file when it exists and a fresh start otherwise: one command line for a
+    job's first start and its restarts (a SLURM job requeued after a timeout or preemption)."""
     ckpt = cfg.get("ckpt_path")
     if ckpt is None:
         return None
-    if ckpt == "last":
+    if ckpt in ("last", "auto"):
         cb = trainer.checkpoint_callback
         folder = Path(cb.dirpath) if cb is not None and cb.dirpath else output_dir / "checkpoints"
         path = folder / "last.ckpt"
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"ckpt_path=last but {path} does not exist; to resume an earlier run, point this run at its "
-                "directory with hydra.run.dir=<that run's dir> (or pass ckpt_path=<path to a .ckpt>)"
-            )
-        return str(path)
+        if path.is_file():
+            if ckpt == "auto":
+                log.info("ckpt_path=auto: resuming from %s", path)
+            return str(path)
+        if ckpt == "auto":
+            log.info("ckpt_path=auto: no %s yet, starting from scratch", path)
+            return None
+        raise FileNotFoundError(
+            f"ckpt_path=last but {path} does not exist; to resume an earlier run, point this run at its "
+            "directory with hydra.run.dir=<that run's dir> (or pass ckpt_path=<path to a .ckpt>, or "
+            "ckpt_path=auto to start fresh when there is nothing to resume)"
+        )
     if not Path(ckpt).is_file():
         raise FileNotFoundError(f"ckpt_path={ckpt!r}: no such checkpoint file")
     return str(ckpt)

@@ -1,4 +1,5 @@
-"""Atomic checkpoint writes, and resuming a run killed mid-training with ``ckpt_path=last``."""
+"""Atomic checkpoint writes, and resuming a run killed mid-training with ``ckpt_path=auto`` (the same
+command line for the first start and the restart, as a requeued SLURM job has it)."""
 
 from __future__ import annotations
 
@@ -73,7 +74,7 @@ def test_resume_after_sigkill(tmp_path):
     run_dir, record = tmp_path / "run", tmp_path / "steps.jsonl"
     last = run_dir / "checkpoints" / "last.ckpt"
     # 48 samples / batch 8 = 6 steps an epoch, 10 epochs; sleeps keep it running until it is killed
-    proc = _launch(run_dir, record, "trainer.max_epochs=10", "+callbacks.record.sleep=0.3")
+    proc = _launch(run_dir, record, "ckpt_path=auto", "trainer.max_epochs=10", "+callbacks.record.sleep=0.3")
     deadline = time.time() + 300
     step = 0
     while time.time() < deadline and proc.poll() is None:
@@ -92,7 +93,7 @@ def test_resume_after_sigkill(tmp_path):
     saved = torch.load(last, map_location="cpu", weights_only=True)["global_step"]  # loads: not truncated
     assert saved >= 4
 
-    proc = _launch(run_dir, record, "ckpt_path=last", "trainer.max_epochs=10", f"trainer.max_steps={saved + 3}")
+    proc = _launch(run_dir, record, "ckpt_path=auto", "trainer.max_epochs=10", f"trainer.max_steps={saved + 3}")
     output = proc.communicate(timeout=300)[0]
     assert proc.returncode == 0, output[-3000:]
     (fit,) = [json.loads(line) for line in record.read_text().splitlines()]

@@ -65,7 +65,7 @@ def test_slurm_launcher_config(attention, tmp_path):
     assert {k: launcher[k] for k in ("timeout_min", "cpus_per_task", "gpus_per_node", "tasks_per_node", "nodes",
                                      "mem_gb", "partition", "array_parallelism", "max_num_timeout")} == {
         "timeout_min": 240, "cpus_per_task": 8, "gpus_per_node": 1, "tasks_per_node": 1, "nodes": 1, "mem_gb": 32,
-        "partition": None, "array_parallelism": 16, "max_num_timeout": 0}
+        "partition": None, "array_parallelism": 16, "max_num_timeout": 3}
     sweep_dir = Path(launcher["submitit_folder"]).parent.parent
     assert launcher["submitit_folder"].endswith("/.submitit/%j") and sweep_dir.parent.parent == tmp_path / "vision"
     assert str(sweep_dir) == cfg.hydra.sweep.dir

@@ -86,6 +86,19 @@ def test_resume_from_last(trained, tiny_cfg):
     assert resumed["epochs"] == 2 and resumed["steps"] == 2 * metrics["steps"]
 
 
+def test_ckpt_path_auto_starts_fresh_then_resumes(tiny_cfg, tmp_path, caplog):
+    """One command line for a job's first start and its restarts (a requeued SLURM job)."""
+    out = tmp_path / "run"
+    with caplog.at_level("INFO", logger="core_attn.training.train"):
+        first = train(tiny_cfg("trainer=fast", "ckpt_path=auto", "test=false", output_dir=out))
+    assert "ckpt_path=auto: no " in caplog.text and first["epochs"] == 1
+    caplog.clear()
+    with caplog.at_level("INFO", logger="core_attn.training.train"):
+        again = train(tiny_cfg("trainer=fast", "trainer.max_epochs=2", "ckpt_path=auto", "test=false", output_dir=out))
+    assert "ckpt_path=auto: resuming from " in caplog.text
+    assert again["epochs"] == 2 and again["steps"] == 2 * first["steps"]
+
+
 def test_resume_last_without_checkpoint(tiny_cfg):
     with pytest.raises(FileNotFoundError, match=r"ckpt_path=last but .*last\.ckpt does not exist; .*hydra\.run\.dir"):
         train(tiny_cfg("trainer=fast", "ckpt_path=last"))
