@@ -85,11 +85,13 @@ class SpecAugment(nn.Module):
         time_masks: number of time masks.
         time_width: largest time mask, in frames.
         time_fraction: a time mask covers at most this fraction of the utterance.
+        p: probability that an utterance is masked at all (the others pass through unchanged).
     """
 
     def __init__(self, *, freq_masks: int = 2, freq_width: int = 15, time_masks: int = 5, time_width: int = 40,
-                 time_fraction: float = 0.05):
+                 time_fraction: float = 0.05, p: float = 1.0):
         super().__init__()
+        self.p = check_float("p", p, min_value=0.0, max_value=1.0)
         self.freq_masks = check_int("freq_masks", freq_masks, min_value=0)
         self.time_masks = check_int("time_masks", time_masks, min_value=0)
         self.freq = torchaudio.transforms.FrequencyMasking(check_int("freq_width", freq_width, min_value=0), iid_masks=True)
@@ -98,14 +100,18 @@ class SpecAugment(nn.Module):
 
     def forward(self, feats: Tensor) -> Tensor:
         """(B, T, F) -> (B, T, F) with masked stretches set to 0 (the normalised mean)."""
-        if not self.training:
+        if not self.training or self.p == 0.0:
             return feats
         x = feats.transpose(1, 2).unsqueeze(1)  # (B, 1, F, T)
         for _ in range(self.freq_masks):
             x = self.freq(x)
         for _ in range(self.time_masks):
             x = self.time(x)
-        return x.squeeze(1).transpose(1, 2)
+        masked = x.squeeze(1).transpose(1, 2)
+        if self.p == 1.0:
+            return masked
+        chosen = torch.rand(feats.shape[0], device=feats.device) < self.p
+        return torch.where(chosen[:, None, None], masked, feats)
 
 
 class WaveAugment(nn.Module):
@@ -115,10 +121,13 @@ class WaveAugment(nn.Module):
     Args:
         gain_db: the gain is uniform in ``[-gain_db, gain_db]`` dB.
         snr_db: noise at a signal-to-noise ratio uniform in ``[snr_db[0], snr_db[1]]`` dB.
+        p: probability that an utterance is augmented; the others stay as recorded, so training also sees
+            the clean audio that evaluation sees (with ``p=1`` a clean test set is out of distribution).
     """
 
-    def __init__(self, *, gain_db: float = 6.0, snr_db: tuple[float, float] = (15.0, 50.0)):
+    def __init__(self, *, gain_db: float = 6.0, snr_db: tuple[float, float] = (15.0, 50.0), p: float = 0.5):
         super().__init__()
+        self.p = check_float("p", p, min_value=0.0, max_value=1.0)
         self.gain_db = check_float("gain_db", gain_db, min_value=0.0)
         if len(snr_db) != 2 or snr_db[0] > snr_db[1]:
             raise ValueError(f"snr_db={list(snr_db)} must be [low, high] with low <= high")
@@ -133,7 +142,9 @@ class WaveAugment(nn.Module):
         rms = (audio.square().sum(1) / lengths.clamp_min(1)).sqrt()  # (B,)
         snr = torch.empty(b, device=audio.device).uniform_(*self.snr_db)
         gain = 10 ** (torch.empty(b, device=audio.device).uniform_(-self.gain_db, self.gain_db) / 20)
-        noise = torch.randn_like(audio) * (rms * 10 ** (-snr / 20))[:, None]
+        chosen = torch.rand(b, device=audio.device) < self.p
+        gain = torch.where(chosen, gain, torch.ones_like(gain))
+        noise = torch.randn_like(audio) * (rms * 10 ** (-snr / 20) * chosen)[:, None]
         return (audio + noise * valid) * gain[:, None]
 
 

@@ -97,18 +97,34 @@ class FeedForward(nn.Module):
         return self.net(x)
 
 
-class ConvModule(nn.Module):
-    """Conformer convolution module: pointwise + GLU, depthwise convolution, LayerNorm, Swish, pointwise.
-    Padded frames are zeroed before the depthwise convolution so they never leak into real ones."""
+class MaskedBatchNorm(nn.BatchNorm1d):
+    """BatchNorm over the channels of (B, N, C) frames whose statistics (in training) count real frames
+    only: padding neither shifts the batch statistics nor the running ones, so an utterance's output in
+    evaluation does not depend on how much padding its batch had."""
 
-    def __init__(self, dim: int, kernel: int, dropout: float):
+    def forward(self, x: Tensor, pad: Tensor | None = None) -> Tensor:  # type: ignore[override]
+        if pad is None or not self.training:
+            return super().forward(x.reshape(-1, x.shape[-1])).reshape(x.shape)
+        keep = ~pad
+        return x.new_zeros(x.shape).index_put((keep,), super().forward(x[keep]))
+
+
+class ConvModule(nn.Module):
+    """Conformer convolution module: pointwise + GLU, depthwise convolution, norm, Swish, pointwise.
+    Padded frames are zeroed before the depthwise convolution so they never leak into real ones.
+
+    ``norm`` after the depthwise convolution: ``batch`` (Gulati et al.'s BatchNorm, statistics over real
+    frames only: :class:`MaskedBatchNorm`) or ``layer`` (LayerNorm, batch-independent)."""
+
+    def __init__(self, dim: int, kernel: int, dropout: float, norm: str = "batch"):
         super().__init__()
         if kernel % 2 == 0:
             raise ValueError(f"conv_kernel={kernel} must be odd (a centred depthwise convolution)")
         self.norm = nn.LayerNorm(dim)
         self.pw1 = nn.Linear(dim, 2 * dim)
         self.dw = nn.Conv1d(dim, dim, kernel, padding=kernel // 2, groups=dim)
-        self.norm2 = nn.LayerNorm(dim)
+        self.norm2 = MaskedBatchNorm(dim) if check_choice("conv_norm", norm, ("batch", "layer")) == "batch" \
+            else nn.LayerNorm(dim)
         self.pw2 = nn.Linear(dim, dim)
         self.drop = nn.Dropout(dropout)
 
@@ -117,19 +133,20 @@ class ConvModule(nn.Module):
         if pad is not None:
             y = y.masked_fill(pad[..., None], 0.0)
         y = self.dw(y.transpose(1, 2)).transpose(1, 2)
-        return self.drop(self.pw2(F.silu(self.norm2(y))))
+        y = self.norm2(y, pad) if isinstance(self.norm2, MaskedBatchNorm) else self.norm2(y)
+        return self.drop(self.pw2(F.silu(y)))
 
 
 class ConformerBlock(nn.Module):
     """``x + FF/2, + MHSA, + Conv, + FF/2, LayerNorm`` (Gulati et al. 2020) with any attention variant."""
 
     def __init__(self, dim: int, num_heads: int, *, attention, ffn_mult: float, conv_kernel: int, dropout: float,
-                 rotary: bool):
+                 rotary: bool, conv_norm: str = "batch"):
         super().__init__()
         self.ff1 = FeedForward(dim, ffn_mult, dropout)
         self.norm_attn = nn.LayerNorm(dim)
         self.attn = MultiheadAttention(dim, num_heads, attention=attention, rotary=rotary, dropout=dropout)
-        self.conv = ConvModule(dim, conv_kernel, dropout)
+        self.conv = ConvModule(dim, conv_kernel, dropout, conv_norm)
         self.ff2 = FeedForward(dim, ffn_mult, dropout)
         self.norm_out = nn.LayerNorm(dim)
 
@@ -170,6 +187,7 @@ class ConformerEncoder(nn.Module):
         num_heads: attention heads.
         ffn_mult: feed-forward width as a multiple of ``dim``.
         conv_kernel: depthwise convolution width in (subsampled) frames; odd.
+        conv_norm: the convolution module's norm, ``batch`` (Gulati et al.; real frames only) or ``layer``.
         subsampling: time reduction 2, 4 or 8 (4 for characters: 8x leaves fewer frames than letters).
         subsampling_channels: channels of the subsampling convolutions.
         dropout: dropout in every block.
@@ -181,7 +199,8 @@ class ConformerEncoder(nn.Module):
     """
 
     def __init__(self, *, in_features: int = 80, dim: int = 144, depth: int = 8, num_heads: int = 4,
-                 ffn_mult: float = 4.0, conv_kernel: int = 15, subsampling: int = 4, subsampling_channels: int = 144,
+                 ffn_mult: float = 4.0, conv_kernel: int = 15, conv_norm: str = "batch", subsampling: int = 4,
+                 subsampling_channels: int = 144,
                  dropout: float = 0.1, attention: AttentionSpec = None, positions: str = "none",
                  gradient_checkpointing: bool = False):
         super().__init__()
@@ -195,7 +214,7 @@ class ConformerEncoder(nn.Module):
         make_attention = _attention_factory(attention, {"num_heads": num_heads, "head_dim": dim // num_heads})
         self.blocks = nn.ModuleList(
             ConformerBlock(dim, num_heads, attention=make_attention(), ffn_mult=ffn_mult, conv_kernel=conv_kernel,
-                           dropout=dropout, rotary=positions == "rotary") for _ in range(depth))
+                           dropout=dropout, rotary=positions == "rotary", conv_norm=conv_norm) for _ in range(depth))
 
     def accepted_length(self, n: int) -> int:
         return max(accepted_length(b.attn.attention, n) for b in self.blocks)

@@ -82,8 +82,20 @@ def test_spec_augment_train_only():
     assert y.shape == x.shape and (y == 0).any() and not torch.equal(y[0] == 0, y[1] == 0)  # independent masks
 
 
+def test_spec_augment_probability():
+    torch.manual_seed(0)
+    x = torch.randn(300, 100, 20) + 5  # no zeros before masking
+    for p in (0.0, 0.5, 1.0):
+        y = SpecAugment(freq_masks=2, freq_width=5, time_masks=2, time_width=10, time_fraction=0.2, p=p).train()(x)
+        masked = (y == 0).flatten(1).any(1)
+        assert torch.equal(y[~masked], x[~masked])
+        assert masked.float().mean().item() == pytest.approx(p, abs=0.08)
+    with pytest.raises(ValueError, match=r"p=-0.1 .*0.0"):
+        SpecAugment(p=-0.1)
+
+
 def test_wave_augment_keeps_padding_and_is_train_only():
-    aug = WaveAugment(gain_db=6.0, snr_db=(10.0, 10.0))
+    aug = WaveAugment(gain_db=6.0, snr_db=(10.0, 10.0), p=1.0)
     x = torch.randn(2, 1000) * 0.1
     x[1, 600:] = 0
     lengths = torch.tensor([1000, 600])
@@ -97,3 +109,16 @@ def test_wave_augment_keeps_padding_and_is_train_only():
 def test_wave_augment_snr_order():
     with pytest.raises(ValueError, match=r"snr_db=\[50.0, 10.0\] must be \[low, high\]"):
         WaveAugment(snr_db=(50.0, 10.0))
+    with pytest.raises(ValueError, match=r"p=1.5 .*1.0"):
+        WaveAugment(p=1.5)
+
+
+@pytest.mark.parametrize("p", [0.0, 0.5, 1.0])
+def test_wave_augment_probability_leaves_the_rest_clean(p):
+    torch.manual_seed(0)
+    aug = WaveAugment(gain_db=6.0, snr_db=(10.0, 10.0), p=p).train()
+    x = torch.randn(400, 500) * 0.1
+    y = aug(x, torch.full((400,), 500))
+    clean = (y == x).all(1)
+    assert bool(((y - x).abs().amax(1) > 1e-3)[~clean].all())  # a row is either untouched or augmented
+    assert clean.float().mean().item() == pytest.approx(1 - p, abs=0.07)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from audio.features import LogMelFeatures
-from audio.model import ConformerCTC, ConformerEncoder, ConvSubsampling, accepted_length
+from audio.model import ConformerCTC, ConformerEncoder, ConvSubsampling, MaskedBatchNorm, accepted_length
 from core_attn.registry import build_attention
 from core_attn.training.callbacks import peak_memory_mb, reset_peak_memory
 
@@ -42,6 +42,35 @@ def test_padding_does_not_leak():
         alone, n1 = m(audio[1:, :11000], torch.tensor([11000]))
     assert n[1] == n1[0]
     torch.testing.assert_close(lp[1, :n[1]], alone[0], atol=1e-5, rtol=0)
+
+
+def test_masked_batch_norm_counts_real_frames_only():
+    bn = MaskedBatchNorm(6).train()
+    x = torch.randn(3, 10, 6)
+    pad = torch.arange(10)[None, :] >= torch.tensor([10, 4, 7])[:, None]
+    y = bn(x, pad)
+    real = x[~pad]  # (21, 6)
+    expect = (real - real.mean(0)) / (real.var(0, unbiased=False) + bn.eps).sqrt()
+    torch.testing.assert_close(y[~pad], expect, atol=1e-5, rtol=0)
+    assert torch.equal(y[pad], torch.zeros_like(y[pad]))
+    torch.testing.assert_close(bn.running_mean, 0.1 * real.mean(0))
+    bn.eval()
+    torch.testing.assert_close(bn(x, pad), bn(x))  # evaluation: running statistics, per frame
+
+
+@pytest.mark.parametrize("conv_norm", ["batch", "layer"])
+def test_training_output_does_not_depend_on_padding(conv_norm):
+    """In training, too, an utterance's frames come out the same however much padding its batch has:
+    the convolution module's BatchNorm takes its statistics over real frames only."""
+    torch.manual_seed(0)
+    m = _model(conv_norm=conv_norm).train()
+    feats, lengths = torch.randn(2, 300, 80), torch.tensor([300, 180])
+    out, n = m.forward_features(feats, lengths)
+    more = torch.cat([feats, torch.randn(2, 100, 80)], 1)  # 100 more frames of padding (garbage: masked)
+    out2, n2 = m.forward_features(more, lengths)
+    assert n.tolist() == n2.tolist()
+    for i in range(2):
+        torch.testing.assert_close(out2[i, :n[i]], out[i, :n[i]], atol=1e-5, rtol=0)
 
 
 def test_chunked_subsampling_is_exact():
@@ -116,6 +145,11 @@ def test_rotary_positions_option():
     assert m.encoder.blocks[0].attn.rotary is not None
     with pytest.raises(ValueError, match=r"positions='learned' is not allowed; expected one of \['none', 'rotary'\]"):
         _model(positions="learned")
+
+
+def test_bad_conv_norm():
+    with pytest.raises(ValueError, match=r"conv_norm.*'group'.*'batch', 'layer'"):
+        ConformerEncoder(conv_norm="group", depth=1)
 
 
 def test_bad_subsampling_and_kernel():
