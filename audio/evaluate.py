@@ -25,7 +25,7 @@ from audio.text import CharTokenizer, normalize_text
 from audio.transcribe import load_model, log_probs_of, transcribe
 from core_attn.training import evaluate
 from core_attn.training.callbacks import CONFIG_KEY
-from core_attn.training.cli import run
+from core_attn.training.cli import run as cli_run
 from core_attn.training.train import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -96,4 +96,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    run(main, "audio_eval")  # Hydra's errors plus "did you mean" for mistyped overrides
+    cli_run(main, "audio_eval")  # Hydra's errors plus "did you mean" for mistyped overrides

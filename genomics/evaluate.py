@@ -17,7 +17,7 @@ from omegaconf import DictConfig, open_dict
 
 from core_attn.training import evaluate
 from core_attn.training.callbacks import CONFIG_KEY
-from core_attn.training.cli import run
+from core_attn.training.cli import run as cli_run
 
 log = logging.getLogger(__name__)
 
@@ -64,4 +64,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    run(main, "genomics_eval")  # Hydra's errors plus "did you mean" for mistyped overrides
+    cli_run(main, "genomics_eval")  # Hydra's errors plus "did you mean" for mistyped overrides

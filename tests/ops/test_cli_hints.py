@@ -52,5 +52,23 @@ def test_entry_point_hints_against_its_own_config(path):
 
     text = (Path(__file__).resolve().parents[2] / path).read_text()
     decorated = re.findall(r'@hydra\.main\(.*?config_name="([^"]+)"', text, flags=re.S)
-    run_calls = re.findall(r'\brun\(main, "([^"]+)"\)', text)
+    run_calls = re.findall(r'\b(?:cli_)?run\(main, "([^"]+)"\)', text)
     assert len(decorated) == 1 and run_calls == decorated, (path, decorated, run_calls)
+
+
+@pytest.mark.parametrize("path", ENTRY_POINTS)
+def test_entry_point_main_block_calls_the_cli_runner(path):
+    """``python -m <app>.<entry>`` runs its ``if __name__ == "__main__"`` block: the function it calls must be
+    ``core_attn.training.cli.run`` (a module-level ``run`` of the entry point's own once shadowed it and
+    ``python -m audio.evaluate`` died with a TypeError before doing anything)."""
+    import ast
+    import importlib
+    from pathlib import Path
+
+    from core_attn.training import cli
+
+    tree = ast.parse((Path(__file__).resolve().parents[2] / path).read_text())
+    (block,) = [n for n in tree.body if isinstance(n, ast.If) and "__main__" in ast.unparse(n.test)]
+    (call,) = [n for n in ast.walk(block) if isinstance(n, ast.Call) and ast.unparse(n.args[:1]) == "main"]
+    module = importlib.import_module(path[:-3].replace("/", "."))
+    assert getattr(module, ast.unparse(call.func)) is cli.run, (path, ast.unparse(call.func))
