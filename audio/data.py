@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import re
+import zlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,6 +181,39 @@ def collate(items: list[tuple[Tensor, Tensor, str]]) -> dict:
             "targets": tgt, "target_lens": torch.tensor([len(t) for t in targets]), "texts": list(texts)}
 
 
+class ConcatCollate:
+    """Training collate that joins pairs of neighbouring utterances of a batch, with probability ``p`` per
+    pair, into one item: audio, a pause of silence uniform in ``pause`` seconds, audio; transcripts joined
+    by a space. Models trained on single utterances only never hear one sentence end and the next begin:
+    in a long recording they run sentences together and garble each sentence's first words (they learned
+    the recording's edge as the sentence start). The decisions are a pure function of ``seed`` and the
+    batch's transcripts (the same after a resume).
+    """
+
+    def __init__(self, p: float, pause: tuple[float, float] = (0.3, 1.2), sample_rate: int = 16000, seed: int = 0):
+        self.p = check_float("concat_p", p, min_value=0.0, max_value=1.0)
+        if len(pause) != 2 or not 0.0 <= pause[0] <= pause[1]:
+            raise ValueError(f"concat_pause={list(pause)} must be [low, high] seconds with 0 <= low <= high")
+        self.pause, self.sample_rate, self.seed = (float(pause[0]), float(pause[1])), sample_rate, seed
+        self.tokenizer = CharTokenizer()
+
+    def __call__(self, items: list[tuple[Tensor, Tensor, str]]) -> dict:
+        rng = np.random.default_rng([self.seed, zlib.crc32("|".join(t for _, _, t in items).encode())])
+        out = []
+        i = 0
+        while i < len(items):
+            if i + 1 < len(items) and rng.random() < self.p:
+                (wa, _, ta), (wb, _, tb) = items[i], items[i + 1]
+                gap = wa.new_zeros(int(rng.uniform(*self.pause) * self.sample_rate))
+                text = f"{ta} {tb}"
+                out.append((torch.cat([wa, gap, wb]), self.tokenizer.encode(text), text))
+                i += 2
+            else:
+                out.append(items[i])
+                i += 1
+        return collate(out)
+
+
 class BucketBatchSampler(Sampler[list[int]]):
     """Batches of similar length (less padding): shuffle, sort within pools of ``50 * batch_size``, cut
     into batches, shuffle the batches. The order is a pure function of ``(seed, epoch)``; without
@@ -226,11 +260,16 @@ class SpeechDataModule(pl.LightningDataModule):
         silence_db: a segment whose peak is at or below this level (dBFS) is silence-only: bad audio.
         skip_bad: skip and count bad audio instead of raising.
         seed: the batch order.
+        concat_p: in training, the probability that two neighbouring utterances of a batch are joined into
+            one with a pause between them (:class:`ConcatCollate`); 0: never.
+        concat_pause: the pause's range in seconds.
     """
 
     def __init__(self, *, sample_rate: int = 16000, batch_size: int = 16, num_workers: int = 0,
-                 max_train_seconds: float = 20.0, silence_db: float = -60.0, skip_bad: bool = False, seed: int = 0):
+                 max_train_seconds: float = 20.0, silence_db: float = -60.0, skip_bad: bool = False, seed: int = 0,
+                 concat_p: float = 0.0, concat_pause: tuple[float, float] = (0.3, 1.2)):
         super().__init__()
+        self.train_collate = ConcatCollate(concat_p, tuple(concat_pause), sample_rate, seed) if concat_p > 0 else collate
         check_int("sample_rate", sample_rate, min_value=1000)
         check_int("batch_size", batch_size, min_value=1)
         check_int("num_workers", num_workers, min_value=0)
@@ -281,7 +320,7 @@ class SpeechDataModule(pl.LightningDataModule):
         self.setup()
         ds = self.datasets[split]
         sampler = BucketBatchSampler(ds.durations, self.batch_size, shuffle=split == "train", seed=self.seed)
-        return DataLoader(ds, batch_sampler=sampler, collate_fn=collate, num_workers=self.num_workers,
+        return DataLoader(ds, batch_sampler=sampler, collate_fn=self.train_collate if split == "train" else collate, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
@@ -306,8 +345,10 @@ class LibriSpeechDataModule(SpeechDataModule):
     def __init__(self, *, root: str, train_split: str = "train-clean-100", val_split: str = "dev-clean",
                  test_split: str = "test-clean", sample_rate: int = 16000, batch_size: int = 16,
                  num_workers: int = 0, max_train_seconds: float = 20.0, silence_db: float = -60.0,
-                 skip_bad: bool = False, seed: int = 0):
+                 skip_bad: bool = False, seed: int = 0, concat_p: float = 0.0,
+                 concat_pause: tuple[float, float] = (0.3, 1.2)):
         super().__init__(sample_rate=sample_rate, batch_size=batch_size, num_workers=num_workers,
+                         concat_p=concat_p, concat_pause=tuple(concat_pause),
                          max_train_seconds=max_train_seconds, silence_db=silence_db, skip_bad=skip_bad, seed=seed)
         self.save_hyperparameters()
         self.root = root
@@ -327,8 +368,10 @@ class ManifestDataModule(SpeechDataModule):
 
     def __init__(self, *, train: str, val: str, test: str, sample_rate: int = 16000, batch_size: int = 16,
                  num_workers: int = 0, max_train_seconds: float = 20.0, silence_db: float = -60.0,
-                 skip_bad: bool = False, seed: int = 0):
+                 skip_bad: bool = False, seed: int = 0, concat_p: float = 0.0,
+                 concat_pause: tuple[float, float] = (0.3, 1.2)):
         super().__init__(sample_rate=sample_rate, batch_size=batch_size, num_workers=num_workers,
+                         concat_p=concat_p, concat_pause=tuple(concat_pause),
                          max_train_seconds=max_train_seconds, silence_db=silence_db, skip_bad=skip_bad, seed=seed)
         self.save_hyperparameters()
         self.manifests = {"train": train, "val": val, "test": test}
@@ -354,9 +397,11 @@ class SyntheticSpeechDataModule(SpeechDataModule):
                  longform_recordings: int = 4, longform_minutes: float = 3.0, engines: tuple[str, ...] = ("espeak-ng",),
                  sentences_file: str | None = None, corpus_seed: int = 0, test_split: str = "test",
                  synth_workers: int = 2, sample_rate: int = 16000, batch_size: int = 16, num_workers: int = 0,
-                 max_train_seconds: float = 20.0, silence_db: float = -60.0, skip_bad: bool = False, seed: int = 0):
+                 max_train_seconds: float = 20.0, silence_db: float = -60.0, skip_bad: bool = False, seed: int = 0,
+                 concat_p: float = 0.0, concat_pause: tuple[float, float] = (0.3, 1.2)):
         super().__init__(sample_rate=sample_rate, batch_size=batch_size, num_workers=num_workers,
-                         max_train_seconds=max_train_seconds, silence_db=silence_db, skip_bad=skip_bad, seed=seed)
+                         max_train_seconds=max_train_seconds, silence_db=silence_db, skip_bad=skip_bad, seed=seed,
+                         concat_p=concat_p, concat_pause=tuple(concat_pause))
         from audio.synth import CorpusSpec
 
         engines = tuple(engines)  # a Hydra ListConfig would not load from a checkpoint with weights_only

@@ -60,8 +60,10 @@ class LogMelFeatures(nn.Module):
         """Frames of waveforms with ``lengths`` samples (0 when shorter than one window)."""
         return torch.where(lengths >= self.n_fft, 1 + (lengths - self.n_fft).div(self.hop_length, rounding_mode="floor"), 0)
 
-    def forward(self, audio: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """(B, L) samples -> (B, T, n_mels) features and (B,) frame counts."""
+    def forward(self, audio: Tensor, lengths: Tensor | None = None, warp: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(B, L) samples -> (B, T, n_mels) features and (B,) frame counts. ``warp``: optional (B,) factors
+        that scale each utterance's frequency axis before the mel filterbank (:class:`VocalTractPerturbation`):
+        content at ``f`` Hz moves to ``warp * f``."""
         if audio.dim() != 2:
             raise ValueError(f"audio must have shape (B, L); got {tuple(audio.shape)}")
         if audio.shape[-1] < self.n_fft:
@@ -70,9 +72,54 @@ class LogMelFeatures(nn.Module):
         if lengths is None:
             lengths = torch.full((audio.shape[0],), audio.shape[-1], device=audio.device)
         with torch.autocast(audio.device.type, enabled=False):
-            mel = self.mel(audio.float())  # (B, n_mels, T)
+            if warp is None:
+                mel = self.mel(audio.float())  # (B, n_mels, T)
+            else:
+                mel = self.mel.mel_scale(warp_frequencies(self.mel.spectrogram(audio.float()), warp))
             feats = (torch.log(mel + 1e-6) - LOG_MEL_MEAN) / LOG_MEL_STD
         return feats.transpose(1, 2), self.num_frames(lengths)
+
+
+def warp_frequencies(spec: Tensor, warp: Tensor) -> Tensor:
+    """(B, F, T) power spectra, (B,) factors -> spectra whose bin ``f`` holds the input at ``f / warp``
+    (linear interpolation; bins beyond the input's top read its last bin)."""
+    n = spec.shape[1]
+    bins = torch.arange(n, device=spec.device, dtype=spec.dtype)
+    src = (bins[None, :] / warp[:, None].to(spec.dtype)).clamp(max=n - 1)
+    i0 = src.floor().long()
+    i1 = (i0 + 1).clamp(max=n - 1)
+    w = (src - i0.to(spec.dtype))[..., None]
+    t = spec.shape[2]
+    lo = spec.gather(1, i0[..., None].expand(-1, -1, t))
+    hi = spec.gather(1, i1[..., None].expand(-1, -1, t))
+    return lo * (1 - w) + hi * w
+
+
+class VocalTractPerturbation(nn.Module):
+    """VTLP (Jaitly & Hinton 2013, "Vocal Tract Length Perturbation (VTLP) improves speech recognition"):
+    in training, a share ``p`` of the utterances get their frequency axis scaled by a factor uniform in
+    ``[low, high]`` before the mel filterbank, so formants and pitch move as between speakers with other
+    vocal tract lengths. Draws the factors; :class:`LogMelFeatures` applies them. Evaluation: none.
+
+    Args:
+        low / high: range of the factors (> 1 moves content up, as a shorter vocal tract does).
+        p: probability that an utterance is warped.
+    """
+
+    def __init__(self, *, low: float = 0.85, high: float = 1.3, p: float = 0.5):
+        super().__init__()
+        self.low = check_float("low", low, min_value=0.1)
+        self.high = check_float("high", high, min_value=0.1)
+        if self.low > self.high:
+            raise ValueError(f"vtlp low={low} must be <= high={high}")
+        self.p = check_float("p", p, min_value=0.0, max_value=1.0)
+
+    def forward(self, batch: int, device=None) -> Tensor | None:
+        """(batch,) factors (1.0 for utterances left alone), or ``None`` when nothing is warped."""
+        if not self.training or self.p == 0.0:
+            return None
+        f = torch.empty(batch, device=device).uniform_(self.low, self.high)
+        return torch.where(torch.rand(batch, device=device) < self.p, f, torch.ones_like(f))
 
 
 class SpecAugment(nn.Module):

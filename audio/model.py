@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from audio.features import LogMelFeatures, SpecAugment, WaveAugment
+from audio.features import LogMelFeatures, SpecAugment, VocalTractPerturbation, WaveAugment
 from core_attn._checks import check_choice, check_float, check_int
 from core_attn.layers import AttentionSpec, MultiheadAttention, _attention_factory
 
@@ -259,13 +259,15 @@ class ConformerCTC(nn.Module):
         vocab_size: CTC classes including the blank (29 for :data:`audio.text.VOCAB`).
         augment: waveform gain and noise in training (``None``: none).
         spec_augment: SpecAugment masks in training (``None``: none).
+        vtlp: vocal tract length perturbation in training (``None``: none).
     """
 
     def __init__(self, *, features: LogMelFeatures, encoder: ConformerEncoder, vocab_size: int = 29,
-                 augment: WaveAugment | None = None, spec_augment: SpecAugment | None = None):
+                 augment: WaveAugment | None = None, spec_augment: SpecAugment | None = None,
+                 vtlp: VocalTractPerturbation | None = None):
         super().__init__()
         self.features, self.encoder = features, encoder
-        self.augment, self.spec_augment = augment, spec_augment
+        self.augment, self.spec_augment, self.vtlp = augment, spec_augment, vtlp
         self.vocab_size = check_int("vocab_size", vocab_size, min_value=2)
         self.head = nn.Linear(encoder.dim, vocab_size)
 
@@ -278,7 +280,8 @@ class ConformerCTC(nn.Module):
         """(B, L) samples -> (B, N, vocab) log-probabilities and (B,) frame counts."""
         if self.augment is not None:
             audio = self.augment(audio, lengths)
-        feats, flens = self.features(audio, lengths)
+        warp = self.vtlp(audio.shape[0], audio.device) if self.vtlp is not None else None
+        feats, flens = self.features(audio, lengths, warp)
         if self.spec_augment is not None:
             feats = self.spec_augment(feats)
         return self.forward_features(feats, flens)

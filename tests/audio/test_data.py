@@ -201,3 +201,26 @@ def test_empty_manifest_is_named(tmp_path):
     m = str(tmp_path / "m.jsonl")
     with pytest.raises(ValueError, match=r"m\.jsonl has no entries"):
         ManifestDataModule(train=m, val=m, test=m, batch_size=2).setup()
+
+
+def test_concat_collate_joins_pairs_with_a_pause():
+    from audio.data import ConcatCollate
+    from audio.text import CharTokenizer
+
+    tok = CharTokenizer()
+    texts = ["a cat", "the dog", "one owl", "two", "six hens"]
+    items = [(torch.full((100 * (i + 1),), float(i + 1)), tok.encode(t), t) for i, t in enumerate(texts)]
+    always = ConcatCollate(1.0, (0.01, 0.01), sample_rate=1000)(items)
+    assert always["texts"] == ["a cat the dog", "one owl two", "six hens"]  # pairs; the odd one stays alone
+    first = always["audio"][0, :always["audio_lens"][0]]
+    assert torch.equal(first, torch.cat([torch.full((100,), 1.0), torch.zeros(10), torch.full((200,), 2.0)]))
+    for i, text in enumerate(always["texts"]):
+        assert tok.decode(always["targets"][i, :always["target_lens"][i]]) == text
+    never = ConcatCollate(0.0)(items)
+    assert never["texts"] == texts
+    half = ConcatCollate(0.5, seed=3)
+    assert half(items)["texts"] == half(items)["texts"]  # a function of the seed and the batch
+    with pytest.raises(ValueError, match=r"concat_pause=\[1.0, 0.5\] must be \[low, high\]"):
+        ConcatCollate(0.5, (1.0, 0.5))
+    with pytest.raises(ValueError, match=r"concat_p=2"):
+        ConcatCollate(2.0)

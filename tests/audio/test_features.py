@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torchaudio.functional as AF
@@ -11,8 +13,10 @@ from audio.features import (
     SpecAugment,
     StreamingLogMel,
     StreamingResampler,
+    VocalTractPerturbation,
     WaveAugment,
     stream_features,
+    warp_frequencies,
 )
 from tests.audio.conftest import tone, write
 
@@ -122,3 +126,27 @@ def test_wave_augment_probability_leaves_the_rest_clean(p):
     clean = (y == x).all(1)
     assert bool(((y - x).abs().amax(1) > 1e-3)[~clean].all())  # a row is either untouched or augmented
     assert clean.float().mean().item() == pytest.approx(1 - p, abs=0.07)
+
+
+def test_warp_frequencies_moves_a_tone_and_identity_is_exact():
+    f = LogMelFeatures()
+    t = torch.arange(16000) / 16000
+    x = torch.sin(2 * math.pi * 1000 * t)[None].repeat(3, 1)
+    plain, _ = f(x)
+    same, _ = f(x, warp=torch.ones(3))
+    torch.testing.assert_close(same, plain)
+    spec = f.mel.spectrogram(x)  # 40 Hz bins: 1 kHz is bin 25
+    warped = warp_frequencies(spec, torch.tensor([1.0, 1.5, 0.8])).mean(-1).argmax(1)
+    assert warped.tolist() == [25, pytest.approx(37.5, abs=1), 20]
+
+
+def test_vocal_tract_perturbation_draws_factors_in_training_only():
+    torch.manual_seed(0)
+    v = VocalTractPerturbation(low=0.9, high=1.2, p=0.5)
+    w = v.train()(4000)
+    warped = w != 1.0
+    assert warped.float().mean().item() == pytest.approx(0.5, abs=0.05)
+    assert w[warped].min() >= 0.9 and w[warped].max() <= 1.2
+    assert v.eval()(8) is None and VocalTractPerturbation(p=0.0).train()(8) is None
+    with pytest.raises(ValueError, match=r"vtlp low=1.3 must be <= high=1.1"):
+        VocalTractPerturbation(low=1.3, high=1.1)
