@@ -182,12 +182,15 @@ def collate(items: list[tuple[Tensor, Tensor, str]]) -> dict:
 
 
 class ConcatCollate:
-    """Training collate that joins pairs of neighbouring utterances of a batch, with probability ``p`` per
-    pair, into one item: audio, a pause of silence uniform in ``pause`` seconds, audio; transcripts joined
-    by a space. Models trained on single utterances only never hear one sentence end and the next begin:
-    in a long recording they run sentences together and garble each sentence's first words (they learned
-    the recording's edge as the sentence start). The decisions are a pure function of ``seed`` and the
-    batch's transcripts (the same after a resume).
+    """Training collate that, with probability ``p`` per batch, joins the batch's neighbouring utterances
+    in pairs (the batch comes from similar lengths, so the pairs do too and padding stays small): audio, a
+    pause of silence uniform in ``pause`` seconds, audio; transcripts joined by a space. Models trained on
+    single utterances only never hear one sentence end and the next begin: in a long recording they run
+    sentences together and garble each sentence's first words (they learned the edge of the input as the
+    start of a sentence). The decisions are a pure function of ``seed`` and the batch's transcripts (the
+    same after a resume). Deciding per batch rather than per pair matters for speed: a batch mixing single
+    and joined utterances is padded to the joined length (measured: 2.36 s a step against 1.36 s without
+    joins, session 7).
     """
 
     def __init__(self, p: float, pause: tuple[float, float] = (0.3, 1.2), sample_rate: int = 16000, seed: int = 0):
@@ -199,18 +202,16 @@ class ConcatCollate:
 
     def __call__(self, items: list[tuple[Tensor, Tensor, str]]) -> dict:
         rng = np.random.default_rng([self.seed, zlib.crc32("|".join(t for _, _, t in items).encode())])
+        if len(items) < 2 or rng.random() >= self.p:
+            return collate(items)
         out = []
-        i = 0
-        while i < len(items):
-            if i + 1 < len(items) and rng.random() < self.p:
-                (wa, _, ta), (wb, _, tb) = items[i], items[i + 1]
-                gap = wa.new_zeros(int(rng.uniform(*self.pause) * self.sample_rate))
-                text = f"{ta} {tb}"
-                out.append((torch.cat([wa, gap, wb]), self.tokenizer.encode(text), text))
-                i += 2
-            else:
-                out.append(items[i])
-                i += 1
+        for i in range(0, len(items) - 1, 2):
+            (wa, _, ta), (wb, _, tb) = items[i], items[i + 1]
+            gap = wa.new_zeros(int(rng.uniform(*self.pause) * self.sample_rate))
+            text = f"{ta} {tb}"
+            out.append((torch.cat([wa, gap, wb]), self.tokenizer.encode(text), text))
+        if len(items) % 2:
+            out.append(items[-1])
         return collate(out)
 
 
@@ -260,8 +261,8 @@ class SpeechDataModule(pl.LightningDataModule):
         silence_db: a segment whose peak is at or below this level (dBFS) is silence-only: bad audio.
         skip_bad: skip and count bad audio instead of raising.
         seed: the batch order.
-        concat_p: in training, the probability that two neighbouring utterances of a batch are joined into
-            one with a pause between them (:class:`ConcatCollate`); 0: never.
+        concat_p: in training, the probability that a batch's neighbouring utterances are joined in pairs
+            with a pause between them (:class:`ConcatCollate`); 0: never.
         concat_pause: the pause's range in seconds.
     """
 

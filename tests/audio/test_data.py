@@ -220,6 +220,9 @@ def test_concat_collate_joins_pairs_with_a_pause():
     assert never["texts"] == texts
     half = ConcatCollate(0.5, seed=3)
     assert half(items)["texts"] == half(items)["texts"]  # a function of the seed and the batch
+    joined = [len(ConcatCollate(0.5, seed=s)(items)["texts"]) for s in range(200)]
+    assert set(joined) == {3, 5}  # a whole batch is joined or none of it
+    assert joined.count(3) / 200 == pytest.approx(0.5, abs=0.1)
     with pytest.raises(ValueError, match=r"concat_pause=\[1.0, 0.5\] must be \[low, high\]"):
         ConcatCollate(0.5, (1.0, 0.5))
     with pytest.raises(ValueError, match=r"concat_p=2"):
