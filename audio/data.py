@@ -201,8 +201,10 @@ class ConcatCollate:
         self.tokenizer = CharTokenizer()
 
     def __call__(self, items: list[tuple[Tensor, Tensor, str]]) -> dict:
+        if self.p == 0.0 or len(items) < 2:
+            return collate(items)
         rng = np.random.default_rng([self.seed, zlib.crc32("|".join(t for _, _, t in items).encode())])
-        if len(items) < 2 or rng.random() >= self.p:
+        if rng.random() >= self.p:
             return collate(items)
         out = []
         for i in range(0, len(items) - 1, 2):
@@ -270,7 +272,7 @@ class SpeechDataModule(pl.LightningDataModule):
                  max_train_seconds: float = 20.0, silence_db: float = -60.0, skip_bad: bool = False, seed: int = 0,
                  concat_p: float = 0.0, concat_pause: tuple[float, float] = (0.3, 1.2)):
         super().__init__()
-        self.train_collate = ConcatCollate(concat_p, tuple(concat_pause), sample_rate, seed) if concat_p > 0 else collate
+        self.train_collate = ConcatCollate(concat_p, tuple(concat_pause), sample_rate, seed)  # checks concat_p
         check_int("sample_rate", sample_rate, min_value=1000)
         check_int("batch_size", batch_size, min_value=1)
         check_int("num_workers", num_workers, min_value=0)
@@ -321,8 +323,8 @@ class SpeechDataModule(pl.LightningDataModule):
         self.setup()
         ds = self.datasets[split]
         sampler = BucketBatchSampler(ds.durations, self.batch_size, shuffle=split == "train", seed=self.seed)
-        return DataLoader(ds, batch_sampler=sampler, collate_fn=self.train_collate if split == "train" else collate, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+        return DataLoader(ds, batch_sampler=sampler, collate_fn=self.train_collate if split == "train" else collate,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")

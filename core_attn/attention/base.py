@@ -107,14 +107,18 @@ class PatternAttention(AttentionBase):
         return self.pattern(n).dense_mask(n)
 
     def _dense_mask_cached(self, n: int, device) -> Tensor:
+        """The pattern's (n, n) mask for the dense backend, kept per length up to ``AUTO_DENSE_MAX_N`` (a
+        longer one, 4 MB at n = 2048 and growing as n^2, is rebuilt per call as before)."""
+        if n > self.AUTO_DENSE_MAX_N:
+            return self.pattern(n).dense_mask(n, device)
         key = ("dense", n, str(device))
         if key not in self._parts_cache:
             self._parts_cache[key] = self.pattern(n).dense_mask(n, device)
         return self._parts_cache[key]
 
     def density(self, n: int) -> float:
-        """Fraction of the (n, n) score matrix the pattern allows."""
-        return float(self._dense_mask_cached(n, "cpu").float().mean())
+        """Fraction of the (n, n) score matrix the pattern allows (builds the mask; not kept)."""
+        return float(self.pattern(n).dense_mask(n).float().mean())
 
     def parts(self, n: int, device) -> list:
         key = (n, str(device))

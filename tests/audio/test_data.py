@@ -227,3 +227,5 @@ def test_concat_collate_joins_pairs_with_a_pause():
         ConcatCollate(0.5, (1.0, 0.5))
     with pytest.raises(ValueError, match=r"concat_p=2"):
         ConcatCollate(2.0)
+    with pytest.raises(ValueError, match=r"concat_p=-0.1"):  # the data module checks it too
+        ManifestDataModule(train="t.jsonl", val="v.jsonl", test="s.jsonl", concat_p=-0.1)

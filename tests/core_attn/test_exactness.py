@@ -144,6 +144,7 @@ def test_auto_on_cpu_is_dense_for_dense_patterns_and_blocked_otherwise():
         choice[n] = attn.select_backend(q, q, q)
     assert attn.density(16) >= attn.AUTO_DENSE_MIN_DENSITY > attn.density(32)
     assert choice == {12: "dense", 16: "dense", 32: "blocked", 256: "blocked"}
+    assert [k for k in attn._parts_cache if k[0] == "dense"] == []  # choosing kept decisions, not N x N masks
     wide = core_attn.build_attention("local", window=4096)  # a dense pattern, but past AUTO_DENSE_MAX_N
     q = torch.randn(1, 1, wide.AUTO_DENSE_MAX_N + 8, 8)
     assert wide.select_backend(q, q, q) == "blocked"
