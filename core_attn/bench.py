@@ -4,7 +4,8 @@ Each case (variant, N, mode, dtype) runs in a fresh worker process (``python -m 
 '<json>'``) that builds a layer of d_model 512, 8 heads x 64, batch 1 (projections included), runs
 ``--warmup`` untimed calls, then times ``--repeats`` calls (forward under ``no_grad``, or forward plus
 ``out.sum().backward()``) and reports the median, and its peak RSS (``ru_maxrss``) minus the RSS after
-imports, layer and input creation. Workers past ``--timeout`` seconds or ``--memory-limit-gb`` are killed
+imports, layer and input creation (with ``--device cuda``: the peak of ``torch.cuda.max_memory_allocated``
+minus the memory allocated after layer and input creation; every timed call ends with a synchronize). Workers past ``--timeout`` seconds or ``--memory-limit-gb`` are killed
 and recorded as ``timeout`` / ``oom``; the variant's larger N are then skipped.
 
 The same run measures the machine's dense GEMM throughput (a worker too) and reports each case's
@@ -17,6 +18,7 @@ Outputs: a console table; ``<outdir>/<tag>.csv`` and ``.md``; ``<tag>_time.png``
 
 Example:
     python -m core_attn.bench --variants local,bigbird,dense,peers --lengths 1k,4k,16k --threads 2
+    python -m core_attn.bench --device cuda --variants local,bigbird,dense,flex_local --lengths 16k,64k,128k
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ QUICK_LENGTHS = (512, 1024)
 MODES = ("fwd", "fwdbwd")
 DTYPES = ("fp32", "bf16")
 GEMM_SIZES = (2048, 3072, 4096)
+GEMM_SIZES_CUDA = (4096, 8192)
 GEMM_TIMEOUT_S = 600.0
 RESULT_TAG = "BENCH_RESULT "
 ROOT = Path(__file__).resolve().parents[1]
@@ -202,51 +205,64 @@ def _maxrss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
-def _backend_of(layer: torch.nn.Module, train: bool, n: int) -> str:
+def _backend_of(layer: torch.nn.Module, train: bool, n: int, device: str = "cpu") -> str:
     attn = getattr(layer, "attention", None)
     if isinstance(attn, PatternAttention):
-        probe = torch.zeros(1, 1, n, 1, requires_grad=train)  # auto's choice depends on the length
+        # auto's choice depends on the length and the device
+        probe = torch.zeros(1, 1, n, 1, device=device, requires_grad=train)
         with torch.set_grad_enabled(train):
             return attn.select_backend(probe, probe, probe)
     return "sdpa" if getattr(attn, "name", None) == "dense" else "eager"
 
 
-def build_layer(variant: str, n: int, window: int, train: bool) -> tuple[torch.nn.Module, str]:
-    """The layer of a case and the name of the backend that runs its attention."""
+def build_layer(variant: str, n: int, window: int, train: bool, device: str = "cpu") -> tuple[torch.nn.Module, str]:
+    """The layer of a case (on ``device``) and the name of the backend that runs its attention."""
     if variant in PEERS:
-        return build_peer(variant, n, DIM, HEADS, window), PEERS[variant].backend
+        return build_peer(variant, n, DIM, HEADS, window).to(device), PEERS[variant].backend
     from core_attn.layers import MultiheadAttention
 
-    layer = MultiheadAttention(DIM, HEADS, attention=make_attention(variant, n, window))
-    return layer, _backend_of(layer, train, n)
+    layer = MultiheadAttention(DIM, HEADS, attention=make_attention(variant, n, window)).to(device)
+    return layer, _backend_of(layer, train, n, device)
 
 
 def run_case(spec: dict) -> dict:
     """Time one case in this process (the worker's job); returns the JSON-able result."""
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
+    device = torch.device(spec.get("device", "cpu"))
+    cuda = device.type == "cuda"
     n, train, bf16 = spec["n"], spec["mode"] == "fwdbwd", spec["dtype"] == "bf16"
-    layer, backend = build_layer(spec["variant"], n, spec["window"], train)
-    x = torch.randn(1, n, DIM, requires_grad=train)
+    layer, backend = build_layer(spec["variant"], n, spec["window"], train, str(device))
+    x = torch.randn(1, n, DIM, device=device, requires_grad=train)
     params = list(layer.parameters())
 
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize(device)
+
     def step() -> float:
+        sync()
         t0 = time.perf_counter()
         with torch.set_grad_enabled(train):
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 out = layer(x)
             if train:
                 out.sum().backward()
+        sync()
         dt = time.perf_counter() - t0
         for p in params + [x]:
             p.grad = None
         return dt * 1e3
 
     gc.collect()
-    baseline = _maxrss_mb()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+        baseline = torch.cuda.memory_allocated(device) / 2**20
+    else:
+        baseline = _maxrss_mb()
     first = [step() for _ in range(spec["warmup"])]
     runs = [step() for _ in range(spec["repeats"])]
-    peak = _maxrss_mb()
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else _maxrss_mb()
     return {"status": "ok", "backend": backend, "ms": statistics.median(runs), "ms_min": min(runs),
             "ms_runs": runs, "first_call_ms": first[0] if first else None, "peak_mb": peak - baseline,
             "peak_abs_mb": peak, "baseline_mb": baseline}
@@ -256,17 +272,25 @@ def run_gemm(spec: dict) -> dict:
     """Dense square matmul throughput: per size the median of ``repeats`` after one warm-up call;
     the peak is the best size's median."""
     torch.set_num_threads(spec["threads"])
+    device = torch.device(spec.get("device", "cpu"))
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     out = {}
     for dtype in spec["dtypes"]:
         by_size = {}
         for s in spec["sizes"]:
-            a = torch.randn(s, s).to(torch.bfloat16 if dtype == "bf16" else torch.float32)
-            b = torch.randn(s, s).to(a.dtype)
+            a = torch.randn(s, s, device=device).to(torch.bfloat16 if dtype == "bf16" else torch.float32)
+            b = torch.randn(s, s, device=device).to(a.dtype)
             torch.matmul(a, b)
             ts = []
             for _ in range(spec["repeats"]):
+                sync()
                 t0 = time.perf_counter()
                 torch.matmul(a, b)
+                sync()
                 ts.append(time.perf_counter() - t0)
             by_size[s] = 2.0 * s ** 3 / statistics.median(ts) / 1e9
         out[dtype] = {"peak_gflops": max(by_size.values()), "by_size": by_size}
@@ -364,20 +388,21 @@ class Config:
     window: int = 256
     timeout: float | None = 300.0
     memory_limit_mb: float | None = None
+    device: str = "cpu"
 
 
 def case_spec(cfg: Config, variant: str, n: int, mode: str, dtype: str) -> dict:
     """The JSON-able description of one case that a worker runs."""
     return {"kind": "case", "variant": variant, "n": n, "mode": mode, "dtype": dtype, "threads": cfg.threads,
-            "warmup": cfg.warmup, "repeats": cfg.repeats, "window": cfg.window}
+            "warmup": cfg.warmup, "repeats": cfg.repeats, "window": cfg.window, "device": cfg.device}
 
 
-def _static_status(variant: str, mode: str) -> tuple[str, str] | None:
+def _static_status(variant: str, mode: str, device: str = "cpu") -> tuple[str, str] | None:
     """Why a case cannot run at all (peer not installed, variant not registered, mode unsupported)."""
     if variant in PEERS:
         if not peer_installed(variant):
             return "not installed", f"needs `{PEERS[variant].package}` (pip install 'longattn[bench]')"
-        if mode not in PEERS[variant].modes:
+        if device == "cpu" and mode not in PEERS[variant].modes:
             return "unsupported", f"{variant} has no {mode} on CPU (torch 2.9 FlexAttention: forward only)"
         return None
     if variant not in list_attention():
@@ -396,8 +421,9 @@ def run_cases(cfg: Config, runner=spawn_worker, log=print) -> list[dict]:
             for n in sorted(cfg.lengths):
                 for mode in cfg.modes:
                     row = {"variant": variant, "kind": "peer" if variant in PEERS else "project", "n": n,
-                           "mode": mode, "dtype": dtype, "threads": cfg.threads, "note": ""}
-                    static = _static_status(variant, mode)
+                           "mode": mode, "dtype": dtype, "threads": cfg.threads, "device": cfg.device,
+                           "note": ""}
+                    static = _static_status(variant, mode, cfg.device)
                     prior = [failed.get((variant, dtype, m)) for m in {mode, "fwd"}]
                     prior = [f for f in prior if f is not None and f[0] <= n]
                     if static:
@@ -469,6 +495,18 @@ def _parse_lengths(text: str) -> list[int]:
     return sorted(set(out))
 
 
+def _parse_device(text: str) -> str:
+    """``--device``: cpu, cuda or cuda:N, and CUDA only where torch sees that GPU."""
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", text):
+        raise ValueError(f"--device: {text!r} is not allowed; expected cpu, cuda or cuda:N")
+    if text.startswith("cuda"):
+        index = int(text.split(":")[1]) if ":" in text else 0
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if index >= count:
+            raise ValueError(f"--device={text}: torch sees {count} CUDA device(s) here; use --device cpu")
+    return text
+
+
 def _parse_list(name: str, text: str, allowed) -> list[str]:
     items = [t.strip() for t in text.split(",") if t.strip()]
     for item in items:
@@ -512,6 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="fp32", help="fp32, bf16 (autocast on CPU) or fp32,bf16 for both")
     p.add_argument("--mode", default="both", choices=["fwd", "fwdbwd", "both"])
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N): where the layers and inputs live")
     p.add_argument("--repeats", type=int, default=None, help="timed calls per case, median reported (default 3)")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls first (compile for FlexAttention)")
     p.add_argument("--window", type=int, default=256, help="keys on each side: the shared pattern budget")
@@ -541,6 +580,7 @@ def parse_args(argv: list[str]) -> tuple[Config, argparse.Namespace]:
         window=check_int("--window", a.window, min_value=1),
         timeout=check_float("--timeout", a.timeout, min_value=0.0) or None,
         memory_limit_mb=None if limit is None else check_float("--memory-limit-gb", limit, min_value=0.0),
+        device=_parse_device(a.device),
     )
     if "flex_local" in cfg.variants and cfg.warmup < 1:
         raise ValueError("--warmup=0 would time flex_local's compilation; use --warmup >= 1")
@@ -549,8 +589,10 @@ def parse_args(argv: list[str]) -> tuple[Config, argparse.Namespace]:
 
 def measure_gemm(cfg: Config, quick: bool) -> dict | None:
     """The GEMM peak per dtype of the run (fp32 always), measured in a worker with the run's threads."""
+    sizes = [512, 1024] if quick else list(GEMM_SIZES_CUDA if cfg.device.startswith("cuda") else GEMM_SIZES)
     spec = {"kind": "gemm", "threads": cfg.threads, "dtypes": sorted(set(cfg.dtypes) | {"fp32"}),
-            "sizes": [512, 1024] if quick else list(GEMM_SIZES), "repeats": 1 if quick else 3}
+            "sizes": sizes, "repeats": 1 if quick else (10 if cfg.device.startswith("cuda") else 3),
+            "device": cfg.device}
     res = spawn_worker(spec, GEMM_TIMEOUT_S, cfg.memory_limit_mb)
     if res.get("status") != "ok":
         print(f"GEMM peak: {res.get('status')} ({res.get('note', '')})", flush=True)

@@ -19,8 +19,9 @@ like :class:`core_attn.layers.MultiheadAttention`, so the timings compare whole 
   N is not a multiple of ``window`` an all-true ``mask`` is passed: ``autopad`` alone leaves the zero
   padding keys visible to the last queries.
 * ``flex_local``: ``torch.compile(flex_attention)`` with a sliding-window ``BlockMask`` made by
-  ``create_block_mask`` (which evaluates the mask on the full N x N grid, as users call it); forward only,
-  torch 2.9 has no FlexAttention backward on CPU. The first call (compile) is reported separately.
+  ``create_block_mask`` (which evaluates the mask on the full N x N grid, as users call it); forward only
+  on CPU (torch 2.9 has no FlexAttention backward there), forward and backward with ``--device cuda``. The
+  first call (compile) is reported separately.
 
 Imports of transformers / local_attention happen inside the builders, so this module imports with torch
 only.
@@ -191,7 +192,8 @@ class BigBirdLayer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         # HF passes the masks in the hidden states' dtype, which fails under CPU autocast (scatter_ of bf16
         # scores into an fp32 view); in the autocast dtype it runs.
-        dt = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+        kind = x.device.type
+        dt = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
         masks = [m.to(dt) for m in (self.band, self.from_mask, self.to_mask, self.blocked, self.blocked)]
         out = self.attn(x, *masks)[0]  # transformers 4.x returns (out,), 5.x (out, probs)
         return self.proj(out)

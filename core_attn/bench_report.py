@@ -18,7 +18,7 @@ import torch
 from core_attn.bench_peers import PEERS
 from core_attn.registry import get_attention_class, list_attention
 
-COLUMNS = ["variant", "kind", "backend", "n", "n_run", "mode", "dtype", "threads", "status", "ms", "ms_min",
+COLUMNS = ["variant", "kind", "backend", "n", "n_run", "mode", "dtype", "threads", "device", "status", "ms", "ms_min",
            "ms_runs", "first_call_ms", "peak_mb", "peak_abs_mb", "baseline_mb", "pairs", "computed_pairs",
            "useful_gflop", "useful_gflops", "pct_gemm_peak", "x_vs_fastest_peer", "fastest_peer",
            "mem_vs_fastest_peer", "x_vs_dense", "kwargs", "note", "wall_s"]
@@ -221,6 +221,13 @@ def cpu_model() -> str:
     return f"{model} ({', '.join(shown) or 'no AVX-512'})"
 
 
+def _device_name(device: str) -> str:
+    """``cpu``, or the CUDA device's name as torch reports it."""
+    if device == "cpu" or not torch.cuda.is_available():
+        return device
+    return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+
+
 def write_markdown(rows, cfg, gemm, targets, path: Path, command: str, images: list[Path]) -> None:
     from core_attn.bench import BUDGETS, DIM, HEAD_DIM, HEADS
 
@@ -230,12 +237,15 @@ def write_markdown(rows, cfg, gemm, targets, path: Path, command: str, images: l
     lines = [f"# core_attn benchmark `{path.stem}`", "", f"Command: `{command}`", "",
              f"- torch {torch.__version__}, Python {platform.python_version()}, threads {cfg.threads}",
              f"- CPU: {cpu_model()}",
+             f"- Device: {_device_name(cfg.device)}",
              f"- GEMM peak (square matmul, median per size, best size): {gemm_txt}",
              f"- Layer: d_model {DIM}, {HEADS} heads x {HEAD_DIM}, batch 1, projections included; window budget "
              f"{cfg.window} each side; {cfg.warmup} warm-up call(s), median of {cfg.repeats}; timeout "
              f"{cfg.timeout} s per case; memory limit {_f(cfg.memory_limit_mb, '{:.0f}')} MB",
-             "- Memory: peak RSS of the case's fresh worker minus its RSS after imports, layer and input creation "
-             "(`peak_abs_mb` in the CSV is the absolute peak).",
+             ("- Memory: peak RSS of the case's fresh worker minus its RSS after imports, layer and input creation "
+              "(`peak_abs_mb` in the CSV is the absolute peak)." if cfg.device == "cpu" else
+              "- Memory: peak `torch.cuda.max_memory_allocated` of the case's fresh worker minus the memory allocated "
+              "after layer and input creation (`peak_abs_mb` in the CSV is the absolute peak)."),
              "- Useful GFLOP/s: the FLOPs the pattern requires (4 projections + 4 x head_dim per visible pair "
              "and head; fwd+bwd = 3x fwd), not the padded blocks computed; peers get those of our variant with "
              "the same pattern budget.", "", "## Results", "", _md_table(*_table_rows(rows))]

@@ -75,9 +75,9 @@ class PatternAttention(AttentionBase):
         ``blocked``: our eager block-sparse kernel (forward and backward, any device).
         ``flex``: compiled FlexAttention with the pattern's ``BlockMask`` (no backward on CPU).
         ``dense``: SDPA with ``dense_mask(n)``: O(N^2), for checking and for short inputs only.
-        ``auto``: ``flex`` on CUDA; elsewhere ``dense`` when the pattern allows at least
-        ``AUTO_DENSE_MIN_DENSITY`` of the score matrix (short inputs, ``n <= AUTO_DENSE_MAX_N``: the same
-        result, and the masked dense product beats block bookkeeping there), else ``blocked``.
+        ``auto``: ``dense`` when the pattern allows at least ``AUTO_DENSE_MIN_DENSITY`` of the score matrix
+        (short inputs, ``n <= AUTO_DENSE_MAX_N``: the same result, and the masked dense product beats block
+        bookkeeping there); else ``flex`` on CUDA (head dim >= 16) and ``blocked`` elsewhere.
     """
 
     exact = True
@@ -133,17 +133,18 @@ class PatternAttention(AttentionBase):
         from core_attn import flex as flex_mod
 
         grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-        reasons = {"blocked": None, "dense": None, "flex": flex_mod.unusable_reason(q.device, grad)}
+        reasons = {"blocked": None, "dense": None,
+                   "flex": flex_mod.unusable_reason(q.device, grad, q.shape[-1])}
         if self.backend == "auto":
-            if q.device.type == "cuda" and reasons["flex"] is None:
-                return "flex"
             n = q.shape[-2]
-            key = ("auto", n, str(q.device))
+            key = ("auto", n, str(q.device), q.shape[-1])
             if key not in self._parts_cache:
                 if torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting():
                     return "blocked"  # a length never run eagerly: the density is not traceable
                 short = n <= self.AUTO_DENSE_MAX_N and self.density(n) >= self.AUTO_DENSE_MIN_DENSITY
-                self._parts_cache[key] = "dense" if short else "blocked"
+                # short dense patterns: the masked dense kernel; else FlexAttention on CUDA, blocked on CPU
+                longer = "flex" if q.device.type == "cuda" and reasons["flex"] is None else "blocked"
+                self._parts_cache[key] = "dense" if short else longer
             return self._parts_cache[key]
         if reasons[self.backend] is not None:
             listing = "; ".join(f"{b}: {r or 'usable'}" for b, r in reasons.items())

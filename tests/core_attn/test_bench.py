@@ -149,6 +149,8 @@ def test_worker_reports_errors_as_json(capsys):
     (["--dtype", "fp16"], r"--dtype: 'fp16' is not allowed"),
     (["--threads", "0"], r"--threads=0 is out of range"),
     (["--variants", "flex_local", "--warmup", "0"], "would time flex_local's compilation"),
+    (["--device", "gpu"], r"--device: 'gpu' is not allowed; expected cpu, cuda or cuda:N"),
+    (["--device", "cuda:99"], r"--device=cuda:99: torch sees \d+ CUDA device\(s\) here"),
 ])
 def test_bad_options_raise(argv, match):
     with pytest.raises(ValueError, match=match):
