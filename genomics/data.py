@@ -263,7 +263,8 @@ class SequenceDataModule(_GenomicsDataModule):
             headers share the match (e.g. one organism) in the same split.
         max_len: tokens per item (crops of longer records; evaluation tiles them for ``mlm``).
         val_fraction / test_fraction / split_seed: the record split (stratified by label).
-        mask_prob: MLM masking rate.
+        mask_prob: MLM masking rate (validation and test; training too unless ``train_mask_prob`` is set).
+        train_mask_prob: MLM masking rate of the training crops; ``None``: ``mask_prob``.
         reverse_complement: training probability of the other strand (DNA).
         batch_size / num_workers: loaders.
         on_error: ``raise`` or ``skip`` (and count) bad records and unlabelled ones.
@@ -274,13 +275,15 @@ class SequenceDataModule(_GenomicsDataModule):
                  data_dir: str = "data", task: str = "classify", tokenizer: dict | None = None,
                  labels: dict | None = None, max_len: int = 1024, val_fraction: float = 0.1,
                  test_fraction: float = 0.1, split_seed: int = 0, mask_prob: float = 0.15,
-                 reverse_complement: float = 0.0, batch_size: int = 16, num_workers: int = 0,
+                 train_mask_prob: float | None = None, reverse_complement: float = 0.0, batch_size: int = 16, num_workers: int = 0,
                  on_error: str = "raise", vocab_size: int = 9, num_outputs: int = 4):
         super().__init__()
         self.save_hyperparameters()
         check_choice("task", task, ("classify", "mlm"))
         check_choice("on_error", on_error, ON_ERROR)
         check_float("mask_prob", mask_prob, min_value=0.0, max_value=1.0)
+        if train_mask_prob is not None:
+            check_float("train_mask_prob", train_mask_prob, min_value=0.0, max_value=1.0)
         self.tokenizer = build_tokenizer(**(tokenizer or {"alphabet": "dna"}))
         self.label_cfg = {"source": "header", "regex": None, "file": None, "id_column": "id", "label_column": "label",
                           "min_count": 1, "group_regex": None, **(labels or {})}
@@ -382,12 +385,16 @@ class SequenceDataModule(_GenomicsDataModule):
             replace = (self.tokenizer.standard_ids if isinstance(self.tokenizer, ProteinTokenizer)
                        else self.tokenizer.symbol_ids)
             mlm = {"mask_prob": h.mask_prob, "replace_ids": replace}
+        train_prob = h.train_mask_prob
         for split in SPLITS:
             idx = parts[split]
+            split_mlm = mlm
+            if mlm is not None and split == "train" and train_prob is not None:
+                split_mlm = {**mlm, "mask_prob": train_prob}
             self.records[split] = [records[i].tokens for i in idx]
             self.targets[split] = None if strata is None else [strata[i] for i in idx]
             self.datasets[split] = RecordCrops(
-                self.records[split], self.targets[split], max_len=h.max_len, train=split == "train", mlm=mlm,
+                self.records[split], self.targets[split], max_len=h.max_len, train=split == "train", mlm=split_mlm,
                 tile=h.task == "mlm", reverse_complement=h.reverse_complement if split == "train" else 0.0,
                 tokenizer=self.tokenizer, seed=h.split_seed)
         log.info("genomics: %s records train/val/test = %d/%d/%d", self.file.name,

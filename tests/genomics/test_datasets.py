@@ -230,3 +230,22 @@ def test_unigram_baseline_of_proteins(fasta):
     k, m = tok.encode("K")[0], tok.encode("M")[0]
     assert lp[:4].isinf().all() and torch.exp(lp[4:]).sum().item() == pytest.approx(1.0)
     assert lp[k] > lp[m]
+
+
+def test_train_mask_prob_masks_training_crops_only(fasta):
+    path = fasta([(f"r{i}", "ACGT" * 100) for i in range(40)])
+    kw = dict(dataset="path", path=str(path), max_len=400, task="mlm", num_outputs=9, val_fraction=0.25,
+              test_fraction=0.25)
+
+    def rate(dm, split):
+        items = [dm.datasets[split][i] for i in range(len(dm.datasets[split]))]
+        return np.mean([(it["targets"] != IGNORE).float().mean().item() for it in items])
+
+    dm = SequenceDataModule(**kw, train_mask_prob=0.4)
+    dm.setup()
+    assert rate(dm, "train") == pytest.approx(0.4, abs=0.03) and rate(dm, "val") == pytest.approx(0.15, abs=0.03)
+    same = SequenceDataModule(**kw)
+    same.setup()
+    assert rate(same, "train") == pytest.approx(0.15, abs=0.03)
+    with pytest.raises(ValueError, match=r"train_mask_prob=1.5 is out of range"):
+        SequenceDataModule(**kw, train_mask_prob=1.5)
