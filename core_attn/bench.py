@@ -209,7 +209,7 @@ def _backend_of(layer: torch.nn.Module, train: bool, n: int, device: str = "cpu"
     attn = getattr(layer, "attention", None)
     if isinstance(attn, PatternAttention):
         # auto's choice depends on the length and the device
-        probe = torch.zeros(1, 1, n, 1, device=device, requires_grad=train)
+        probe = torch.zeros(1, 1, n, HEAD_DIM, device=device, requires_grad=train)  # (flex needs head dim >= 16)
         with torch.set_grad_enabled(train):
             return attn.select_backend(probe, probe, probe)
     return "sdpa" if getattr(attn, "name", None) == "dense" else "eager"
