@@ -60,10 +60,12 @@ class LogMelFeatures(nn.Module):
         """Frames of waveforms with ``lengths`` samples (0 when shorter than one window)."""
         return torch.where(lengths >= self.n_fft, 1 + (lengths - self.n_fft).div(self.hop_length, rounding_mode="floor"), 0)
 
-    def forward(self, audio: Tensor, lengths: Tensor | None = None, warp: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(self, audio: Tensor, lengths: Tensor | None = None, warp: Tensor | None = None,
+                gain: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """(B, L) samples -> (B, T, n_mels) features and (B,) frame counts. ``warp``: optional (B,) factors
         that scale each utterance's frequency axis before the mel filterbank (:class:`VocalTractPerturbation`):
-        content at ``f`` Hz moves to ``warp * f``."""
+        content at ``f`` Hz moves to ``warp * f``. ``gain``: optional (B, n_mels) power gains of each mel
+        band (:class:`RandomEqualizer`), applied before the log (silence stays silent)."""
         if audio.dim() != 2:
             raise ValueError(f"audio must have shape (B, L); got {tuple(audio.shape)}")
         if audio.shape[-1] < self.n_fft:
@@ -76,6 +78,8 @@ class LogMelFeatures(nn.Module):
                 mel = self.mel(audio.float())  # (B, n_mels, T)
             else:
                 mel = self.mel.mel_scale(warp_frequencies(self.mel.spectrogram(audio.float()), warp))
+            if gain is not None:
+                mel = mel * gain[:, :, None].to(mel.dtype)
             feats = (torch.log(mel + 1e-6) - LOG_MEL_MEAN) / LOG_MEL_STD
         return feats.transpose(1, 2), self.num_frames(lengths)
 
@@ -120,6 +124,90 @@ class VocalTractPerturbation(nn.Module):
             return None
         f = torch.empty(batch, device=device).uniform_(self.low, self.high)
         return torch.where(torch.rand(batch, device=device) < self.p, f, torch.ones_like(f))
+
+
+class RandomEqualizer(nn.Module):
+    """A random smooth equaliser per utterance, in training only: the mel bands' power is scaled by a
+    spectral tilt (uniform in ``[-tilt_db, tilt_db]`` dB from the lowest band to the highest) plus ``bumps``
+    Gaussian peaks or dips (gain uniform in ``[-gain_db, gain_db]`` dB, centre uniform over the bands, width
+    uniform in ``width`` bands). Voices differ in spectral balance and formant strength (espeak-ng's
+    ``tone`` and formant-amplitude settings, microphones and rooms in real recordings) as well as in formant
+    positions, which :class:`VocalTractPerturbation` covers. Draws the (B, n_mels) gains;
+    :class:`LogMelFeatures` applies them before the log.
+
+    Args:
+        tilt_db: largest tilt across the band, in dB.
+        gain_db: largest gain of a bump, in dB.
+        bumps: number of bumps per utterance.
+        width: ``[low, high]`` standard deviation of a bump, in mel bands.
+        p: probability that an utterance is equalised.
+    """
+
+    def __init__(self, *, tilt_db: float = 10.0, gain_db: float = 10.0, bumps: int = 2,
+                 width: tuple[float, float] = (2.0, 10.0), p: float = 0.5):
+        super().__init__()
+        self.tilt_db = check_float("tilt_db", tilt_db, min_value=0.0)
+        self.gain_db = check_float("gain_db", gain_db, min_value=0.0)
+        self.bumps = check_int("bumps", bumps, min_value=0)
+        if len(width) != 2 or not 0 < width[0] <= width[1]:
+            raise ValueError(f"width={list(width)} must be [low, high] bands with 0 < low <= high")
+        self.width = (float(width[0]), float(width[1]))
+        self.p = check_float("p", p, min_value=0.0, max_value=1.0)
+
+    def forward(self, batch: int, n_mels: int, device=None) -> Tensor | None:
+        """(batch, n_mels) power gains (1.0 for utterances left alone), or ``None`` in evaluation."""
+        if not self.training or self.p == 0.0:
+            return None
+        bands = torch.linspace(0.0, 1.0, n_mels, device=device)  # (F,)
+        db = torch.empty(batch, 1, device=device).uniform_(-self.tilt_db, self.tilt_db) * (bands - 0.5)
+        for _ in range(self.bumps):
+            centre = torch.rand(batch, 1, device=device) * (n_mels - 1)
+            sd = torch.empty(batch, 1, device=device).uniform_(*self.width)
+            peak = torch.empty(batch, 1, device=device).uniform_(-self.gain_db, self.gain_db)
+            idx = torch.arange(n_mels, device=device)[None, :]
+            db = db + peak * torch.exp(-0.5 * ((idx - centre) / sd) ** 2)
+        chosen = (torch.rand(batch, 1, device=device) < self.p).to(db.dtype)
+        return 10 ** (db * chosen / 10)
+
+
+class Echo(nn.Module):
+    """A single echo per utterance, in training only: ``x[t] + a * x[t - d]`` with the delay ``d`` uniform in
+    ``delay_ms`` and the amplitude ``a`` uniform in ``amplitude`` (espeak-ng voices such as Alicia speak
+    with one; rooms add many). Padding stays zero.
+
+    Args:
+        delay_ms: ``[low, high]`` delay in milliseconds.
+        amplitude: ``[low, high]`` echo amplitude relative to the direct sound.
+        sample_rate: of the waveforms.
+        p: probability that an utterance gets an echo.
+    """
+
+    def __init__(self, *, delay_ms: tuple[float, float] = (20.0, 80.0), amplitude: tuple[float, float] = (0.2, 0.6),
+                 sample_rate: int = 16000, p: float = 0.3):
+        super().__init__()
+        for name, pair in (("delay_ms", delay_ms), ("amplitude", amplitude)):
+            if len(pair) != 2 or not 0 <= pair[0] <= pair[1]:
+                raise ValueError(f"{name}={list(pair)} must be [low, high] with 0 <= low <= high")
+        self.delay_ms = (float(delay_ms[0]), float(delay_ms[1]))
+        self.amplitude = (float(amplitude[0]), float(amplitude[1]))
+        self.sample_rate = check_int("sample_rate", sample_rate, min_value=1000)
+        self.p = check_float("p", p, min_value=0.0, max_value=1.0)
+
+    def forward(self, audio: Tensor, lengths: Tensor) -> Tensor:
+        """(B, L) -> (B, L)."""
+        if not self.training or self.p == 0.0:
+            return audio
+        b, n = audio.shape
+        chosen = (torch.rand(b) < self.p).tolist()
+        delays = torch.empty(b).uniform_(*self.delay_ms).mul(self.sample_rate / 1000).long().tolist()
+        amps = torch.empty(b).uniform_(*self.amplitude).tolist()
+        out = audio.clone()
+        for i in range(b):
+            d = delays[i]
+            if chosen[i] and 0 < d < n:
+                out[i, d:] += amps[i] * audio[i, :n - d]
+        valid = torch.arange(n, device=audio.device)[None, :] < lengths[:, None]
+        return out * valid
 
 
 class SpecAugment(nn.Module):

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from audio.features import LogMelFeatures, SpecAugment, VocalTractPerturbation, WaveAugment
+from audio.features import Echo, LogMelFeatures, RandomEqualizer, SpecAugment, VocalTractPerturbation, WaveAugment
 from core_attn._checks import check_choice, check_float, check_int
 from core_attn.layers import AttentionSpec, MultiheadAttention, _attention_factory
 
@@ -260,14 +260,18 @@ class ConformerCTC(nn.Module):
         augment: waveform gain and noise in training (``None``: none).
         spec_augment: SpecAugment masks in training (``None``: none).
         vtlp: vocal tract length perturbation in training (``None``: none).
+        equalizer: random spectral balance in training (``None``: none).
+        echo: a random echo in training (``None``: none).
     """
 
     def __init__(self, *, features: LogMelFeatures, encoder: ConformerEncoder, vocab_size: int = 29,
                  augment: WaveAugment | None = None, spec_augment: SpecAugment | None = None,
-                 vtlp: VocalTractPerturbation | None = None):
+                 vtlp: VocalTractPerturbation | None = None, equalizer: RandomEqualizer | None = None,
+                 echo: Echo | None = None):
         super().__init__()
         self.features, self.encoder = features, encoder
         self.augment, self.spec_augment, self.vtlp = augment, spec_augment, vtlp
+        self.equalizer, self.echo = equalizer, echo
         self.vocab_size = check_int("vocab_size", vocab_size, min_value=2)
         self.head = nn.Linear(encoder.dim, vocab_size)
 
@@ -278,10 +282,14 @@ class ConformerCTC(nn.Module):
 
     def forward(self, audio: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """(B, L) samples -> (B, N, vocab) log-probabilities and (B,) frame counts."""
+        if self.echo is not None:
+            audio = self.echo(audio, lengths)
         if self.augment is not None:
             audio = self.augment(audio, lengths)
         warp = self.vtlp(audio.shape[0], audio.device) if self.vtlp is not None else None
-        feats, flens = self.features(audio, lengths, warp)
+        gain = (self.equalizer(audio.shape[0], self.features.n_mels, audio.device)
+                if self.equalizer is not None else None)
+        feats, flens = self.features(audio, lengths, warp, gain)
         if self.spec_augment is not None:
             feats = self.spec_augment(feats)
         return self.forward_features(feats, flens)

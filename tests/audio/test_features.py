@@ -9,6 +9,8 @@ import torch
 import torchaudio.functional as AF
 
 from audio.features import (
+    Echo,
+    RandomEqualizer,
     LogMelFeatures,
     SpecAugment,
     StreamingLogMel,
@@ -150,3 +152,45 @@ def test_vocal_tract_perturbation_draws_factors_in_training_only():
     assert v.eval()(8) is None and VocalTractPerturbation(p=0.0).train()(8) is None
     with pytest.raises(ValueError, match=r"vtlp low=1.3 must be <= high=1.1"):
         VocalTractPerturbation(low=1.3, high=1.1)
+
+
+def test_random_equalizer_gains():
+    eq = RandomEqualizer(tilt_db=6.0, gain_db=4.0, bumps=2, p=1.0)
+    g = eq(5, 80)
+    assert g.shape == (5, 80) and (g > 0).all()
+    db = 10 * torch.log10(g)
+    assert db.abs().max() <= 3.0 + 2 * 4.0 + 1e-4  # half the tilt at either end plus two bumps
+    assert (db.std(dim=1) > 0).all()  # every utterance equalised (p=1)
+    assert RandomEqualizer(p=0.0)(5, 80) is None
+    eq.eval()
+    assert eq(5, 80) is None
+    with pytest.raises(ValueError, match=r"width=\[5.0, 2.0\] must be \[low, high\]"):
+        RandomEqualizer(width=(5.0, 2.0))
+
+
+def test_log_mel_gain_scales_band_power_before_the_log():
+    feats = LogMelFeatures()
+    audio = torch.from_numpy(tone(0.5))[None]
+    base, _ = feats(audio)
+    ones, _ = feats(audio, gain=torch.ones(1, 80))
+    torch.testing.assert_close(ones, base)
+    silent, _ = feats(torch.zeros(1, 8000), gain=torch.full((1, 80), 10.0))
+    torch.testing.assert_close(silent, feats(torch.zeros(1, 8000))[0])  # silence stays silent
+    loud = feats(audio, gain=torch.full((1, 80), 10.0))[0]
+    assert (loud - base).mean() > 0
+
+
+def test_echo_adds_a_delayed_copy_and_keeps_padding():
+    echo = Echo(delay_ms=(10.0, 10.0), amplitude=(0.5, 0.5), p=1.0)
+    x = torch.randn(2, 1000)
+    x[1, 600:] = 0
+    lengths = torch.tensor([1000, 600])
+    y = echo(x, lengths)
+    d = 160
+    torch.testing.assert_close(y[0, d:], x[0, d:] + 0.5 * x[0, :-d])
+    torch.testing.assert_close(y[0, :d], x[0, :d])
+    assert (y[1, 600:] == 0).all()
+    echo.eval()
+    assert echo(x, lengths) is x
+    with pytest.raises(ValueError, match=r"delay_ms=\[80.0, 20.0\] must be \[low, high\]"):
+        Echo(delay_ms=(80.0, 20.0))
