@@ -77,7 +77,8 @@ class PatternAttention(AttentionBase):
         ``dense``: SDPA with ``dense_mask(n)``: O(N^2), for checking and for short inputs only.
         ``auto``: ``dense`` when the pattern allows at least ``AUTO_DENSE_MIN_DENSITY`` of the score matrix
         (short inputs, ``n <= AUTO_DENSE_MAX_N``: the same result, and the masked dense product beats block
-        bookkeeping there); else ``flex`` on CUDA (head dim >= 16) and ``blocked`` elsewhere.
+        bookkeeping there) and on CUDA for any ``n <= AUTO_DENSE_MAX_N_CUDA``; else ``flex`` on CUDA (head
+        dim >= 16) and ``blocked`` elsewhere.
     """
 
     exact = True
@@ -86,6 +87,10 @@ class PatternAttention(AttentionBase):
     # 0.76), 0.7-1.2 at 192 (0.57, break-even), 1.7-2.3 at 256 (0.45)
     AUTO_DENSE_MIN_DENSITY = 0.6
     AUTO_DENSE_MAX_N = 2048
+    # On CUDA, inputs up to this length run dense whatever the density (docs/performance.md "On a GPU",
+    # benchmarks/flex_lengths.py on an H200: local window 64, B 8, H 4, D 64, fwd+bwd, N 300-1,290: dense
+    # 1.5-3.9 ms, flex 14-18 ms once compiled, and flex compiles for 8-12 s at every new length)
+    AUTO_DENSE_MAX_N_CUDA = 1024
 
     def __init__(self, *, causal: bool = False, backend: str = "auto"):
         super().__init__(causal=causal)
@@ -141,7 +146,8 @@ class PatternAttention(AttentionBase):
             if key not in self._parts_cache:
                 if torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting():
                     return "blocked"  # a length never run eagerly: the density is not traceable
-                short = n <= self.AUTO_DENSE_MAX_N and self.density(n) >= self.AUTO_DENSE_MIN_DENSITY
+                short = (q.device.type == "cuda" and n <= self.AUTO_DENSE_MAX_N_CUDA) or (
+                    n <= self.AUTO_DENSE_MAX_N and self.density(n) >= self.AUTO_DENSE_MIN_DENSITY)
                 # short dense patterns: the masked dense kernel; else FlexAttention on CUDA, blocked on CPU
                 longer = "flex" if q.device.type == "cuda" and reasons["flex"] is None else "blocked"
                 self._parts_cache[key] = "dense" if short else longer

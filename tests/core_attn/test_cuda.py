@@ -73,13 +73,15 @@ def test_pattern_variant_on_cuda_equals_the_cpu_reference(name, kw, min_n, padde
 
 def test_auto_on_cuda_picks_flex_dense_or_blocked():
     attn = core_attn.build_attention("local", window=16).to(CUDA)
-    q = torch.randn(1, 2, 256, 16, device=CUDA, requires_grad=True)
-    assert attn.select_backend(q, q, q) == "flex"  # sparse enough (density 0.13)
+    n = attn.AUTO_DENSE_MAX_N_CUDA + 100
+    q = torch.randn(1, 2, n, 16, device=CUDA, requires_grad=True)
+    assert attn.select_backend(q, q, q) == "flex"  # longer than dense's CUDA limit, sparse (density 0.03)
     with torch.no_grad():
         assert attn.select_backend(q, q, q) == "flex"
-    short = torch.randn(1, 2, 24, 16, device=CUDA)  # window 16 covers most of 24 tokens
-    assert attn.select_backend(short, short, short) == "dense"
-    narrow = torch.randn(1, 2, 256, 8, device=CUDA)  # FlexAttention's CUDA kernels need head_dim >= 16
+    for m in (24, 256):  # short: dense (24: window 16 covers most; 256: sparse but short)
+        short = torch.randn(1, 2, m, 16, device=CUDA)
+        assert attn.select_backend(short, short, short) == "dense"
+    narrow = torch.randn(1, 2, n, 8, device=CUDA)  # FlexAttention's CUDA kernels need head_dim >= 16
     assert attn.select_backend(narrow, narrow, narrow) == "blocked"
     with pytest.raises(ValueError, match="head_dim >= 16; got 8"):
         core_attn.build_attention("local", window=16, backend="flex")(narrow, narrow, narrow)
