@@ -36,3 +36,12 @@ def test_build_block_mask_equals_create_block_mask(name, kw, padded):
             for field in FIELDS:
                 assert torch.equal(getattr(got, field), getattr(want, field)), field
             assert got.seq_lengths == want.seq_lengths and got.BLOCK_SIZE == want.BLOCK_SIZE
+
+
+def test_flex_reports_cuda_head_dims_below_16():
+    from core_attn.flex import unusable_reason
+
+    cuda = torch.device("cuda")  # a device object only: nothing runs on it
+    assert unusable_reason(cuda, True, 8) == "FlexAttention's CUDA kernels need head_dim >= 16; got 8"
+    assert unusable_reason(cuda, True, 16) is None
+    assert unusable_reason(torch.device("cpu"), False, 8) is None  # the CPU kernels take any head dim
