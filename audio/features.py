@@ -158,13 +158,13 @@ class RandomEqualizer(nn.Module):
         """(batch, n_mels) power gains (1.0 for utterances left alone), or ``None`` in evaluation."""
         if not self.training or self.p == 0.0:
             return None
-        bands = torch.linspace(0.0, 1.0, n_mels, device=device)  # (F,)
-        db = torch.empty(batch, 1, device=device).uniform_(-self.tilt_db, self.tilt_db) * (bands - 0.5)
+        idx = torch.arange(n_mels, device=device, dtype=torch.float32)[None, :]  # (1, F)
+        tilt = torch.empty(batch, 1, device=device).uniform_(-self.tilt_db, self.tilt_db)
+        db = tilt * (idx / max(n_mels - 1, 1) - 0.5)
         for _ in range(self.bumps):
             centre = torch.rand(batch, 1, device=device) * (n_mels - 1)
             sd = torch.empty(batch, 1, device=device).uniform_(*self.width)
             peak = torch.empty(batch, 1, device=device).uniform_(-self.gain_db, self.gain_db)
-            idx = torch.arange(n_mels, device=device)[None, :]
             db = db + peak * torch.exp(-0.5 * ((idx - centre) / sd) ** 2)
         chosen = (torch.rand(batch, 1, device=device) < self.p).to(db.dtype)
         return 10 ** (db * chosen / 10)

@@ -205,6 +205,12 @@ def _maxrss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
+def _synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously; the CPU needs no wait)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _backend_of(layer: torch.nn.Module, train: bool, n: int, device: str = "cpu") -> str:
     attn = getattr(layer, "attention", None)
     if isinstance(attn, PatternAttention):
@@ -236,19 +242,15 @@ def run_case(spec: dict) -> dict:
     x = torch.randn(1, n, DIM, device=device, requires_grad=train)
     params = list(layer.parameters())
 
-    def sync() -> None:
-        if cuda:
-            torch.cuda.synchronize(device)
-
     def step() -> float:
-        sync()
+        _synchronize(device)
         t0 = time.perf_counter()
         with torch.set_grad_enabled(train):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 out = layer(x)
             if train:
                 out.sum().backward()
-        sync()
+        _synchronize(device)
         dt = time.perf_counter() - t0
         for p in params + [x]:
             p.grad = None
@@ -273,11 +275,6 @@ def run_gemm(spec: dict) -> dict:
     the peak is the best size's median."""
     torch.set_num_threads(spec["threads"])
     device = torch.device(spec.get("device", "cpu"))
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
     out = {}
     for dtype in spec["dtypes"]:
         by_size = {}
@@ -287,10 +284,10 @@ def run_gemm(spec: dict) -> dict:
             torch.matmul(a, b)
             ts = []
             for _ in range(spec["repeats"]):
-                sync()
+                _synchronize(device)
                 t0 = time.perf_counter()
                 torch.matmul(a, b)
-                sync()
+                _synchronize(device)
                 ts.append(time.perf_counter() - t0)
             by_size[s] = 2.0 * s ** 3 / statistics.median(ts) / 1e9
         out[dtype] = {"peak_gflops": max(by_size.values()), "by_size": by_size}

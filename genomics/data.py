@@ -275,7 +275,8 @@ class SequenceDataModule(_GenomicsDataModule):
                  data_dir: str = "data", task: str = "classify", tokenizer: dict | None = None,
                  labels: dict | None = None, max_len: int = 1024, val_fraction: float = 0.1,
                  test_fraction: float = 0.1, split_seed: int = 0, mask_prob: float = 0.15,
-                 train_mask_prob: float | None = None, reverse_complement: float = 0.0, batch_size: int = 16, num_workers: int = 0,
+                 train_mask_prob: float | None = None, reverse_complement: float = 0.0, batch_size: int = 16,
+                 num_workers: int = 0,
                  on_error: str = "raise", vocab_size: int = 9, num_outputs: int = 4):
         super().__init__()
         self.save_hyperparameters()

@@ -7,16 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import core_attn
-from core_attn.attention.base import PatternAttention
 from core_attn.reference import reference_attention
-from tests.core_attn.variants import SETTINGS
+from tests.core_attn.variants import PATTERN_CASES
 
-PATTERN_CASES = [
-    pytest.param(name, kw, id=f"{name}-{i}")
-    for name in core_attn.list_attention()
-    if issubclass(core_attn.get_attention_class(name), PatternAttention)
-    for i, (kw, _) in enumerate(SETTINGS.get(name, []))
-]
 
 
 def _grads(out, inputs, g, retain_graph=False):

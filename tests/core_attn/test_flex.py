@@ -5,22 +5,15 @@ import torch
 from torch.nn.attention.flex_attention import create_block_mask
 
 import core_attn
-from core_attn.attention.base import PatternAttention
 from core_attn.flex import build_block_mask
-from tests.core_attn.variants import SETTINGS
+from tests.core_attn.variants import PATTERN_CASES
 
-CASES = [
-    pytest.param(name, kw, id=f"{name}-{i}")
-    for name in core_attn.list_attention()
-    if issubclass(core_attn.get_attention_class(name), PatternAttention)
-    for i, (kw, _) in enumerate(SETTINGS.get(name, []))
-]
 FIELDS = ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices",
           "q_num_blocks", "q_indices", "full_q_num_blocks", "full_q_indices")
 
 
 @pytest.mark.parametrize("padded", [False, True], ids=["nopad", "pad"])
-@pytest.mark.parametrize("name,kw", CASES)
+@pytest.mark.parametrize("name,kw", PATTERN_CASES)
 def test_build_block_mask_equals_create_block_mask(name, kw, padded):
     attn = core_attn.build_attention(name, **kw)
     for n in (61, 300):  # one block and a partial one; three blocks and a partial one

@@ -1,5 +1,10 @@
 """Small test settings for every registered variant (a new variant must add itself here)."""
 
+import pytest
+
+import core_attn
+from core_attn.attention.base import PatternAttention
+
 # name -> list of (kwargs, min_n) small enough for fast tests; min_n = shortest valid input.
 SETTINGS = {
     "dense": [({}, 1), ({"causal": True}, 1)],
@@ -24,3 +29,11 @@ SETTINGS = {
     "hierarchical": [({"segment_size": 8}, 1), ({"segment_size": 8, "causal": True}, 1)],
     "perceiver": [({"num_latents": 8, "num_heads": 2, "head_dim": 8}, 1)],
 }
+
+# (name, kwargs) of every exact pattern variant's settings, as pytest params with ids "<name>-<i>".
+PATTERN_CASES = [
+    pytest.param(name, kw, id=f"{name}-{i}")
+    for name in core_attn.list_attention()
+    if issubclass(core_attn.get_attention_class(name), PatternAttention)
+    for i, (kw, _) in enumerate(SETTINGS.get(name, []))
+]
