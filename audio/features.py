@@ -19,7 +19,7 @@ import torchaudio
 import torchaudio.functional as AF
 from torch import Tensor, nn
 
-from core_attn._checks import check_float, check_int
+from core_attn._checks import check_float, check_int, check_range
 
 # Fixed normalisation of log-mel values (measured on the built-in corpus: mean -5.3, std 5.3). A fixed
 # affine, unlike per-utterance statistics, is the same for a 3 s utterance and an hour-long recording.
@@ -149,9 +149,7 @@ class RandomEqualizer(nn.Module):
         self.tilt_db = check_float("tilt_db", tilt_db, min_value=0.0)
         self.gain_db = check_float("gain_db", gain_db, min_value=0.0)
         self.bumps = check_int("bumps", bumps, min_value=0)
-        if len(width) != 2 or not 0 < width[0] <= width[1]:
-            raise ValueError(f"width={list(width)} must be [low, high] bands with 0 < low <= high")
-        self.width = (float(width[0]), float(width[1]))
+        self.width = check_range("width", width, min_value=0, exclusive_min=True, unit="bands")
         self.p = check_float("p", p, min_value=0.0, max_value=1.0)
 
     def forward(self, batch: int, n_mels: int, device=None) -> Tensor | None:
@@ -185,11 +183,8 @@ class Echo(nn.Module):
     def __init__(self, *, delay_ms: tuple[float, float] = (20.0, 80.0), amplitude: tuple[float, float] = (0.2, 0.6),
                  sample_rate: int = 16000, p: float = 0.3):
         super().__init__()
-        for name, pair in (("delay_ms", delay_ms), ("amplitude", amplitude)):
-            if len(pair) != 2 or not 0 <= pair[0] <= pair[1]:
-                raise ValueError(f"{name}={list(pair)} must be [low, high] with 0 <= low <= high")
-        self.delay_ms = (float(delay_ms[0]), float(delay_ms[1]))
-        self.amplitude = (float(amplitude[0]), float(amplitude[1]))
+        self.delay_ms = check_range("delay_ms", delay_ms, min_value=0)
+        self.amplitude = check_range("amplitude", amplitude, min_value=0)
         self.sample_rate = check_int("sample_rate", sample_rate, min_value=1000)
         self.p = check_float("p", p, min_value=0.0, max_value=1.0)
 
@@ -264,9 +259,7 @@ class WaveAugment(nn.Module):
         super().__init__()
         self.p = check_float("p", p, min_value=0.0, max_value=1.0)
         self.gain_db = check_float("gain_db", gain_db, min_value=0.0)
-        if len(snr_db) != 2 or snr_db[0] > snr_db[1]:
-            raise ValueError(f"snr_db={list(snr_db)} must be [low, high] with low <= high")
-        self.snr_db = (float(snr_db[0]), float(snr_db[1]))
+        self.snr_db = check_range("snr_db", snr_db)
 
     def forward(self, audio: Tensor, lengths: Tensor) -> Tensor:
         """(B, L) -> (B, L); padding stays zero."""

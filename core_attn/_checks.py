@@ -7,7 +7,7 @@ Hydra config surfaces as one readable line instead of a deep stack trace.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 
@@ -40,6 +40,22 @@ def check_float(name: str, value: Any, *, min_value: float | None = None, max_va
         raise ValueError(f"{name}={value!r} must be a number")
     _check_bounds(name, value, min_value, max_value)
     return float(value)
+
+
+def check_range(name: str, value: Any, *, min_value: float | None = None, exclusive_min: bool = False,
+                unit: str = "") -> tuple[float, float]:
+    """Raise ``ValueError`` unless ``value`` is a pair ``[low, high]`` of numbers with ``low <= high`` and
+    ``low >= min_value`` (``>`` with ``exclusive_min``); returns ``(low, high)`` as floats."""
+    pair = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else None
+    ok = pair is not None and len(pair) == 2 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in pair)
+    if ok and min_value is not None:
+        ok = pair[0] > min_value if exclusive_min else pair[0] >= min_value
+    if not ok or pair[0] > pair[1]:
+        lower = "" if min_value is None else f"{min_value} {'<' if exclusive_min else '<='} "
+        shown = pair if pair is not None else value
+        raise ValueError(f"{name}={shown!r} must be [low, high]{' ' + unit if unit else ''} with {lower}low <= high")
+    return float(pair[0]), float(pair[1])
 
 
 def _check_bounds(name: str, value: float, lo: float | None, hi: float | None) -> None:
