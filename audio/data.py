@@ -27,7 +27,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from audio.text import CharTokenizer, normalize_text
-from core_attn._checks import check_float, check_int
+from core_attn._checks import check_float, check_int, check_range
 
 log = logging.getLogger(__name__)
 
@@ -195,9 +195,8 @@ class ConcatCollate:
 
     def __init__(self, p: float, pause: tuple[float, float] = (0.3, 1.2), sample_rate: int = 16000, seed: int = 0):
         self.p = check_float("concat_p", p, min_value=0.0, max_value=1.0)
-        if len(pause) != 2 or not 0.0 <= pause[0] <= pause[1]:
-            raise ValueError(f"concat_pause={list(pause)} must be [low, high] seconds with 0 <= low <= high")
-        self.pause, self.sample_rate, self.seed = (float(pause[0]), float(pause[1])), sample_rate, seed
+        self.pause = check_range("concat_pause", pause, min_value=0, unit="seconds")
+        self.sample_rate, self.seed = sample_rate, seed
         self.tokenizer = CharTokenizer()
 
     def __call__(self, items: list[tuple[Tensor, Tensor, str]]) -> dict:
@@ -388,8 +387,8 @@ class SyntheticSpeechDataModule(SpeechDataModule):
 
     Args:
         cache_dir: where corpora are kept (``${paths.data_dir}/audio/synthetic``).
-        train / val / test / longform_recordings / longform_minutes / engines / sentences_file / corpus_seed:
-            the corpus (see :class:`audio.synth.CorpusSpec`).
+        train / val / test / longform_recordings / longform_minutes / engines / sentences_file / corpus_seed /
+            random_voices: the corpus (see :class:`audio.synth.CorpusSpec`).
         test_split: ``test`` (single utterances), ``long-form`` (whole recordings) or
             ``long-form-segments`` (the long-form recordings cut per utterance).
         synth_workers: synthesiser processes run in parallel while generating.
@@ -401,7 +400,7 @@ class SyntheticSpeechDataModule(SpeechDataModule):
                  sentences_file: str | None = None, corpus_seed: int = 0, test_split: str = "test",
                  synth_workers: int = 2, sample_rate: int = 16000, batch_size: int = 16, num_workers: int = 0,
                  max_train_seconds: float = 20.0, silence_db: float = -60.0, skip_bad: bool = False, seed: int = 0,
-                 concat_p: float = 0.0, concat_pause: tuple[float, float] = (0.3, 1.2)):
+                 concat_p: float = 0.0, concat_pause: tuple[float, float] = (0.3, 1.2), random_voices: int = 0):
         super().__init__(sample_rate=sample_rate, batch_size=batch_size, num_workers=num_workers,
                          max_train_seconds=max_train_seconds, silence_db=silence_db, skip_bad=skip_bad, seed=seed,
                          concat_p=concat_p, concat_pause=tuple(concat_pause))
@@ -412,12 +411,13 @@ class SyntheticSpeechDataModule(SpeechDataModule):
         for name, n in (("train", train), ("val", val), ("test", test)):
             check_int(name, n, min_value=1)
         check_int("longform_recordings", longform_recordings, min_value=0)
+        check_int("random_voices", random_voices, min_value=0)
         if test_split not in ("test", "long-form", "long-form-segments"):
             raise ValueError(f"test_split={test_split!r} is not allowed; expected one of "
                              "['test', 'long-form', 'long-form-segments']")
         self.spec = CorpusSpec(train=train, val=val, test=test, longform_recordings=longform_recordings,
                                longform_minutes=float(longform_minutes), engines=tuple(engines),
-                               sentences_file=sentences_file, seed=corpus_seed)
+                               sentences_file=sentences_file, seed=corpus_seed, random_voices=random_voices)
         self.cache_dir, self.test_split, self.synth_workers = Path(cache_dir), test_split, synth_workers
         self._folder: Path | None = None
 

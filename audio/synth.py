@@ -8,8 +8,12 @@ the words are shared (a character model cannot spell words it never heard). ``se
 the grammar with your own text, one sentence per line.
 
 Voices are an espeak-ng accent plus a voice variant (``en-us+m3``); the variants are split into
-disjoint train, validation and test sets, so test speech is unseen in both sentence and voice. Speaking
-rate and pitch are drawn per utterance. Everything is a pure function of the config and the seed.
+disjoint train, validation and test sets, so test speech is unseen in both sentence and voice. Training
+also gets ``random_voices`` variants of our own (:func:`random_variant`: vocal-tract scaling, formant
+heights and widths, pitch range, voicing, breath, a tone curve, an echo, drawn from about the ranges of
+espeak-ng's training variants), written to a private copy of espeak-ng's data folder while the corpus is
+made and kept in ``<corpus>/voices/``. Speaking rate and pitch are drawn per utterance. Everything is a
+pure function of the config and the seed.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import io
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -44,6 +49,7 @@ ESPEAK_VARIANTS = {
     "test": ("m6", "m8", "f5", "klatt5", "Alicia", "Diogo", "anika", "edward2", "gustave", "grandpa", "iven4",
              "pedro", "sandro", "shelby", "zac"),
 }
+RANDOM_VARIANT = "rand"  # our generated training variants: rand000, rand001, ...
 FLITE_VOICES = {"train": ("kal", "awb", "rms"), "val": ("kal16",), "test": ("slt",)}
 RATES = (135, 185)   # espeak-ng words per minute (uniform); 4x-subsampled char CTC needs < ~25 chars/s
 PITCHES = (25, 75)   # espeak-ng pitch 0-99 (uniform)
@@ -75,11 +81,83 @@ def engine_version(engine: str) -> str:
     return subprocess.run([engine, flag], capture_output=True, text=True).stdout.strip().splitlines()[0]
 
 
-def voices(split: str, engines: Sequence[str]) -> list[str]:
-    """The voices of ``split`` (``train``/``val``/``test``): ``espeak-ng:<accent>+<variant>`` or ``flite:<voice>``."""
+def espeak_data_dir() -> str:
+    """The folder of espeak-ng's data (``.../espeak-ng-data``), as its version line reports it."""
+    line = engine_version("espeak-ng")
+    if "Data at:" not in line:
+        raise RuntimeError(f"`espeak-ng --version` printed {line!r}, which does not say where its data is "
+                           "('Data at: <folder>'); random training voices need a copy of that folder "
+                           "(or set data.random_voices=0)")
+    return line.split("Data at:", 1)[1].strip()
+
+
+def random_variant(rng: np.random.Generator) -> str:
+    """The text of an espeak-ng voice variant file (``voices/!v/<name>``) with random voice parameters.
+
+    Drawn from about the ranges of the training variants in ``ESPEAK_VARIANTS["train"]``, widened: a
+    vocal-tract scaling of the formant frequencies F1-F5 (0.85-1.5, each formant jittered by 8%; the
+    training variants reach 1.35), formant heights and widths (percent of the default), a pitch range
+    (base 55-240 Hz, top 1.15-1.8x the base), voicing and consonant amplitudes (unvoiced consonants
+    down to 15%, the training variants to 40%), flutter and roughness; and, each with its own chance,
+    breath noise per formant, a tone curve (3-5 points from 100 Hz to 4 kHz) and an echo.
+    """
+    lines = ["language variant", "gender " + ("female" if rng.random() < 0.5 else "male")]
+    base = float(np.exp(rng.uniform(np.log(55), np.log(240))))
+    lines.append(f"pitch {base:.0f} {base * rng.uniform(1.15, 1.8):.0f}")
+    tract = rng.uniform(0.85, 1.5)
+    for k in range(9):
+        freq = 100 * (tract if 1 <= k <= 5 else rng.uniform(0.85, 1.4)) * rng.uniform(0.92, 1.08)
+        height = rng.uniform(60, 160) if k <= 5 else rng.uniform(0, 130)
+        lines.append(f"formant {k} {freq:.0f} {height:.0f} {rng.uniform(50, 180):.0f}")
+    lines.append(f"voicing {rng.uniform(30, 200):.0f}")
+    lines.append(f"consonants {rng.uniform(40, 150):.0f} {rng.uniform(15, 150):.0f}")
+    lines.append(f"flutter {int(rng.integers(0, 13))}")
+    lines.append(f"roughness {int(rng.integers(0, 5))}")
+    if rng.random() < 0.35:
+        lines.append("breath " + " ".join(str(int(b)) for b in rng.integers(0, 16, size=8)))
+    if rng.random() < 0.5:
+        points = int(rng.integers(3, 6))
+        freqs = np.sort(rng.choice(np.arange(100, 4001, 50), size=points, replace=False))
+        amps = rng.integers(10, 256, size=points)
+        lines.append("tone " + " ".join(f"{f} {a}" for f, a in zip(freqs, amps)))
+    if rng.random() < 0.3:
+        lines.append(f"echo {int(rng.integers(10, 141))} {int(rng.integers(5, 51))}")
+    return "\n".join(lines) + "\n"
+
+
+def random_variants(n: int, seed: int) -> dict[str, str]:
+    """``n`` random training variants, name -> voice file text (deterministic in ``seed``)."""
+    rng = np.random.default_rng([seed, 3])
+    return {f"{RANDOM_VARIANT}{i:03d}": f"name {RANDOM_VARIANT}{i:03d}\n" + random_variant(rng) for i in range(n)}
+
+
+def write_espeak_data(dest, variants: dict[str, str]):
+    """A private copy of espeak-ng's data folder in ``dest`` with ``variants`` added to ``voices/!v``;
+    returns ``dest`` (for ``espeak-ng --path``). Each variant is checked to change the voice: espeak-ng
+    silently speaks with the plain voice when a variant file is missing or unreadable."""
+    from pathlib import Path
+
+    dest = Path(dest)
+    shutil.copytree(espeak_data_dir(), dest / "espeak-ng-data")
+    for name, text in variants.items():
+        (dest / "espeak-ng-data" / "voices" / "!v" / name).write_text(text)
+    plain = synthesize(Utterance("checking the voice", "espeak-ng:en", 160, 50), espeak_path=str(dest))
+    for name in variants:
+        wave = synthesize(Utterance("checking the voice", f"espeak-ng:en+{name}", 160, 50), espeak_path=str(dest))
+        if len(wave) == len(plain) and np.array_equal(wave, plain):
+            raise RuntimeError(f"espeak-ng ignored the generated voice variant {name!r} (it spoke with the plain "
+                               f"voice); its file: {dest / 'espeak-ng-data' / 'voices' / '!v' / name}")
+    return dest
+
+
+def voices(split: str, engines: Sequence[str], random_voices: int = 0) -> list[str]:
+    """The voices of ``split`` (``train``/``val``/``test``): ``espeak-ng:<accent>+<variant>`` or ``flite:<voice>``;
+    training also has ``random_voices`` generated variants (``rand000``, ...) in every accent."""
     out = []
     if "espeak-ng" in engines:
         out += [f"espeak-ng:{a}+{v}" for v in ESPEAK_VARIANTS[split] for a in ESPEAK_ACCENTS]
+        if split == "train":
+            out += [f"espeak-ng:{a}+{RANDOM_VARIANT}{i:03d}" for i in range(random_voices) for a in ESPEAK_ACCENTS]
     if "flite" in engines:
         out += [f"flite:{v}" for v in FLITE_VOICES[split]]
     return out
@@ -95,11 +173,13 @@ class Utterance:
     pitch: int
 
 
-def synthesize(utt: Utterance, sample_rate: int = TARGET_RATE) -> np.ndarray:
-    """Speak ``utt`` and return float32 mono samples at ``sample_rate``."""
+def synthesize(utt: Utterance, sample_rate: int = TARGET_RATE, espeak_path: str | None = None) -> np.ndarray:
+    """Speak ``utt`` and return float32 mono samples at ``sample_rate`` (``espeak_path``: a folder holding
+    an ``espeak-ng-data`` folder to use instead of the installed one, see :func:`write_espeak_data`)."""
     engine, voice = utt.voice.split(":", 1)
     if engine == "espeak-ng":
-        cmd = ["espeak-ng", "-v", voice, "-s", str(utt.rate), "-p", str(utt.pitch), "--stdout", utt.text]
+        cmd = ["espeak-ng", *(["--path", espeak_path] if espeak_path else []), "-v", voice, "-s", str(utt.rate),
+               "-p", str(utt.pitch), "--stdout", utt.text]
     else:  # flite: rate as a duration stretch around its default 170 words/min
         cmd = ["flite", "-voice", voice, "--setf", f"duration_stretch={170 / utt.rate:.3f}", "-t", utt.text,
                "-o", "/dev/stdout"]
@@ -308,6 +388,7 @@ class CorpusSpec:
         engines: synthesisers, ``espeak-ng`` and/or ``flite``.
         sentences_file: a text file with one sentence per line to use instead of the grammar.
         seed: every choice (sentences, voices, rates, pitches, gaps) derives from it.
+        random_voices: generated espeak-ng voice variants added to the training voices (:func:`random_variant`).
     """
 
     train: int = 4000
@@ -318,13 +399,17 @@ class CorpusSpec:
     engines: tuple[str, ...] = ("espeak-ng",)
     sentences_file: str | None = None
     seed: int = 0
+    random_voices: int = 0
 
     def key(self) -> str:
         import hashlib
         import json
 
         versions = [engine_version(e) for e in self.engines]
-        blob = json.dumps([CORPUS_VERSION, self.__dict__, versions], sort_keys=True, default=list)
+        fields = dict(self.__dict__)
+        if not self.random_voices:  # corpora made before random voices existed keep their folder
+            del fields["random_voices"]
+        blob = json.dumps([CORPUS_VERSION, fields, versions], sort_keys=True, default=list)
         return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
@@ -353,7 +438,7 @@ def plan(spec: CorpusSpec) -> dict[str, list[Utterance]]:
     out: dict[str, list[Utterance]] = {}
     start = 0
     for split, n in counts.items():
-        pool = voices(split, spec.engines)
+        pool = voices(split, spec.engines, spec.random_voices if "espeak-ng" in spec.engines else 0)
         out[split] = [Utterance(t, pool[int(rng.integers(len(pool)))], int(rng.integers(RATES[0], RATES[1] + 1)),
                                 int(rng.integers(PITCHES[0], PITCHES[1] + 1))) for t in texts[start:start + n]]
         start += n
@@ -384,13 +469,15 @@ def build_corpus(folder, spec: CorpusSpec, *, workers: int = 2, log=print) -> No
                    "engine_versions": [engine_version(e) for e in spec.engines], "splits": {}}
 
     def write(split: str, i: int, utt: Utterance) -> dict:
-        wave = synthesize(utt)
+        wave = synthesize(utt, espeak_path=espeak_path)
         rel = f"{split}/{i:05d}.flac"
         sf.write(folder / rel, wave, TARGET_RATE, subtype="PCM_16")
         return {"audio": rel, "text": utt.text, "duration": round(len(wave) / TARGET_RATE, 4), "voice": utt.voice,
                 "rate": utt.rate, "pitch": utt.pitch}
 
-    with ThreadPoolExecutor(max(1, workers)) as pool:  # the work runs in the synthesiser processes
+    # the work runs in the synthesiser processes; the scratch folder holds espeak-ng's data with random voices
+    with ThreadPoolExecutor(max(1, workers)) as pool, tempfile.TemporaryDirectory(prefix="longattn-espeak-") as scratch:
+        espeak_path = _random_voices(folder, spec, scratch, stats)
         for split in ("train", "val", "test"):
             (folder / split).mkdir(parents=True, exist_ok=True)
             rows = list(pool.map(lambda a: write(split, *a), enumerate(utts[split])))
@@ -407,6 +494,19 @@ def build_corpus(folder, spec: CorpusSpec, *, workers: int = 2, log=print) -> No
     stats["test_sentences_in_train"] = len({u.text for u in utts["test"]} & {u.text for u in utts["train"]})
     stats["seconds"] = round(time.perf_counter() - t0, 1)
     (folder / "corpus.json").write_text(json.dumps(stats, indent=2) + "\n")
+
+
+def _random_voices(folder, spec: CorpusSpec, scratch: str, stats: dict) -> str | None:
+    """Write the spec's random training voices to ``<folder>/voices/`` and into a copy of espeak-ng's data in
+    ``scratch``; returns that copy's ``--path`` (``None`` without random voices)."""
+    if not spec.random_voices or "espeak-ng" not in spec.engines:
+        return None
+    variants = random_variants(spec.random_voices, spec.seed)
+    (folder / "voices").mkdir(parents=True, exist_ok=True)
+    for name, text in variants.items():
+        (folder / "voices" / name).write_text(text)
+    stats["random_voices"] = sorted(variants)
+    return str(write_espeak_data(scratch, variants))
 
 
 def _write_longform(folder, spec: CorpusSpec, utts: list[Utterance], waves: list[np.ndarray], stats: dict) -> None:

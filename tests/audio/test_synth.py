@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from audio import synth
@@ -77,3 +79,57 @@ def test_sentences_file(tmp_path):
     assert len(texts) == 5 and all(t.startswith("sentence number ") for t in texts)
     with pytest.raises(ValueError, match=r"has 7 distinct sentences of >= 3 words; the corpus needs 9"):
         plan(CorpusSpec(train=7, val=1, test=1, longform_recordings=0, sentences_file=str(tmp_path / "s.txt")))
+
+
+def test_random_variants_are_deterministic_and_parse():
+    a, b = synth.random_variants(6, 0), synth.random_variants(6, 0)
+    assert a == b and a != synth.random_variants(6, 1) and list(a) == [f"rand{i:03d}" for i in range(6)]
+    for name, text in a.items():
+        lines = [line.split() for line in text.splitlines()]
+        assert lines[0] == ["name", name] and lines[1] == ["language", "variant"]
+        formants = [line for line in lines if line[0] == "formant"]
+        assert [int(f[1]) for f in formants] == list(range(9)) and all(len(f) == 5 for f in formants)
+        tract = [int(f[2]) for f in formants[1:6]]
+        assert 0.85 * 0.92 * 100 - 1 <= min(tract) and max(tract) <= 1.5 * 1.08 * 100 + 1
+        low, high = (int(v) for v in next(line for line in lines if line[0] == "pitch")[1:])
+        assert 55 <= low < high
+
+
+def test_random_voices_join_training_only(monkeypatch):
+    spec = CorpusSpec(train=300, val=20, test=30, longform_recordings=1, longform_minutes=0.5, random_voices=4)
+    p = plan(spec)
+    variants = {s: {u.voice.split("+")[1] for u in us} for s, us in p.items()}
+    assert {f"rand{i:03d}" for i in range(4)} <= variants["train"]
+    assert not any(v.startswith("rand") for s in ("val", "test", "long-form") for v in variants[s])
+    assert len(voices("train", ["espeak-ng"], 4)) == len(voices("train", ["espeak-ng"])) + 4 * len(synth.ESPEAK_ACCENTS)
+    # without random voices the spec hashes as before they existed (corpora already made keep their folder)
+    monkeypatch.setattr(synth, "engine_version", lambda engine: "eSpeak NG 1.51")
+    old = dict(CorpusSpec().__dict__)
+    del old["random_voices"]
+    blob = json.dumps([synth.CORPUS_VERSION, old, ["eSpeak NG 1.51"]], sort_keys=True, default=list)
+    assert CorpusSpec().key() == hashlib.sha1(blob.encode()).hexdigest()[:12] != spec.key()
+    with pytest.raises(ValueError, match=r"random_voices=-1 is out of range; expected 0 <= random_voices"):
+        SyntheticSpeechDataModule(random_voices=-1)
+
+
+@pytest.mark.skipif(not HAS_ESPEAK, reason=NEEDS_ESPEAK)
+def test_corpus_with_random_voices(tmp_path):
+    spec = CorpusSpec(train=8, val=1, test=1, longform_recordings=0, random_voices=24)
+    folder = ensure_corpus(tmp_path, spec)
+    stats = json.loads((folder / "corpus.json").read_text())
+    assert stats["random_voices"] == [f"rand{i:03d}" for i in range(24)]
+    assert (folder / "voices" / "rand001").read_text() == synth.random_variants(24, 0)["rand001"]
+    used = [json.loads(line)["voice"] for line in (folder / "train.jsonl").read_text().splitlines()]
+    assert used == [u.voice for u in plan(spec)["train"]] and sum("+rand" in v for v in used) >= 2
+    assert [p.name for p in tmp_path.iterdir()] == [folder.name]
+
+
+@pytest.mark.skipif(not HAS_ESPEAK, reason=NEEDS_ESPEAK)
+def test_a_voice_espeak_ignores_is_an_error(tmp_path):
+    d = synth.write_espeak_data(tmp_path / "ok", {"rand000": synth.random_variants(1, 0)["rand000"]})
+    plain = synth.synthesize(synth.Utterance("one two", "espeak-ng:en", 160, 50), espeak_path=str(d))
+    assert not np.array_equal(plain, synth.synthesize(synth.Utterance("one two", "espeak-ng:en+rand000", 160, 50),
+                                                         espeak_path=str(d)))
+    with pytest.raises(RuntimeError, match=r"espeak-ng ignored the generated voice variant 'rand000' \(it spoke "
+                                           r"with the plain voice\); its file: .*rand000"):
+        synth.write_espeak_data(tmp_path / "bad", {"rand000": "language variant\n"})
