@@ -133,3 +133,12 @@ def test_a_voice_espeak_ignores_is_an_error(tmp_path):
     with pytest.raises(RuntimeError, match=r"espeak-ng ignored the generated voice variant 'rand000' \(it spoke "
                                            r"with the plain voice\); its file: .*rand000"):
         synth.write_espeak_data(tmp_path / "bad", {"rand000": "language variant\n"})
+
+
+def test_espeak_data_dir_not_reported(monkeypatch):
+    monkeypatch.setattr(synth, "engine_version", lambda engine: "eSpeak NG text-to-speech: 1.51")
+    with pytest.raises(RuntimeError, match=r"`espeak-ng --version` printed 'eSpeak NG text-to-speech: 1.51', which "
+                                           r"does not say where its data is .*data.random_voices=0"):
+        synth.espeak_data_dir()
+    monkeypatch.setattr(synth, "engine_version", lambda engine: "eSpeak NG 1.51  Data at: /opt/espeak-ng-data")
+    assert synth.espeak_data_dir() == "/opt/espeak-ng-data"
