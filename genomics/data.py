@@ -15,6 +15,7 @@ Command line::
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import re
 from collections import Counter
@@ -266,6 +267,10 @@ class SequenceDataModule(_GenomicsDataModule):
         mask_prob: MLM masking rate (validation and test; training too unless ``train_mask_prob`` is set).
         train_mask_prob: MLM masking rate of the training crops; ``None``: ``mask_prob``.
         reverse_complement: training probability of the other strand (DNA).
+        homologs: ``None``, or ``{k: 6, min_shared: 2}`` (``task=mlm``, proteins): each item also holds its
+            protein's nearest training protein (most shared k-mers, at least ``min_shared``; never itself),
+            aligned position by position after the crop (:mod:`genomics.homologs`); computed once per data
+            set and split and cached in ``<data_dir>/cache/``.
         batch_size / num_workers: loaders.
         on_error: ``raise`` or ``skip`` (and count) bad records and unlabelled ones.
         vocab_size / num_outputs: checked (num_outputs: classes, or vocab_size for ``mlm``).
@@ -276,7 +281,7 @@ class SequenceDataModule(_GenomicsDataModule):
                  labels: dict | None = None, max_len: int = 1024, val_fraction: float = 0.1,
                  test_fraction: float = 0.1, split_seed: int = 0, mask_prob: float = 0.15,
                  train_mask_prob: float | None = None, reverse_complement: float = 0.0, batch_size: int = 16,
-                 num_workers: int = 0,
+                 num_workers: int = 0, homologs: dict | None = None,
                  on_error: str = "raise", vocab_size: int = 9, num_outputs: int = 4):
         super().__init__()
         self.save_hyperparameters()
@@ -297,6 +302,18 @@ class SequenceDataModule(_GenomicsDataModule):
             self._check_sizes(vocab_size, num_outputs, num_outputs, "classification")
         else:
             self._check_sizes(vocab_size, num_outputs, self.tokenizer.vocab_size, "task=mlm")
+        self.homolog_cfg = None
+        if homologs is not None:
+            unknown = set(homologs) - {"k", "min_shared"}
+            if unknown:
+                raise ValueError(f"data.homologs has unknown keys {sorted(unknown)}; allowed: k, min_shared")
+            if task != "mlm" or not isinstance(self.tokenizer, ProteinTokenizer):
+                raise ValueError("data.homologs needs task=mlm and tokenizer.alphabet=protein (it retrieves "
+                                 f"related training proteins); got task={task!r}, alphabet="
+                                 f"{self.tokenizer.alphabet_name!r}")
+            self.homolog_cfg = {"k": check_int("homologs.k", homologs.get("k", 6), min_value=2, max_value=12),
+                                "min_shared": check_int("homologs.min_shared", homologs.get("min_shared", 2),
+                                                        min_value=1)}
         self.classes: list[str] = []
         self.records: dict[str, list[np.ndarray]] = {}
         self.targets: dict[str, list[int] | None] = {}
@@ -388,18 +405,47 @@ class SequenceDataModule(_GenomicsDataModule):
             mlm = {"mask_prob": h.mask_prob, "replace_ids": replace}
         train_prob = h.train_mask_prob
         for split in SPLITS:
+            self.records[split] = [records[i].tokens for i in parts[split]]
+        homologs = self._homologs() if self.homolog_cfg is not None else {}
+        for split in SPLITS:
             idx = parts[split]
             split_mlm = mlm
             if mlm is not None and split == "train" and train_prob is not None:
                 split_mlm = {**mlm, "mask_prob": train_prob}
-            self.records[split] = [records[i].tokens for i in idx]
             self.targets[split] = None if strata is None else [strata[i] for i in idx]
             self.datasets[split] = RecordCrops(
                 self.records[split], self.targets[split], max_len=h.max_len, train=split == "train", mlm=split_mlm,
                 tile=h.task == "mlm", reverse_complement=h.reverse_complement if split == "train" else 0.0,
-                tokenizer=self.tokenizer, seed=h.split_seed)
+                tokenizer=self.tokenizer, seed=h.split_seed, homologs=homologs.get(split),
+                homolog_records=self.records["train"] if homologs else None)
         log.info("genomics: %s records train/val/test = %d/%d/%d", self.file.name,
                  *(len(self.records[s]) for s in SPLITS))
+
+    def _homologs(self) -> dict[str, list]:
+        """Each split's relatives in the training split (:func:`genomics.homologs.find_homologs`), from the
+        cache when the same records, split and settings were seen before."""
+        import hashlib
+        import time
+
+        from genomics.homologs import CACHE_VERSION, find_homologs, load_homologs, save_homologs
+
+        digest = hashlib.sha1(json.dumps([CACHE_VERSION, self.homolog_cfg]).encode())
+        for split in SPLITS:
+            digest.update(split.encode())
+            for rec in self.records[split]:
+                digest.update(np.asarray(rec, dtype=np.uint8).tobytes() + b"|")
+        cache = Path(self.hparams.data_dir) / "cache" / f"homologs-{digest.hexdigest()[:16]}.npz"
+        if cache.is_file():
+            return load_homologs(cache)
+        t0, out = time.perf_counter(), {}
+        for split in SPLITS:
+            out[split] = find_homologs(self.records[split], self.records["train"], tokens=self.tokenizer.tokens,
+                                       exclude_self=split == "train", **self.homolog_cfg)
+        found = {s: sum(r is not None for r in out[s]) for s in SPLITS}
+        log.info("genomics: homologs found for train/val/test = %d/%d/%d records (%.0f s); cached in %s",
+                 *(found[s] for s in SPLITS), time.perf_counter() - t0, cache)
+        save_homologs(cache, out)
+        return out
 
     def unigram_log_probs(self) -> torch.Tensor:
         """(vocab_size,) natural-log symbol frequencies of the training records (add-1), specials -inf:

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from core_attn._checks import check_choice, check_float, check_int
-from genomics.tokenizers import MASK, PAD, DNATokenizer
+from genomics.tokenizers import MASK, PAD, SEP, DNATokenizer
 
 IGNORE = -100  # cross-entropy's ignore_index
 GENOME_TASKS = ("lm", "annotate")
@@ -179,11 +179,22 @@ class RecordCrops(Dataset):
         reverse_complement: training probability of reading a DNA record's other strand.
         tokenizer: needed for the reverse complement.
         seed: fixes evaluation crops and masks.
+        homologs: per record, ``(index into homolog_records, position map)`` of a relative or ``None``
+            (:func:`genomics.homologs.find_homologs`). Items then hold ``2 * max_len + 1`` tokens: the crop
+            (masked, padded to ``max_len``), ``[SEP]``, and for each crop position the relative's aligned
+            residue (padding where none), so position ``i``'s relative sits at ``i + max_len + 1``. Only the
+            crop is masked and scored.
+        homolog_records: the records ``homologs`` index (the training records).
     """
 
     def __init__(self, records: list[np.ndarray], labels: list[int] | None, *, max_len: int, train: bool,
                  mlm: dict | None = None, tile: bool = False, reverse_complement: float = 0.0,
-                 tokenizer: DNATokenizer | None = None, seed: int = 0):
+                 tokenizer: DNATokenizer | None = None, seed: int = 0,
+                 homologs: list[tuple[int, np.ndarray] | None] | None = None,
+                 homolog_records: list[np.ndarray] | None = None):
+        if homologs is not None and (homolog_records is None or len(homologs) != len(records)):
+            raise ValueError("homologs needs one entry per record and homolog_records")
+        self.homologs, self.homolog_records = homologs, homolog_records
         self.records, self.labels = records, labels
         self.max_len = check_int("max_len", max_len, min_value=1)
         self.train, self.mlm, self.seed = train, mlm, seed
@@ -199,20 +210,33 @@ class RecordCrops(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def _crop(self, rec: np.ndarray, start: int, rng: np.random.Generator) -> np.ndarray:
+    def _crop(self, rec: np.ndarray, start: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
         extra = len(rec) - self.max_len
         if extra <= 0:
-            return rec
+            return rec, 0
         if self.train:
             start = int(rng.integers(0, extra + 1))
         elif not self.tile:  # one centre crop per record
             start = extra // 2
-        return rec[start:start + self.max_len]
+        return rec[start:start + self.max_len], start
+
+    def _homolog_part(self, r: int, start: int, n: int) -> dict[str, torch.Tensor]:
+        """``[SEP]`` and the relative's residues aligned to crop positions ``start .. start + n - 1``."""
+        tokens = np.full(self.max_len + 1, PAD, dtype=np.int64)
+        tokens[0] = SEP
+        hit = self.homologs[r]
+        if hit is not None:
+            j, where = hit
+            where = where[start:start + n]
+            ok = where >= 0
+            tokens[1:n + 1][ok] = self.homolog_records[j][where[ok]]
+        return {"tokens": torch.from_numpy(tokens), "targets": torch.full((self.max_len + 1,), IGNORE),
+                "pad": torch.from_numpy(tokens == PAD)}
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         r, start = self.items[index]
         rng = _random_generator() if self.train else np.random.default_rng([self.seed, index])
-        tokens = self._crop(self.records[r], start, rng)
+        tokens, start = self._crop(self.records[r], start, rng)
         if self.train and self.rc and rng.random() < self.rc:
             tokens = self.tokenizer.reverse_complement(tokens)
         if self.mlm is not None:
@@ -221,6 +245,9 @@ class RecordCrops(Dataset):
         else:
             inputs, targets = tokens, np.full(len(tokens), IGNORE, dtype=np.int64)
         item = _item(inputs, targets, self.max_len)
+        if self.homologs is not None:
+            extra = self._homolog_part(r, start, len(tokens))
+            item = {key: torch.cat([item[key], extra[key]]) for key in item}
         if self.labels is not None:
             item["label"] = torch.tensor(self.labels[r], dtype=torch.int64)
         return item

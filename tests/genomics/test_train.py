@@ -83,6 +83,14 @@ def test_protein_mlm_trains(data_dir, tmp_path):
     assert 5 < test["test/unigram_ppl"] < 25
 
 
+def test_protein_mlm_with_homologs_trains(data_dir, tmp_path):
+    metrics = train(_cfg("genomics", ["experiment=genomics_protein_mlm_homologs", "data.dataset=builtin_proteins",
+                                      "data.max_len=32", "data.batch_size=4", "trainer.fast_dev_run=true"],
+                         data_dir, tmp_path / "run"))
+    assert {"test/ppl", "test/unigram_ppl", "test/ppl_gain"} <= set(metrics["test"])
+    assert len(list((data_dir / "cache").glob("homologs-*.npz"))) == 1
+
+
 def test_classification_trains(data_dir, tmp_path):
     metrics = train(_cfg("genomics", ["experiment=genomics_classify_16s", "data.dataset=builtin_labelled",
                                       "data.labels.regex='class=(\\S+)'", "data.labels.group_regex=null",
