@@ -23,7 +23,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import soundfile as sf
@@ -438,10 +438,16 @@ def plan(spec: CorpusSpec) -> dict[str, list[Utterance]]:
     out: dict[str, list[Utterance]] = {}
     start = 0
     for split, n in counts.items():
-        pool = voices(split, spec.engines, spec.random_voices if "espeak-ng" in spec.engines else 0)
+        pool = voices(split, spec.engines)
         out[split] = [Utterance(t, pool[int(rng.integers(len(pool)))], int(rng.integers(RATES[0], RATES[1] + 1)),
                                 int(rng.integers(PITCHES[0], PITCHES[1] + 1))) for t in texts[start:start + n]]
         start += n
+    if spec.random_voices and "espeak-ng" in spec.engines:  # its own draws: the other splits stay as they were
+        extra = [v for v in voices("train", spec.engines, spec.random_voices) if v not in set(voices("train", spec.engines))]
+        share = len(extra) / (len(extra) + len(voices("train", spec.engines)))
+        vrng = np.random.default_rng([spec.seed, 4])
+        out["train"] = [replace(u, voice=extra[int(vrng.integers(len(extra)))]) if vrng.random() < share else u
+                        for u in out["train"]]
     pool = voices("test", spec.engines)
     out["long-form"] = []
     for _ in range(spec.longform_recordings):

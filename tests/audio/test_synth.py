@@ -142,3 +142,14 @@ def test_espeak_data_dir_not_reported(monkeypatch):
         synth.espeak_data_dir()
     monkeypatch.setattr(synth, "engine_version", lambda engine: "eSpeak NG 1.51  Data at: /opt/espeak-ng-data")
     assert synth.espeak_data_dir() == "/opt/espeak-ng-data"
+
+
+def test_random_voices_leave_the_other_splits_alone():
+    spec = dict(train=200, val=20, test=30, longform_recordings=1, longform_minutes=0.5)
+    plain, more = plan(CorpusSpec(**spec)), plan(CorpusSpec(**spec, random_voices=8))
+    for split in ("val", "test", "long-form"):
+        assert plain[split] == more[split]
+    assert [u.text for u in plain["train"]] == [u.text for u in more["train"]]
+    changed = sum(a != b for a, b in zip(plain["train"], more["train"]))
+    assert all("+rand" in b.voice for a, b in zip(plain["train"], more["train"]) if a != b)
+    assert 0.05 < changed / 200 < 0.3  # 64 of 488 training voices are random: ~13%
