@@ -269,7 +269,7 @@ class SequenceDataModule(_GenomicsDataModule):
         reverse_complement: training probability of the other strand (DNA).
         homologs: ``None``, or ``{k: 6, min_shared: 2}`` (``task=mlm``, proteins): each item also holds its
             protein's nearest training protein (most shared k-mers, at least ``min_shared``; never itself),
-            aligned position by position after the crop (:mod:`genomics.homologs`); computed once per data
+            aligned and interleaved with the crop (:mod:`genomics.homologs`); computed once per data
             set and split and cached in ``<data_dir>/cache/``.
         batch_size / num_workers: loaders.
         on_error: ``raise`` or ``skip`` (and count) bad records and unlabelled ones.

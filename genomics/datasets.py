@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from core_attn._checks import check_choice, check_float, check_int
-from genomics.tokenizers import MASK, PAD, SEP, DNATokenizer
+from genomics.tokenizers import MASK, PAD, DNATokenizer
 
 IGNORE = -100  # cross-entropy's ignore_index
 GENOME_TASKS = ("lm", "annotate")
@@ -180,10 +180,10 @@ class RecordCrops(Dataset):
         tokenizer: needed for the reverse complement.
         seed: fixes evaluation crops and masks.
         homologs: per record, ``(index into homolog_records, position map)`` of a relative or ``None``
-            (:func:`genomics.homologs.find_homologs`). Items then hold ``2 * max_len + 1`` tokens: the crop
-            (masked, padded to ``max_len``), ``[SEP]``, and for each crop position the relative's aligned
-            residue (padding where none), so position ``i``'s relative sits at ``i + max_len + 1``. Only the
-            crop is masked and scored.
+            (:func:`genomics.homologs.find_homologs`). Items then hold ``2 * max_len`` tokens, the crop
+            (masked, padded to ``max_len``) interleaved with the relative's aligned residues: token ``2i`` is
+            crop position ``i`` and token ``2i + 1`` the relative's residue aligned to it (padding where
+            none). Only the crop is masked and scored.
         homolog_records: the records ``homologs`` index (the training records).
     """
 
@@ -220,18 +220,16 @@ class RecordCrops(Dataset):
             start = extra // 2
         return rec[start:start + self.max_len], start
 
-    def _homolog_part(self, r: int, start: int, n: int) -> dict[str, torch.Tensor]:
-        """``[SEP]`` and the relative's residues aligned to crop positions ``start .. start + n - 1``."""
-        tokens = np.full(self.max_len + 1, PAD, dtype=np.int64)
-        tokens[0] = SEP
+    def _relative(self, r: int, start: int, n: int) -> np.ndarray:
+        """(max_len,) the relative's residues aligned to crop positions ``start .. start + n - 1`` (PAD where none)."""
+        tokens = np.full(self.max_len, PAD, dtype=np.int64)
         hit = self.homologs[r]
         if hit is not None:
             j, where = hit
             where = where[start:start + n]
             ok = where >= 0
-            tokens[1:n + 1][ok] = self.homolog_records[j][where[ok]]
-        return {"tokens": torch.from_numpy(tokens), "targets": torch.full((self.max_len + 1,), IGNORE),
-                "pad": torch.from_numpy(tokens == PAD)}
+            tokens[:n][ok] = self.homolog_records[j][where[ok]]
+        return tokens
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         r, start = self.items[index]
@@ -246,8 +244,9 @@ class RecordCrops(Dataset):
             inputs, targets = tokens, np.full(len(tokens), IGNORE, dtype=np.int64)
         item = _item(inputs, targets, self.max_len)
         if self.homologs is not None:
-            extra = self._homolog_part(r, start, len(tokens))
-            item = {key: torch.cat([item[key], extra[key]]) for key in item}
+            rel = torch.from_numpy(self._relative(r, start, len(tokens)))
+            extra = {"tokens": rel, "targets": torch.full_like(rel, IGNORE), "pad": rel == PAD}
+            item = {key: torch.stack([item[key], extra[key]], dim=1).reshape(-1) for key in item}
         if self.labels is not None:
             item["label"] = torch.tensor(self.labels[r], dtype=torch.int64)
         return item

@@ -5,9 +5,12 @@ Proteins come in families: a held-out protein often has a relative among the tra
 protein LMs (MSA Transformer, PoET) give the model such relatives to read. Here each protein's nearest
 training protein is found by shared k-mers (:class:`KmerIndex`, exact k-mers in sorted arrays, no
 external search tool), aligned to it with Biopython's ``PairwiseAligner`` (local, BLOSUM62, BLAST's gap
-costs), and the aligned residues are laid out position by position after the protein's own crop (see
-:class:`genomics.datasets.RecordCrops`), so attention can read the relative's residue ``max_len + 1``
-positions away. Only training proteins are ever retrieved; a protein never retrieves itself.
+costs), and the aligned residues are interleaved with the protein's own crop (see
+:class:`genomics.datasets.RecordCrops`): each residue is followed by its relative's residue, within reach
+of the stem convolution and of local attention. Only training proteins are ever retrieved; a protein
+never retrieves itself. (Laying the relative out after the crop behind ``[SEP]``, 257 positions away
+under dense attention, did not learn to use it in 820 steps: training loss stayed at 2.66-2.79 nats, as
+without the relative.)
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ import pytest
 from genomics.data import SequenceDataModule
 from genomics.datasets import IGNORE, RecordCrops
 from genomics.homologs import HomologAligner, KmerIndex, find_homologs, load_homologs, save_homologs
-from genomics.tokenizers import PAD, SEP, ProteinTokenizer
+from genomics.tokenizers import PAD, ProteinTokenizer
 
 TOK = ProteinTokenizer()
 
@@ -71,14 +71,15 @@ def test_crop_items_carry_the_aligned_relative():
     ds = RecordCrops([rec, rec], None, max_len=16, train=False, mlm=mlm, tile=True,
                      homologs=[(0, where), None], homolog_records=[rel])
     first, second = ds[0], ds[1]  # tiles of record 0 at 0 and 16
-    assert first["tokens"].shape == (33,) and first["tokens"][16] == SEP
-    tail = first["tokens"][17:].numpy()
-    assert (tail[:5] == PAD).all() and (tail[5:16] == rel[10:21]).all()
-    assert (first["pad"][17:].numpy() == (tail == PAD)).all() and not first["pad"][16]
-    assert (first["targets"][16:] == IGNORE).all() and (first["targets"][:16] != IGNORE).any()
-    assert (second["tokens"][17:26].numpy() == rel[21:30]).all() and second["pad"][26:].all()  # 9 left
-    alone = ds[2]  # record 1 has no relative: only [SEP]
-    assert alone["tokens"][16] == SEP and alone["pad"][17:].all()
+    assert first["tokens"].shape == (32,)
+    own, rel_part = first["tokens"][0::2].numpy(), first["tokens"][1::2].numpy()
+    assert (own[first["targets"][0::2].numpy() == IGNORE] == rec[:16][first["targets"][0::2].numpy() == IGNORE]).all()
+    assert (rel_part[:5] == PAD).all() and (rel_part[5:16] == rel[10:21]).all()
+    assert (first["pad"][1::2].numpy() == (rel_part == PAD)).all() and not first["pad"][0::2].any()
+    assert (first["targets"][1::2] == IGNORE).all() and (first["targets"][0::2] != IGNORE).any()
+    assert (second["tokens"][1:18:2].numpy() == rel[21:30]).all() and second["pad"][18:].all()  # 9 left
+    alone = ds[2]  # record 1 has no relative
+    assert alone["pad"][1::2].all() and not alone["pad"][0::2].any()
     with pytest.raises(ValueError, match="homologs needs one entry per record"):
         RecordCrops([rec], None, max_len=16, train=True, homologs=[None, None], homolog_records=[rel])
 
@@ -93,7 +94,7 @@ def test_data_module_homologs(tmp_path, fasta):
     dm = SequenceDataModule(**kw, homologs={"k": 5})
     dm.setup()
     item = dm.datasets["test"][0]
-    assert item["tokens"].shape == (65,) and item["tokens"][32] == SEP and not item["pad"][33:].all()
+    assert item["tokens"].shape == (64,) and not item["pad"][1::2].all()
     (cache,) = (tmp_path / "cache").iterdir()
     stamp = cache.stat().st_mtime_ns
     again = SequenceDataModule(**kw, homologs={"k": 5})
