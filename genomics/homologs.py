@@ -1,7 +1,8 @@
 """Homologs from the training set as extra context for the protein masked LM.
 
 Proteins come in families: a held-out protein often has a relative among the training proteins (in
-``uniprot20k``, 47% of the 8-mers of held-out proteins occur in training proteins). Retrieval-augmented
+``uniprot20k``, the aligned residue of the nearest training protein is identical at 72% of the test
+residues). Retrieval-augmented
 protein LMs (MSA Transformer, PoET) give the model such relatives to read. Here each protein's nearest
 training protein is found by shared k-mers (:class:`KmerIndex`, exact k-mers in sorted arrays, no
 external search tool), aligned to it with Biopython's ``PairwiseAligner`` (local, BLOSUM62, BLAST's gap
