@@ -443,8 +443,9 @@ def plan(spec: CorpusSpec) -> dict[str, list[Utterance]]:
                                 int(rng.integers(PITCHES[0], PITCHES[1] + 1))) for t in texts[start:start + n]]
         start += n
     if spec.random_voices and "espeak-ng" in spec.engines:  # its own draws: the other splits stay as they were
-        extra = [v for v in voices("train", spec.engines, spec.random_voices) if v not in set(voices("train", spec.engines))]
-        share = len(extra) / (len(extra) + len(voices("train", spec.engines)))
+        fixed = voices("train", spec.engines)
+        extra = voices("train", spec.engines, spec.random_voices)[len(fixed):]
+        share = len(extra) / (len(extra) + len(fixed))
         vrng = np.random.default_rng([spec.seed, 4])
         out["train"] = [replace(u, voice=extra[int(vrng.integers(len(extra)))]) if vrng.random() < share else u
                         for u in out["train"]]

@@ -22,7 +22,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
-from torch.utils.data import DataLoader
 
 from genomics.datasets import IGNORE
 from genomics.evaluate import stored_config
