@@ -153,3 +153,6 @@ def test_random_voices_leave_the_other_splits_alone():
     changed = sum(a != b for a, b in zip(plain["train"], more["train"]))
     assert all("+rand" in b.voice for a, b in zip(plain["train"], more["train"]) if a != b)
     assert 0.05 < changed / 200 < 0.3  # 64 of 488 training voices are random: ~13%
+    with_flite = plan(CorpusSpec(**spec, engines=("espeak-ng", "flite"), random_voices=8))["train"]
+    assert {u.voice for u in with_flite} - {u.voice for u in plan(CorpusSpec(**spec, engines=("espeak-ng", "flite")))["train"]} \
+        <= {v for v in voices("train", ["espeak-ng"], 8) if "+rand" in v}
