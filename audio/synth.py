@@ -444,7 +444,8 @@ def plan(spec: CorpusSpec) -> dict[str, list[Utterance]]:
         start += n
     if spec.random_voices and "espeak-ng" in spec.engines:  # its own draws: the other splits stay as they were
         fixed = voices("train", spec.engines)
-        extra = [v for v in voices("train", spec.engines, spec.random_voices) if v not in set(fixed)]
+        known = set(fixed)
+        extra = [v for v in voices("train", spec.engines, spec.random_voices) if v not in known]
         share = len(extra) / (len(extra) + len(fixed))
         vrng = np.random.default_rng([spec.seed, 4])
         out["train"] = [replace(u, voice=extra[int(vrng.integers(len(extra)))]) if vrng.random() < share else u

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from genomics.baselines import kmer_codes
+
 CACHE_VERSION = 1  # bump when retrieval or alignment changes: old caches are then not reused
 
 
@@ -45,15 +47,8 @@ class KmerIndex:
         self.sorted_codes, self.record_ids, self.num_records = flat[order], ids[order], len(records)
 
     def codes(self, tokens: np.ndarray) -> np.ndarray:
-        """The distinct k-mer codes of ``tokens``."""
-        tokens = np.asarray(tokens, dtype=np.int64)
-        n = len(tokens) - self.k + 1
-        if n <= 0:
-            return np.zeros(0, dtype=np.int64)
-        code = np.zeros(n, dtype=np.int64)
-        for j in range(self.k):
-            code = code * self.base + tokens[j:j + n]
-        return np.unique(code)
+        """The distinct k-mer codes of ``tokens`` (:func:`genomics.baselines.kmer_codes`)."""
+        return kmer_codes(tokens, self.k, self.base)
 
     def shared(self, tokens: np.ndarray) -> np.ndarray:
         """(num_records,) how many distinct k-mers of ``tokens`` each record contains."""
