@@ -2,24 +2,28 @@
 
 Greedy decoding takes the best class per frame, merges repeats and drops blanks (Graves et al. 2006);
 each emitted character keeps the frames of its run, so a word spans from the first frame of its first
-letter to the last frame of its last letter. Beam search is flashlight's lexicon-free CTC decoder
-through ``torchaudio.models.decoder.ctc_decoder`` (optional package ``flashlight-text``), with an
-optional KenLM language model and lexicon; its word times come from the decoder's token time steps.
-WER and CER are torchmetrics' (Levenshtein distance over words / characters).
+letter to the last frame of its last letter. Beam search is flashlight's CTC decoder through
+``torchaudio.models.decoder.ctc_decoder`` (package ``flashlight-text``): ``beam`` is lexicon-free
+(any character string), ``lexicon`` only spells words of a lexicon (by default the words of the
+training transcripts, which a checkpoint carries: :func:`lexicon_words`); its word times come from the
+decoder's token time steps. WER and CER are torchmetrics' (Levenshtein distance over words / characters).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from audio.text import CharTokenizer
+from audio.text import CharTokenizer, normalize_text
 from core_attn._checks import check_choice, check_float, check_int
 
 BEAM_HINT = "beam search needs the flashlight-text package: `pip install flashlight-text` (or use decoder=greedy)"
+DECODERS = ("greedy", "beam", "lexicon")
 
 
 @dataclass
@@ -85,6 +89,33 @@ def greedy_texts(log_probs: Tensor, lengths: Tensor, tokenizer: CharTokenizer) -
             for b, n in enumerate(lengths.tolist())]
 
 
+def lexicon_words(texts: Sequence[str]) -> list[str]:
+    """The sorted distinct words of ``texts`` once normalised (:func:`audio.text.normalize_text`)."""
+    return sorted({w for t in texts for w in normalize_text(t).split()})
+
+
+def read_lexicon(path: str | Path) -> list[str]:
+    """Words from a file: one per line, its first field (so a flashlight lexicon ``word w o r d |`` works too)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"lexicon={str(path)!r}: no such file (one word per line)")
+    words = [line.split()[0] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not lexicon_words(words):
+        raise ValueError(f"lexicon={str(path)!r} has no words (expected one word per line)")
+    return lexicon_words(words)
+
+
+def write_lexicon(words: Sequence[str], path: str | Path, tokenizer: CharTokenizer) -> None:
+    """A flashlight lexicon file: ``word w o r d |`` per line. Every word must be spelt in the vocabulary."""
+    with open(path, "w", encoding="utf-8") as f:
+        for word in words:
+            bad = sorted({c for c in word if c not in tokenizer.index or c == " "})
+            if not word or bad:
+                raise ValueError(f"lexicon word {word!r} has characters outside the vocabulary: {bad} (words are "
+                                 "spelt in a-z and apostrophe; normalise them with audio.text.normalize_text)")
+            f.write(f"{word} {' '.join(word)} |\n")
+
+
 class BeamSearchDecoder:
     """Flashlight's CTC beam search (``torchaudio.models.decoder.ctc_decoder``), lexicon-free unless a
     lexicon is given.
@@ -95,12 +126,14 @@ class BeamSearchDecoder:
         beam_threshold: prune hypotheses scoring this far below the best.
         lm: a KenLM language model file (``.arpa`` or ``.bin``), or ``None``.
         lexicon: a lexicon file (``word c h a r s |`` per line) restricting words, or ``None``.
+        words: the lexicon as a list of words instead of a file.
         lm_weight: language model weight.
         word_score: score added per word.
     """
 
     def __init__(self, tokenizer: CharTokenizer, *, beam_size: int = 16, beam_threshold: float = 25.0,
-                 lm: str | None = None, lexicon: str | None = None, lm_weight: float = 2.0, word_score: float = 0.0):
+                 lm: str | None = None, lexicon: str | None = None, words: Sequence[str] | None = None,
+                 lm_weight: float = 2.0, word_score: float = 0.0):
         try:
             from torchaudio.models.decoder import ctc_decoder
             from flashlight.lib.text import decoder as _  # noqa: F401 - import check for the message below
@@ -108,10 +141,18 @@ class BeamSearchDecoder:
             raise ImportError(BEAM_HINT) from e
         self.tokenizer = tokenizer
         tokens = ["-", "|"] + list(tokenizer.vocab[2:])
-        self.decoder = ctc_decoder(lexicon=lexicon, tokens=tokens, lm=lm, nbest=1,
-                                   beam_size=check_int("beam_size", beam_size, min_value=1),
-                                   beam_threshold=check_float("beam_threshold", beam_threshold, min_value=0.0),
-                                   lm_weight=lm_weight, word_score=word_score, blank_token="-", sil_token="|")
+        kwargs = {"tokens": tokens, "lm": lm, "nbest": 1, "beam_size": check_int("beam_size", beam_size, min_value=1),
+                  "beam_threshold": check_float("beam_threshold", beam_threshold, min_value=0.0),
+                  "lm_weight": lm_weight, "word_score": word_score, "blank_token": "-", "sil_token": "|"}
+        if words is None:
+            self.decoder = ctc_decoder(lexicon=lexicon, **kwargs)
+            return
+        if not words:
+            raise ValueError("the lexicon is empty: lexicon decoding needs at least one word")
+        with tempfile.TemporaryDirectory(prefix="lexicon-") as tmp:  # flashlight reads lexicons from files
+            path = Path(tmp) / "lexicon.txt"
+            write_lexicon(words, path, tokenizer)
+            self.decoder = ctc_decoder(lexicon=str(path), **kwargs)
 
     def decode(self, log_probs: Tensor, frame_seconds: float) -> Transcript:
         """Best hypothesis of (N, V) log-probabilities, with word timestamps."""
@@ -128,14 +169,18 @@ class BeamSearchDecoder:
         return [" ".join(self.tokenizer.decode([int(t) for t in h[0].tokens]).split()) for h in hyps]
 
 
-def make_decoder(kind: str, tokenizer: CharTokenizer, *, beam_size: int = 16, lm: str | None = None,
-                 lexicon: str | None = None, lm_weight: float = 2.0, word_score: float = 0.0):
-    """``None`` for greedy, else a :class:`BeamSearchDecoder`."""
-    check_choice("decoder", kind, ("greedy", "beam"))
+def make_decoder(kind: str, tokenizer: CharTokenizer, *, beam_size: int = 16, words: Sequence[str] | None = None,
+                 lm: str | None = None, lexicon: str | None = None, lm_weight: float = 2.0, word_score: float = 0.0):
+    """``None`` for ``greedy``; a lexicon-free :class:`BeamSearchDecoder` for ``beam``; for ``lexicon``, one
+    that only spells ``words``."""
+    check_choice("decoder", kind, DECODERS)
     if kind == "greedy":
         return None
-    return BeamSearchDecoder(tokenizer, beam_size=beam_size, lm=lm, lexicon=lexicon, lm_weight=lm_weight,
-                             word_score=word_score)
+    if kind == "lexicon" and words is None:
+        raise ValueError("decoder='lexicon' needs the lexicon's words: a checkpoint trained by audio.train carries "
+                         "those of its training transcripts; else give lexicon=<a file, one word per line>")
+    return BeamSearchDecoder(tokenizer, beam_size=beam_size, lm=lm, lexicon=lexicon,
+                             words=words if kind == "lexicon" else None, lm_weight=lm_weight, word_score=word_score)
 
 
 def error_rates(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:

@@ -16,13 +16,13 @@ from typing import Any
 import hydra
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from audio.data import SyntheticSpeechDataModule, load_audio, read_manifest
 from audio.decoding import error_rates, greedy_decode
 from audio.model import ConformerCTC
 from audio.text import CharTokenizer, normalize_text
-from audio.transcribe import load_model, log_probs_of, transcribe
+from audio.transcribe import load_recognizer, log_probs_of, transcribe
 from core_attn.training import evaluate
 from core_attn.training.callbacks import CONFIG_KEY
 from core_attn.training.cli import run as cli_run
@@ -32,8 +32,9 @@ log = logging.getLogger(__name__)
 
 
 def longform_report(model: ConformerCTC, datamodule: SyntheticSpeechDataModule, *, chunk_seconds: float = 20.0,
-                    overlap_seconds: float = 2.0) -> dict[str, Any]:
-    """WER/CER of the long-form recordings (one pass and chunked) and of their utterances one by one."""
+                    overlap_seconds: float = 2.0, decoder=None) -> dict[str, Any]:
+    """WER/CER of the long-form recordings (one pass and chunked) and of their utterances one by one, all
+    decoded by ``decoder`` (``None``: greedy)."""
     tok = CharTokenizer()
     recordings = read_manifest(datamodule.manifest("long-form"))
     segments = read_manifest(datamodule.manifest("long-form-segments"))
@@ -44,14 +45,17 @@ def longform_report(model: ConformerCTC, datamodule: SyntheticSpeechDataModule, 
         wave = load_audio(seg, model.features.sample_rate)
         with torch.inference_mode():
             feats, _ = model.features(wave[None])
-        hyps.append(greedy_decode(log_probs_of(model, feats[0]), tok, model.frame_seconds).text)
+        lp = log_probs_of(model, feats[0])
+        hyps.append((greedy_decode(lp, tok, model.frame_seconds) if decoder is None
+                     else decoder.decode(lp, model.frame_seconds)).text)
     refs = [normalize_text(s.text) for s in segments]
     out["segments"] = {**error_rates(hyps, refs), "seconds": round(time.perf_counter() - t0, 1)}
     refs = [normalize_text(r.text) for r in recordings]
     for mode in ("full", "chunked"):
         hyps, audio_s, run_s = [], 0.0, 0.0
         for rec in recordings:
-            tr, stats = transcribe(model, rec.audio, mode=mode, chunk_seconds=chunk_seconds, overlap_seconds=overlap_seconds)
+            tr, stats = transcribe(model, rec.audio, mode=mode, chunk_seconds=chunk_seconds,
+                                   overlap_seconds=overlap_seconds, decoder=decoder)
             hyps.append(tr.text)
             audio_s += stats["duration"]
             run_s += stats["seconds"]
@@ -81,9 +85,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         log.info("long-form evaluation skipped: it needs the built-in corpus with data.longform_recordings > 0")
         metrics["longform"] = None
     else:
-        metrics["longform"] = longform_report(load_model(cfg.ckpt_path), datamodule,
+        overrides = {k: v for k, v in OmegaConf.to_container(cfg.module, resolve=True).items()
+                     if k != "_target_" and v is not None}
+        recognizer = load_recognizer(cfg.ckpt_path, **overrides)
+        metrics["longform"] = longform_report(recognizer.net, datamodule,
                                               chunk_seconds=float(lf.get("chunk_seconds", 20.0)),
-                                              overlap_seconds=float(lf.get("overlap_seconds", 2.0)))
+                                              overlap_seconds=float(lf.get("overlap_seconds", 2.0)),
+                                              decoder=recognizer.make_test_decoder(datamodule))
+        metrics["longform"]["decoder"] = recognizer.hparams.decoder
         log.info("long-form: %s", metrics["longform"])
     write_json_atomic(Path(cfg.paths.output_dir) / "metrics.json", metrics)
     return metrics

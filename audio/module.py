@@ -11,15 +11,20 @@ from torch import Tensor, nn
 from torchmetrics import MinMetric
 from torchmetrics.text import CharErrorRate, WordErrorRate
 
-from audio.decoding import greedy_texts, make_decoder
+from audio.decoding import DECODERS, greedy_texts, lexicon_words, make_decoder, read_lexicon
 from audio.text import VOCAB, CharTokenizer
+from core_attn._checks import check_choice
 from core_attn.training.optim import configure_optimizers
 
 
 class SpeechRecognizer(pl.LightningModule):
     """Trains a CTC speech model; logs ``{train,val,test}/loss``, ``{val,test}/{wer,cer}`` and ``val/wer_best``.
 
-    Validation decodes greedily; the test decodes with ``decoder`` (``greedy`` or ``beam``). The
+    Validation decodes greedily (the acoustic model alone picks the best checkpoint); the test decodes with
+    ``decoder``: ``greedy``, ``beam`` (lexicon-free beam search) or ``lexicon`` (beam search that only spells
+    words of the lexicon). The lexicon is the words of ``lexicon`` (a file, one word per line) or else
+    of the training transcripts (the datamodule's ``segments("train")``); it is saved in the checkpoint
+    (``checkpoint["lexicon"]``), so evaluation and ``audio.transcribe`` use the same words. The
     hyper-parameters are plain configs, so ``SpeechRecognizer.load_from_checkpoint(path)`` rebuilds the
     network (features included: a checkpoint is all ``audio.transcribe`` needs).
 
@@ -27,12 +32,13 @@ class SpeechRecognizer(pl.LightningModule):
         model: the network's config (``audio.model.ConformerCTC`` with its features and encoder).
         optimizer: a ``_partial_`` optimizer config.
         scheduler: a ``_partial_`` scheduler config, or ``None``/empty for a constant learning rate.
-        decoder: test decoding, ``greedy`` or ``beam``.
-        beam_size: beam width for ``decoder=beam``.
+        decoder: test decoding, ``greedy``, ``beam`` or ``lexicon``.
+        beam_size: beam width of ``beam`` and ``lexicon``.
+        lexicon: a word list file for ``lexicon`` decoding; ``None``: the words of the training transcripts.
     """
 
     def __init__(self, *, model: dict[str, Any], optimizer: dict[str, Any], scheduler: dict[str, Any] | None = None,
-                 decoder: str = "greedy", beam_size: int = 16):
+                 decoder: str = "greedy", beam_size: int = 16, lexicon: str | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.net: nn.Module = instantiate(model)
@@ -40,7 +46,9 @@ class SpeechRecognizer(pl.LightningModule):
         if self.net.vocab_size != len(VOCAB):
             raise ValueError(f"model.vocab_size={self.net.vocab_size} but the character vocabulary has {len(VOCAB)} "
                              "tokens (audio.text.VOCAB); set model.vocab_size to it")
-        self.test_decoder = make_decoder(decoder, self.tokenizer, beam_size=beam_size)
+        check_choice("decoder", decoder, DECODERS)
+        self.words: list[str] | None = read_lexicon(lexicon) if lexicon else None
+        self.test_decoder = None  # built when the test starts (the lexicon may come from the data)
         self.wer = nn.ModuleDict({s: WordErrorRate() for s in ("val", "test")})
         self.cer = nn.ModuleDict({s: CharErrorRate() for s in ("val", "test")})
         self.val_wer_best = MinMetric()
@@ -54,6 +62,33 @@ class SpeechRecognizer(pl.LightningModule):
         loss = F.ctc_loss(log_probs.transpose(0, 1), batch["targets"], lengths, batch["target_lens"],
                           blank=self.tokenizer.blank, reduction="mean", zero_infinity=True)
         return loss, log_probs, lengths
+
+    def find_lexicon(self, datamodule: Any = None) -> list[str] | None:
+        """The lexicon's words: those already known (given or from the checkpoint), else the words of the
+        ``datamodule``'s training transcripts (``None`` if it has none)."""
+        if self.words is None and datamodule is not None and hasattr(datamodule, "segments"):
+            self.words = lexicon_words([seg.text for seg in datamodule.segments("train")]) or None
+        return self.words
+
+    def make_test_decoder(self, datamodule: Any = None):
+        """The test decoder (``None`` for greedy); ``lexicon`` finds its words with :meth:`find_lexicon`."""
+        kind = self.hparams.decoder
+        words = self.find_lexicon(datamodule) if kind == "lexicon" else None
+        return make_decoder(kind, self.tokenizer, beam_size=self.hparams.beam_size, words=words)
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit":  # the checkpoint carries the training words whatever the test decoder
+            self.find_lexicon(self.trainer.datamodule)
+
+    def on_test_start(self) -> None:
+        self.test_decoder = self.make_test_decoder(self.trainer.datamodule)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["lexicon"] = self.words
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.words is None:  # a lexicon file given now wins over the stored words
+            self.words = checkpoint.get("lexicon")
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         loss, _, _ = self._loss(batch)

@@ -2,13 +2,15 @@
 
     python -m audio.transcribe recording.wav ckpt_path=model.ckpt                  # text on stdout
     python -m audio.transcribe talk.flac ckpt_path=model.ckpt --format srt --output talk.srt
-    python -m audio.transcribe talk.flac ckpt_path=model.ckpt --format json mode=chunked decoder=beam
+    python -m audio.transcribe talk.flac ckpt_path=model.ckpt --format json mode=chunked decoder=greedy
 
 One pass: the file is read and featurised in blocks (:func:`audio.features.stream_features`), the
 subsampling runs in exact chunks, and the encoder sees the whole sequence at once (memory linear in the
 length under a linear attention variant such as the default local window). ``mode=chunked`` instead
 runs overlapping windows (``chunk_seconds`` long, ``overlap_seconds`` dropped at inner edges) and
 concatenates their frame posteriors, for comparison. Word times come from the CTC alignment.
+``decoder=auto`` (the default) is lexicon beam search when the checkpoint carries a lexicon (the words of
+its training transcripts, as its test used), else greedy.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from audio.decoding import Transcript, greedy_decode, make_decoder
+from audio.decoding import DECODERS, Transcript, greedy_decode, make_decoder
 from audio.features import stream_features
 from audio.model import ConformerCTC
 from audio.text import CharTokenizer
@@ -29,17 +31,24 @@ from core_attn._checks import check_choice, did_you_mean
 
 FORMATS = ("txt", "json", "srt")
 OPTIONS = {"ckpt_path": str, "mode": str, "chunk_seconds": float, "overlap_seconds": float, "decoder": str,
-           "beam_size": int, "threads": int, "block_seconds": float}
+           "beam_size": int, "lexicon": str, "threads": int, "block_seconds": float}
 
 
-def load_model(ckpt_path: str | Path) -> ConformerCTC:
-    """The network of a training checkpoint, in eval mode on the CPU."""
+def load_recognizer(ckpt_path: str | Path, **overrides):
+    """The :class:`audio.module.SpeechRecognizer` of a training checkpoint (network in eval mode, CPU);
+    ``overrides`` replace saved hyper-parameters (``decoder``, ``beam_size``, ``lexicon``)."""
     from audio.module import SpeechRecognizer
 
     if not Path(ckpt_path).is_file():
         raise FileNotFoundError(f"ckpt_path={str(ckpt_path)!r}: no such checkpoint file")
-    module = SpeechRecognizer.load_from_checkpoint(str(ckpt_path), map_location="cpu", decoder="greedy")
-    return module.net.eval()
+    module = SpeechRecognizer.load_from_checkpoint(str(ckpt_path), map_location="cpu", **overrides)
+    module.net.eval()
+    return module
+
+
+def load_model(ckpt_path: str | Path) -> ConformerCTC:
+    """The network of a training checkpoint, in eval mode on the CPU."""
+    return load_recognizer(ckpt_path, decoder="greedy").net
 
 
 @torch.inference_mode()
@@ -110,13 +119,13 @@ def format_transcript(transcript: Transcript, fmt: str, meta: dict | None = None
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict]:
     parser = argparse.ArgumentParser(
         prog="python -m audio.transcribe", description=__doc__.split("\n\n")[0],
-        epilog="options as key=value: " + ", ".join(OPTIONS) + " (mode=full|chunked, decoder=greedy|beam)")
+        epilog="options as key=value: " + ", ".join(OPTIONS) + " (mode=full|chunked, decoder=auto|greedy|beam|lexicon)")
     parser.add_argument("inputs", nargs="+", help="audio files, then key=value options (ckpt_path=... is required)")
     parser.add_argument("--format", default="txt", choices=FORMATS)
     parser.add_argument("--output", default=None, help="write here instead of stdout (one input only)")
     args = parser.parse_intermixed_args(argv)
-    opts: dict = {"mode": "full", "chunk_seconds": 20.0, "overlap_seconds": 2.0, "decoder": "greedy",
-                  "beam_size": 16, "threads": None, "block_seconds": 30.0, "ckpt_path": None}
+    opts: dict = {"mode": "full", "chunk_seconds": 20.0, "overlap_seconds": 2.0, "decoder": "auto",
+                  "beam_size": 128, "lexicon": None, "threads": None, "block_seconds": 30.0, "ckpt_path": None}
     files = []
     for item in args.inputs:
         key, eq, value = item.partition("=")
@@ -130,6 +139,10 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict]:
         except ValueError:
             kind = {int: "an integer", float: "a number"}[OPTIONS[key]]
             parser.error(f"{key}={value!r} must be {kind}")
+    try:
+        check_choice("decoder", opts["decoder"], ("auto",) + DECODERS)
+    except ValueError as e:
+        parser.error(str(e))
     if not opts["ckpt_path"]:
         parser.error("ckpt_path=<a training checkpoint (.ckpt)> is required")
     if not files:
@@ -144,8 +157,14 @@ def main(argv: list[str] | None = None) -> int:
     args, opts = parse_args(sys.argv[1:] if argv is None else argv)
     if opts["threads"]:
         torch.set_num_threads(opts["threads"])
-    model = load_model(opts["ckpt_path"])
-    decoder = make_decoder(opts["decoder"], CharTokenizer(), beam_size=opts["beam_size"])
+    recognizer = load_recognizer(opts["ckpt_path"], decoder="greedy", lexicon=opts["lexicon"])
+    model = recognizer.net
+    if opts["decoder"] == "auto":
+        opts["decoder"] = "lexicon" if recognizer.words else "greedy"
+    if opts["decoder"] == "lexicon" and not recognizer.words:
+        raise SystemExit(f"decoder=lexicon: {opts['ckpt_path']} carries no lexicon (trained before checkpoints kept "
+                         "their training words); give lexicon=<a file, one word per line> or decoder=greedy")
+    decoder = make_decoder(opts["decoder"], CharTokenizer(), beam_size=opts["beam_size"], words=recognizer.words)
     for path in args.files:
         out, stats = transcribe(model, path, mode=opts["mode"], chunk_seconds=opts["chunk_seconds"],
                                 overlap_seconds=opts["overlap_seconds"], decoder=decoder,

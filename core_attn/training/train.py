@@ -269,7 +269,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Test the checkpoint ``cfg.ckpt_path``; return the metrics and write them to
     ``<cfg.paths.output_dir>/metrics.json``.
 
-    The module is rebuilt from the checkpoint's saved hyper-parameters (class ``cfg.module._target_``).
+    The module is rebuilt from the checkpoint's saved hyper-parameters (class ``cfg.module._target_``);
+    other keys of ``cfg.module`` that are not null replace saved ones (e.g. the audio app's ``module.decoder``).
     The data is ``cfg.data`` when given, else the data config stored in the checkpoint by :func:`train`.
     """
     apply_extras(cfg)
@@ -280,7 +281,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         pl.seed_everything(cfg.seed, workers=True)
     stored = torch.load(ckpt, map_location="cpu", weights_only=False).get(CONFIG_KEY) or {}
     module_cls = get_class(cfg.module._target_)
-    module = module_cls.load_from_checkpoint(ckpt, map_location="cpu")
+    overrides = {k: v for k, v in OmegaConf.to_container(cfg.module, resolve=True).items()
+                 if k != "_target_" and v is not None}
+    module = module_cls.load_from_checkpoint(ckpt, map_location="cpu", **overrides)
     if cfg.get("data") is not None:
         datamodule = instantiate(cfg.data, _convert_="all")
     elif stored.get("data") is not None:

@@ -15,7 +15,10 @@ from audio.decoding import (
     error_rates,
     greedy_decode,
     greedy_texts,
+    lexicon_words,
     make_decoder,
+    read_lexicon,
+    write_lexicon,
 )
 from audio.text import CharTokenizer
 
@@ -63,7 +66,7 @@ def test_error_rates():
 
 
 def test_unknown_decoder():
-    with pytest.raises(ValueError, match=r"decoder='beems' is not allowed; expected one of \['greedy', 'beam'\]. Did you mean 'beam'\?"):
+    with pytest.raises(ValueError, match=r"decoder='beems' is not allowed; expected one of \['greedy', 'beam', 'lexicon'\]. Did you mean 'beam'\?"):
         make_decoder("beems", TOK)
     assert make_decoder("greedy", TOK) is None
 
@@ -90,3 +93,46 @@ def test_beam_search_without_flashlight_says_how_to_install(monkeypatch):
     with pytest.raises(ImportError, match="beam search needs the flashlight-text package: `pip install flashlight-text`"):
         BeamSearchDecoder(TOK)
     assert "decoder=greedy" in BEAM_HINT
+
+
+def test_lexicon_words_normalise_and_sort():
+    assert lexicon_words(["The cat, the DOG.", "Don't stop-now"]) == ["cat", "dog", "don't", "now", "stop", "the"]
+
+
+def test_read_lexicon(tmp_path):
+    (tmp_path / "words.txt").write_text("sat\ncat c a t |\n\nCat\n")
+    assert read_lexicon(tmp_path / "words.txt") == ["cat", "sat"]
+    with pytest.raises(FileNotFoundError, match=r"lexicon='.*nope\.txt': no such file \(one word per line\)"):
+        read_lexicon(tmp_path / "nope.txt")
+    (tmp_path / "empty.txt").write_text("\n  \n")
+    with pytest.raises(ValueError, match=r"lexicon='.*empty\.txt' has no words \(expected one word per line\)"):
+        read_lexicon(tmp_path / "empty.txt")
+
+
+def test_lexicon_words_must_be_spelt_in_the_vocabulary(tmp_path):
+    with pytest.raises(ValueError, match=r"lexicon word 'caf3' has characters outside the vocabulary: \['3'\]"):
+        write_lexicon(["cat", "caf3"], tmp_path / "lex.txt", TOK)
+
+
+def test_lexicon_decoder_needs_words():
+    with pytest.raises(ValueError, match="decoder='lexicon' needs the lexicon's words"):
+        make_decoder("lexicon", TOK)
+
+
+@pytest.mark.skipif(not HAS_FLASHLIGHT, reason="flashlight-text is not installed (pip install flashlight-text)")
+def test_lexicon_decoding_spells_only_lexicon_words():
+    # "cat sat" where the frame of the second 'a' is nearly a 'q': greedy misspells, the lexicon cannot
+    path = ["c", "a", "t", "", " ", "s", "a", "t", ""]
+    lp = posterior(path)
+    logits = lp.clone()
+    logits[6, TOK.index["q"]] = logits[6, TOK.index["a"]] + 0.5
+    lp = logits.log_softmax(-1)
+    assert greedy_decode(lp, TOK, 0.04).text == "cat sqt"
+    dec = make_decoder("lexicon", TOK, beam_size=8, words=["cat", "mat", "sat"])
+    out = dec.decode(lp, 0.04)
+    assert out.text == "cat sat" and [w.word for w in out.words] == ["cat", "sat"]
+    assert 0.0 <= out.words[0].start < out.words[0].end <= out.words[1].start < out.words[1].end <= 9 * 0.04
+    assert dec.texts(lp[None].repeat(2, 1, 1), torch.tensor([9, 4])) == ["cat sat", "cat"]
+    assert make_decoder("beam", TOK, beam_size=8).decode(lp, 0.04).text == "cat sqt"  # lexicon-free
+    with pytest.raises(ValueError, match="the lexicon is empty"):
+        make_decoder("lexicon", TOK, words=[])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
@@ -20,6 +21,29 @@ def test_train_writes_metrics_and_checkpoints(trained):
     assert trained["last_ckpt"] and (trained["output_dir"] / "metrics.json").is_file()
 
 
+def test_checkpoint_carries_the_training_words_and_tests_with_them(trained):
+    from audio.data import read_manifest
+    from audio.decoding import lexicon_words
+
+    ckpt = torch.load(trained["last_ckpt"], map_location="cpu", weights_only=False)
+    train_manifest = next((trained["data_dir"] / "audio" / "synthetic").glob("*/train.jsonl"))
+    words = lexicon_words([seg.text for seg in read_manifest(train_manifest)])
+    assert ckpt["lexicon"] == words and len(words) > 20
+    assert ckpt["hyper_parameters"]["decoder"] == "lexicon"  # the default test decoding
+
+
+def test_evaluate_overrides_the_decoder(trained, tmp_path):
+    cfg = compose_config("audio_eval", [f"ckpt_path={trained['last_ckpt']}", "extras.print_config=false",
+                                        "module.decoder=greedy", "longform.chunk_seconds=6",
+                                        "longform.overlap_seconds=1"], tmp_path)
+    metrics = run(cfg)
+    assert metrics["longform"]["decoder"] == "greedy" and 0.0 <= metrics["test"]["test/wer"]
+    cfg = compose_config("audio_eval", [f"ckpt_path={trained['last_ckpt']}", "extras.print_config=false",
+                                        "module.decoder=beems"], tmp_path)
+    with pytest.raises(ValueError, match=r"decoder='beems' is not allowed; expected one of \['greedy', 'beam', 'lexicon'\]"):
+        run(cfg)
+
+
 def test_evaluate_adds_long_form_comparison(trained, tmp_path):
     cfg = compose_config("audio_eval", [f"ckpt_path={trained['last_ckpt']}", "extras.print_config=false",
                                         "longform.chunk_seconds=6", "longform.overlap_seconds=1"], tmp_path)
@@ -29,6 +53,7 @@ def test_evaluate_adds_long_form_comparison(trained, tmp_path):
     for key in ("segments", "full", "chunked"):
         assert 0.0 <= lf[key]["wer"] and 0.0 <= lf[key]["cer"]
     assert lf["full"]["real_time_factor"] > 0 and "full_minus_segments_wer_points" in lf
+    assert lf["decoder"] == "lexicon"  # the checkpoint's test decoder
     assert json.loads((tmp_path / "metrics.json").read_text())["longform"] == lf
 
 

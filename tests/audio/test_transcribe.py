@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from audio.decoding import Transcript, Word
 from audio.transcribe import cues, format_transcript, main, parse_args
@@ -73,6 +74,34 @@ def test_transcribe_end_to_end(trained, tmp_path, capsys):
     assert main([str(recording), f"ckpt_path={ckpt}", "--format", "json", "--output", str(out), "threads=2"]) == 0
     result = json.loads(out.read_text())
     assert result["duration"] > 10 and result["mode"] == "full" and result["real_time_factor"] > 0
+    assert result["decoder"] == "lexicon"  # auto: the checkpoint carries its training words
+    words = set(torch.load(ckpt, map_location="cpu", weights_only=False)["lexicon"])
+    assert {w["word"] for w in result["words"]} <= words
     assert isinstance(result["text"], str) and isinstance(result["words"], list)
     assert "real-time factor" in capsys.readouterr().err
     assert main([str(recording), f"ckpt_path={ckpt}", "mode=chunked", "chunk_seconds=4", "overlap_seconds=1"]) == 0
+
+
+def test_transcribe_decoders_and_lexicon(trained, tmp_path, capsys):
+    ckpt = trained["last_ckpt"]
+    recording = next((trained["data_dir"] / "audio" / "synthetic").glob("*/long-form/000.flac"))
+    out = tmp_path / "t.json"
+    assert main([str(recording), f"ckpt_path={ckpt}", "--format", "json", "--output", str(out), "decoder=greedy"]) == 0
+    assert json.loads(out.read_text())["decoder"] == "greedy"
+    (tmp_path / "words.txt").write_text("the\ncat\n")
+    assert main([str(recording), f"ckpt_path={ckpt}", "--format", "json", "--output", str(out),
+                 f"lexicon={tmp_path / 'words.txt'}"]) == 0
+    result = json.loads(out.read_text())
+    assert result["decoder"] == "lexicon" and set(result["text"].split()) <= {"the", "cat"}
+    # a checkpoint without a lexicon (written before checkpoints kept one): auto is greedy, lexicon says what to do
+    old = torch.load(ckpt, map_location="cpu", weights_only=False)
+    old.pop("lexicon")
+    torch.save(old, tmp_path / "old.ckpt")
+    assert main([str(recording), f"ckpt_path={tmp_path / 'old.ckpt'}", "--format", "json", "--output", str(out)]) == 0
+    assert json.loads(out.read_text())["decoder"] == "greedy"
+    with pytest.raises(SystemExit, match="carries no lexicon.*give lexicon=<a file, one word per line> or decoder=greedy"):
+        main([str(recording), f"ckpt_path={tmp_path / 'old.ckpt'}", "decoder=lexicon"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main([str(recording), f"ckpt_path={ckpt}", "decoder=lexicn"])
+    assert "decoder='lexicn' is not allowed; expected one of ['auto', 'greedy', 'beam', 'lexicon']" in capsys.readouterr().err
