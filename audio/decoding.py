@@ -89,6 +89,14 @@ def greedy_texts(log_probs: Tensor, lengths: Tensor, tokenizer: CharTokenizer) -
             for b, n in enumerate(lengths.tolist())]
 
 
+def greedy_scored(log_probs: Tensor, lengths: Tensor, tokenizer: CharTokenizer) -> list[tuple[str, float]]:
+    """Greedy transcripts of a batch (B, N, V) with their best-path log-probabilities (the score that
+    picks among test-time warps when decoding greedily)."""
+    best = log_probs.max(-1)
+    return [(text, float(best.values[b, :n].sum()))
+            for b, (text, n) in enumerate(zip(greedy_texts(log_probs, lengths, tokenizer), lengths.tolist()))]
+
+
 def lexicon_words(texts: Sequence[str]) -> list[str]:
     """The sorted distinct words of ``texts`` once normalised (:func:`audio.text.normalize_text`)."""
     return sorted({w for t in texts for w in normalize_text(t).split()})
@@ -165,8 +173,28 @@ class BeamSearchDecoder:
 
     def texts(self, log_probs: Tensor, lengths: Tensor) -> list[str]:
         """Transcripts of a batch (B, N, V) with valid ``lengths``."""
+        return [text for text, _ in self.scored(log_probs, lengths)]
+
+    def scored(self, log_probs: Tensor, lengths: Tensor) -> list[tuple[str, float]]:
+        """Transcripts of a batch (B, N, V) with valid ``lengths``, each with its beam score."""
         hyps = self.decoder(log_probs.float().cpu().contiguous(), lengths.cpu().to(torch.int32))
-        return [" ".join(self.tokenizer.decode([int(t) for t in h[0].tokens]).split()) for h in hyps]
+        return [(" ".join(self.tokenizer.decode([int(t) for t in h[0].tokens]).split()), float(h[0].score))
+                for h in hyps]
+
+    def score(self, log_probs: Tensor) -> float:
+        """The best hypothesis' score of (N, V) log-probabilities."""
+        return float(self.decoder(log_probs[None].float().cpu().contiguous())[0][0].score)
+
+
+def scored_texts(decoder: BeamSearchDecoder | None, log_probs: Tensor, lengths: Tensor,
+                 tokenizer: CharTokenizer) -> list[tuple[str, float]]:
+    """(text, score) per utterance of a batch, by ``decoder`` (``None``: greedy)."""
+    return greedy_scored(log_probs, lengths, tokenizer) if decoder is None else decoder.scored(log_probs, lengths)
+
+
+def path_score(decoder: BeamSearchDecoder | None, log_probs: Tensor) -> float:
+    """The score of the best hypothesis of (N, V) log-probabilities by ``decoder`` (``None``: greedy)."""
+    return float(log_probs.max(-1).values.sum()) if decoder is None else decoder.score(log_probs)
 
 
 def make_decoder(kind: str, tokenizer: CharTokenizer, *, beam_size: int = 16, words: Sequence[str] | None = None,

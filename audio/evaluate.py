@@ -19,7 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from audio.data import SyntheticSpeechDataModule, load_audio, read_manifest
-from audio.decoding import error_rates, greedy_decode
+from audio.decoding import error_rates, greedy_decode, path_score
 from audio.model import ConformerCTC
 from audio.text import CharTokenizer, normalize_text
 from audio.transcribe import load_recognizer, log_probs_of, transcribe
@@ -32,9 +32,10 @@ log = logging.getLogger(__name__)
 
 
 def longform_report(model: ConformerCTC, datamodule: SyntheticSpeechDataModule, *, chunk_seconds: float = 20.0,
-                    overlap_seconds: float = 2.0, decoder=None) -> dict[str, Any]:
+                    overlap_seconds: float = 2.0, decoder=None, warps: list[float] | None = None) -> dict[str, Any]:
     """WER/CER of the long-form recordings (one pass and chunked) and of their utterances one by one, all
-    decoded by ``decoder`` (``None``: greedy)."""
+    decoded by ``decoder`` (``None``: greedy); with ``warps``, each utterance keeps its best-scoring warp
+    (as the test does) and each recording the warp that scores best on its first minute."""
     tok = CharTokenizer()
     recordings = read_manifest(datamodule.manifest("long-form"))
     segments = read_manifest(datamodule.manifest("long-form-segments"))
@@ -43,9 +44,12 @@ def longform_report(model: ConformerCTC, datamodule: SyntheticSpeechDataModule, 
     hyps = []
     for seg in segments:
         wave = load_audio(seg, model.features.sample_rate)
-        with torch.inference_mode():
-            feats, _ = model.features(wave[None])
-        lp = log_probs_of(model, feats[0])
+        lps = []
+        for w in warps or [1.0]:
+            with torch.inference_mode():
+                feats, _ = model.features(wave[None], warp=torch.tensor([w]) if w != 1.0 else None)
+            lps.append(log_probs_of(model, feats[0]))
+        lp = max(lps, key=lambda x: path_score(decoder, x)) if len(lps) > 1 else lps[0]
         hyps.append((greedy_decode(lp, tok, model.frame_seconds) if decoder is None
                      else decoder.decode(lp, model.frame_seconds)).text)
     refs = [normalize_text(s.text) for s in segments]
@@ -55,7 +59,7 @@ def longform_report(model: ConformerCTC, datamodule: SyntheticSpeechDataModule, 
         hyps, audio_s, run_s = [], 0.0, 0.0
         for rec in recordings:
             tr, stats = transcribe(model, rec.audio, mode=mode, chunk_seconds=chunk_seconds,
-                                   overlap_seconds=overlap_seconds, decoder=decoder)
+                                   overlap_seconds=overlap_seconds, decoder=decoder, warps=warps)
             hyps.append(tr.text)
             audio_s += stats["duration"]
             run_s += stats["seconds"]
@@ -91,8 +95,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         metrics["longform"] = longform_report(recognizer.net, datamodule,
                                               chunk_seconds=float(lf.get("chunk_seconds", 20.0)),
                                               overlap_seconds=float(lf.get("overlap_seconds", 2.0)),
-                                              decoder=recognizer.make_test_decoder(datamodule))
+                                              decoder=recognizer.make_test_decoder(datamodule),
+                                              warps=recognizer.test_warps)
         metrics["longform"]["decoder"] = recognizer.hparams.decoder
+        metrics["longform"]["warps"] = recognizer.test_warps
         log.info("long-form: %s", metrics["longform"])
     write_json_atomic(Path(cfg.paths.output_dir) / "metrics.json", metrics)
     return metrics

@@ -9,7 +9,7 @@ the features of the recording (80 floats per 10 ms: 115 MB per hour).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -320,23 +320,29 @@ class StreamingResampler:
 
 
 class StreamingLogMel:
-    """:class:`LogMelFeatures` of a signal given in blocks; frames identical to the whole-signal ones."""
+    """:class:`LogMelFeatures` of a signal given in blocks; frames identical to the whole-signal ones.
+    With ``warps``, the features of each frequency warp (:func:`warp_frequencies`) side by side: (W, T, n_mels)."""
 
-    def __init__(self, features: LogMelFeatures):
+    def __init__(self, features: LogMelFeatures, warps: Sequence[float] | None = None):
         self.features = features
+        self.warps = torch.tensor([float(w) for w in warps]) if warps else None
         self.buf = torch.zeros(0)
 
     def push(self, x: Tensor) -> Tensor:
-        """Add samples; return the new complete frames (T, n_mels)."""
+        """Add samples; return the new complete frames ((T, n_mels), or (W, T, n_mels) with warps)."""
         self.buf = torch.cat([self.buf, x])
         f = self.features
+        lead = () if self.warps is None else (len(self.warps),)
         if len(self.buf) < f.n_fft:
-            return torch.zeros(0, f.n_mels)
+            return torch.zeros(*lead, 0, f.n_mels)
         n = 1 + (len(self.buf) - f.n_fft) // f.hop_length
         used = (n - 1) * f.hop_length + f.n_fft
-        feats, _ = f(self.buf[None, :used])
+        if self.warps is None:
+            feats, _ = f(self.buf[None, :used])
+        else:
+            feats, _ = f(self.buf[None, :used].expand(len(self.warps), -1), warp=self.warps)
         self.buf = self.buf[n * f.hop_length:]
-        return feats[0]
+        return feats if self.warps is not None else feats[0]
 
 
 def read_blocks(path: str | Path, block_seconds: float = 30.0) -> Iterator[tuple[Tensor, int]]:
@@ -350,10 +356,12 @@ def read_blocks(path: str | Path, block_seconds: float = 30.0) -> Iterator[tuple
             yield torch.from_numpy(np.ascontiguousarray(data.mean(axis=1))), f.samplerate
 
 
-def stream_features(path: str | Path, features: LogMelFeatures, *, block_seconds: float = 30.0) -> tuple[Tensor, float]:
-    """Features (T, n_mels) of a whole recording computed block by block, and its duration in seconds."""
+def stream_features(path: str | Path, features: LogMelFeatures, *, block_seconds: float = 30.0,
+                    warps: Sequence[float] | None = None) -> tuple[Tensor, float]:
+    """Features (T, n_mels) of a whole recording computed block by block, and its duration in seconds.
+    With ``warps``: (W, T, n_mels), the features of each frequency warp."""
     resampler: StreamingResampler | None = None
-    mel = StreamingLogMel(features)
+    mel = StreamingLogMel(features, warps)
     chunks, samples, rate = [], 0, features.sample_rate
     for block, rate in read_blocks(path, block_seconds):
         if resampler is None:
@@ -363,7 +371,7 @@ def stream_features(path: str | Path, features: LogMelFeatures, *, block_seconds
     if resampler is None:
         raise ValueError(f"{path}: no audio samples")
     chunks.append(mel.push(resampler.flush()))
-    feats = torch.cat(chunks)
-    if feats.shape[0] == 0:
+    feats = torch.cat(chunks, dim=-2)
+    if feats.shape[-2] == 0:
         raise ValueError(f"{path}: shorter than one analysis window ({features.n_fft / features.sample_rate * 1000:.0f} ms)")
     return feats, samples / rate

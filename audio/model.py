@@ -280,13 +280,18 @@ class ConformerCTC(nn.Module):
         """Seconds per output frame (feature hop x subsampling)."""
         return self.features.frame_seconds * self.encoder.subsampling.factor
 
-    def forward(self, audio: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
-        """(B, L) samples -> (B, N, vocab) log-probabilities and (B,) frame counts."""
+    def forward(self, audio: Tensor, lengths: Tensor, warp: float | Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(B, L) samples -> (B, N, vocab) log-probabilities and (B,) frame counts. ``warp``: a frequency
+        axis factor for every utterance (a float) or each ((B,) tensor), in place of VTLP's random draw (the
+        test-time warps of :class:`audio.module.SpeechRecognizer`)."""
         if self.echo is not None:
             audio = self.echo(audio, lengths)
         if self.augment is not None:
             audio = self.augment(audio, lengths)
-        warp = self.vtlp(audio.shape[0], audio.device) if self.vtlp is not None else None
+        if warp is not None:
+            warp = torch.as_tensor(warp, dtype=torch.float32, device=audio.device).expand(audio.shape[0])
+        elif self.vtlp is not None:
+            warp = self.vtlp(audio.shape[0], audio.device)
         gain = (self.equalizer(audio.shape[0], self.features.n_mels, audio.device)
                 if self.equalizer is not None else None)
         feats, flens = self.features(audio, lengths, warp, gain)

@@ -11,9 +11,9 @@ from torch import Tensor, nn
 from torchmetrics import MinMetric
 from torchmetrics.text import CharErrorRate, WordErrorRate
 
-from audio.decoding import DECODERS, greedy_texts, lexicon_words, make_decoder, read_lexicon
+from audio.decoding import DECODERS, greedy_texts, lexicon_words, make_decoder, read_lexicon, scored_texts
 from audio.text import VOCAB, CharTokenizer
-from core_attn._checks import check_choice
+from core_attn._checks import check_choice, check_float
 from core_attn.training.optim import configure_optimizers
 
 
@@ -24,7 +24,10 @@ class SpeechRecognizer(pl.LightningModule):
     ``decoder``: ``greedy``, ``beam`` (lexicon-free beam search) or ``lexicon`` (beam search that only spells
     words of the lexicon). The lexicon is the words of ``lexicon`` (a file, one word per line) or else
     of the training transcripts (the datamodule's ``segments("train")``); it is saved in the checkpoint
-    (``checkpoint["lexicon"]``), so evaluation and ``audio.transcribe`` use the same words. The
+    (``checkpoint["lexicon"]``), so evaluation and ``audio.transcribe`` use the same words. With
+    ``test_warps``, each test utterance is decoded with its frequency axis scaled by each factor and the
+    hypothesis the decoder scores best is kept: test-time vocal tract length normalisation, the warp chosen
+    by maximum likelihood as in Lee & Rose (1996), per utterance. The
     hyper-parameters are plain configs, so ``SpeechRecognizer.load_from_checkpoint(path)`` rebuilds the
     network (features included: a checkpoint is all ``audio.transcribe`` needs).
 
@@ -35,10 +38,12 @@ class SpeechRecognizer(pl.LightningModule):
         decoder: test decoding, ``greedy``, ``beam`` or ``lexicon``.
         beam_size: beam width of ``beam`` and ``lexicon``.
         lexicon: a word list file for ``lexicon`` decoding; ``None``: the words of the training transcripts.
+        test_warps: frequency axis factors tried per test utterance (``None`` or ``[1.0]``: none).
     """
 
     def __init__(self, *, model: dict[str, Any], optimizer: dict[str, Any], scheduler: dict[str, Any] | None = None,
-                 decoder: str = "greedy", beam_size: int = 16, lexicon: str | None = None):
+                 decoder: str = "greedy", beam_size: int = 16, lexicon: str | None = None,
+                 test_warps: list[float] | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.net: nn.Module = instantiate(model)
@@ -49,6 +54,7 @@ class SpeechRecognizer(pl.LightningModule):
         check_choice("decoder", decoder, DECODERS)
         self.words: list[str] | None = read_lexicon(lexicon) if lexicon else None
         self.test_decoder = None  # built when the test starts (the lexicon may come from the data)
+        self.test_warps = [check_float("test_warps[]", w, min_value=0.5, max_value=2.0) for w in (test_warps or [])]
         self.wer = nn.ModuleDict({s: WordErrorRate() for s in ("val", "test")})
         self.cer = nn.ModuleDict({s: CharErrorRate() for s in ("val", "test")})
         self.val_wer_best = MinMetric()
@@ -97,7 +103,9 @@ class SpeechRecognizer(pl.LightningModule):
 
     def _eval_step(self, batch: dict, stage: str) -> None:
         loss, log_probs, lengths = self._loss(batch)
-        if stage == "test" and self.test_decoder is not None:
+        if stage == "test" and self.test_warps:
+            hyps = self.warped_texts(batch, log_probs, lengths)
+        elif stage == "test" and self.test_decoder is not None:
             hyps = self.test_decoder.texts(log_probs, lengths)
         else:
             hyps = greedy_texts(log_probs, lengths, self.tokenizer)
@@ -108,6 +116,16 @@ class SpeechRecognizer(pl.LightningModule):
         self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=stage == "val", batch_size=n)
         self.log(f"{stage}/wer", self.wer[stage], on_epoch=True, prog_bar=True, batch_size=n)
         self.log(f"{stage}/cer", self.cer[stage], on_epoch=True, prog_bar=True, batch_size=n)
+
+    def warped_texts(self, batch: dict, log_probs: Tensor, lengths: Tensor) -> list[str]:
+        """Per utterance, the best-scoring transcript over ``test_warps`` (``log_probs``: the unwarped pass)."""
+        best = [("", float("-inf"))] * len(lengths)
+        for w in self.test_warps:
+            lp = log_probs if w == 1.0 else self.net(batch["audio"], batch["audio_lens"], warp=w)[0]
+            for i, (text, score) in enumerate(scored_texts(self.test_decoder, lp, lengths, self.tokenizer)):
+                if score > best[i][1]:
+                    best[i] = (text, score)
+        return [text for text, _ in best]
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, "val")

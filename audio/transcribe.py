@@ -10,7 +10,9 @@ length under a linear attention variant such as the default local window). ``mod
 runs overlapping windows (``chunk_seconds`` long, ``overlap_seconds`` dropped at inner edges) and
 concatenates their frame posteriors, for comparison. Word times come from the CTC alignment.
 ``decoder=auto`` (the default) is lexicon beam search when the checkpoint carries a lexicon (the words of
-its training transcripts, as its test used), else greedy.
+its training transcripts, as its test used), else greedy. ``warps`` (default: the checkpoint's
+``test_warps``) are frequency warps tried on the first ``warp_seconds`` of the recording; the one the
+decoder scores best is used for the whole recording (vocal tract length normalisation per recording).
 """
 
 from __future__ import annotations
@@ -19,11 +21,12 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-from audio.decoding import DECODERS, Transcript, greedy_decode, make_decoder
+from audio.decoding import DECODERS, Transcript, greedy_decode, make_decoder, path_score
 from audio.features import stream_features
 from audio.model import ConformerCTC
 from audio.text import CharTokenizer
@@ -31,7 +34,8 @@ from core_attn._checks import check_choice, did_you_mean
 
 FORMATS = ("txt", "json", "srt")
 OPTIONS = {"ckpt_path": str, "mode": str, "chunk_seconds": float, "overlap_seconds": float, "decoder": str,
-           "beam_size": int, "lexicon": str, "threads": int, "block_seconds": float}
+           "beam_size": int, "lexicon": str, "warps": str, "warp_seconds": float, "threads": int,
+           "block_seconds": float}
 
 
 def load_recognizer(ckpt_path: str | Path, **overrides):
@@ -62,12 +66,28 @@ def log_probs_of(model: ConformerCTC, feats: torch.Tensor, *, mode: str = "full"
     return model.log_probs_chunked(feats, window=int(chunk_seconds / fs), overlap=int(overlap_seconds / fs))
 
 
-def transcribe(model: ConformerCTC, path: str | Path, *, mode: str = "full", chunk_seconds: float = 20.0,
-               overlap_seconds: float = 2.0, decoder=None, block_seconds: float = 30.0) -> tuple[Transcript, dict]:
-    """Transcribe the file ``path``; return the transcript and ``{"duration", "seconds", "real_time_factor"}``."""
-    t0 = time.perf_counter()
+def choose_warp(model: ConformerCTC, feats: torch.Tensor, warps: Sequence[float], decoder=None) -> int:
+    """Index of the warp whose features (W, T, F) the decoder (``None``: greedy) scores best."""
     with torch.inference_mode():
-        feats, duration = stream_features(path, model.features, block_seconds=block_seconds)
+        scores = [path_score(decoder, model.log_probs_long(feats[i])) for i in range(len(warps))]
+    return max(range(len(warps)), key=scores.__getitem__)
+
+
+def transcribe(model: ConformerCTC, path: str | Path, *, mode: str = "full", chunk_seconds: float = 20.0,
+               overlap_seconds: float = 2.0, decoder=None, block_seconds: float = 30.0,
+               warps: Sequence[float] | None = None, warp_seconds: float = 60.0) -> tuple[Transcript, dict]:
+    """Transcribe the file ``path``; return the transcript and ``{"duration", "seconds", "real_time_factor"}``
+    (plus ``"warp"``, the one chosen, with ``warps``: the warp the decoder scores best on the first
+    ``warp_seconds`` is used for the whole recording)."""
+    t0 = time.perf_counter()
+    warps = [float(w) for w in warps] if warps and len(warps) > 1 else None
+    with torch.inference_mode():
+        feats, duration = stream_features(path, model.features, block_seconds=block_seconds, warps=warps)
+    extra = {}
+    if warps:
+        head = max(1, int(warp_seconds / model.features.frame_seconds))
+        pick = choose_warp(model, feats[:, :head], warps, decoder)
+        feats, extra = feats[pick], {"warp": warps[pick]}
     log_probs = log_probs_of(model, feats, mode=mode, chunk_seconds=chunk_seconds, overlap_seconds=overlap_seconds)
     if decoder is None:
         out = greedy_decode(log_probs, CharTokenizer(), model.frame_seconds)
@@ -75,7 +95,7 @@ def transcribe(model: ConformerCTC, path: str | Path, *, mode: str = "full", chu
         out = decoder.decode(log_probs, model.frame_seconds)
     seconds = time.perf_counter() - t0
     return out, {"duration": round(duration, 3), "seconds": round(seconds, 3),
-                 "real_time_factor": round(seconds / max(duration, 1e-9), 5)}
+                 "real_time_factor": round(seconds / max(duration, 1e-9), 5), **extra}
 
 
 # -- output formats ----------------------------------------------------------------------------------
@@ -116,6 +136,17 @@ def format_transcript(transcript: Transcript, fmt: str, meta: dict | None = None
 
 
 # -- command line ------------------------------------------------------------------------------------
+def parse_warps(text: str) -> list[float]:
+    """``warps=0.9,1.0,1.1`` (brackets allowed) -> factors in [0.5, 2]; ``warps=1`` turns warping off."""
+    try:
+        warps = [float(w) for w in text.strip("[]").split(",") if w.strip()]
+    except ValueError:
+        raise ValueError(f"warps={text!r} must be comma-separated numbers, e.g. warps=0.9,1.0,1.1") from None
+    if not warps or not all(0.5 <= w <= 2.0 for w in warps):
+        raise ValueError(f"warps={text!r} must be one or more factors in [0.5, 2.0], e.g. warps=0.9,1.0,1.1")
+    return warps
+
+
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict]:
     parser = argparse.ArgumentParser(
         prog="python -m audio.transcribe", description=__doc__.split("\n\n")[0],
@@ -125,7 +156,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict]:
     parser.add_argument("--output", default=None, help="write here instead of stdout (one input only)")
     args = parser.parse_intermixed_args(argv)
     opts: dict = {"mode": "full", "chunk_seconds": 20.0, "overlap_seconds": 2.0, "decoder": "auto",
-                  "beam_size": 128, "lexicon": None, "threads": None, "block_seconds": 30.0, "ckpt_path": None}
+                  "beam_size": 128, "lexicon": None, "warps": None, "warp_seconds": 60.0, "threads": None, "block_seconds": 30.0, "ckpt_path": None}
     files = []
     for item in args.inputs:
         key, eq, value = item.partition("=")
@@ -141,6 +172,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict]:
             parser.error(f"{key}={value!r} must be {kind}")
     try:
         check_choice("decoder", opts["decoder"], ("auto",) + DECODERS)
+        if opts["warps"] is not None:
+            opts["warps"] = parse_warps(opts["warps"])
     except ValueError as e:
         parser.error(str(e))
     if not opts["ckpt_path"]:
@@ -165,10 +198,11 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"decoder=lexicon: {opts['ckpt_path']} carries no lexicon (trained before checkpoints kept "
                          "their training words); give lexicon=<a file, one word per line> or decoder=greedy")
     decoder = make_decoder(opts["decoder"], CharTokenizer(), beam_size=opts["beam_size"], words=recognizer.words)
+    warps = recognizer.test_warps if opts["warps"] is None else opts["warps"]
     for path in args.files:
         out, stats = transcribe(model, path, mode=opts["mode"], chunk_seconds=opts["chunk_seconds"],
                                 overlap_seconds=opts["overlap_seconds"], decoder=decoder,
-                                block_seconds=opts["block_seconds"])
+                                block_seconds=opts["block_seconds"], warps=warps, warp_seconds=opts["warp_seconds"])
         meta = {"audio": str(path), "mode": opts["mode"], "decoder": opts["decoder"], **stats}
         text = format_transcript(out, args.format, meta)
         if args.output:

@@ -65,6 +65,20 @@ def test_streaming_log_mel_matches_whole():
     torch.testing.assert_close(y, ref[0], atol=1e-5, rtol=0)
 
 
+def test_streaming_log_mel_with_warps_matches_whole():
+    f = LogMelFeatures()
+    x = torch.randn(16000 * 2 + 55) * 0.1
+    m = StreamingLogMel(f, warps=[0.9, 1.0, 1.1])
+    y = torch.cat([m.push(b) for b in torch.split(x, 3210)], dim=1)
+    assert y.shape[0] == 3
+    for i, w in enumerate([0.9, 1.0, 1.1]):
+        ref, _ = f(x[None], warp=torch.tensor([w]))
+        torch.testing.assert_close(y[i], ref[0], atol=1e-5, rtol=0)
+    plain, _ = f(x[None])
+    torch.testing.assert_close(y[1], plain[0], atol=1e-5, rtol=0)  # warp 1.0 is no warp
+    assert not torch.allclose(y[0], y[2], atol=1e-2)
+
+
 def test_stream_features_of_a_file(tmp_path):
     wave = torch.from_numpy(tone(3.3, rate=44100)) + 0.01 * torch.randn(int(3.3 * 44100))
     write(tmp_path / "a.wav", wave.numpy(), rate=44100)
@@ -76,6 +90,10 @@ def test_stream_features_of_a_file(tmp_path):
     ref, _ = f(whole[None])
     assert seconds == pytest.approx(3.3, abs=1e-4)
     torch.testing.assert_close(feats, ref[0], atol=1e-4, rtol=0)
+    warped, _ = stream_features(tmp_path / "a.wav", f, block_seconds=0.7, warps=[1.0, 1.2])
+    assert warped.shape == (2, *feats.shape)
+    torch.testing.assert_close(warped[0], feats, atol=1e-5, rtol=0)
+    torch.testing.assert_close(warped[1], f(whole[None], warp=torch.tensor([1.2]))[0][0], atol=1e-4, rtol=0)
 
 
 def test_spec_augment_train_only():

@@ -34,6 +34,21 @@ def test_shapes_and_lengths(factor):
     assert m.frame_seconds == pytest.approx(0.01 * factor)
 
 
+def test_explicit_warp_replaces_vtlp():
+    m = _model()
+    audio = torch.randn(2, 16000) * 0.1
+    lengths = torch.tensor([16000, 12000])
+    with torch.no_grad():
+        plain, _ = m(audio, lengths)
+        same, _ = m(audio, lengths, warp=1.0)
+        up, _ = m(audio, lengths, warp=1.2)
+        each, _ = m(audio, lengths, warp=torch.tensor([1.0, 1.2]))
+    torch.testing.assert_close(same, plain)
+    assert not torch.allclose(up, plain, atol=1e-3)
+    torch.testing.assert_close(each[0], plain[0])
+    torch.testing.assert_close(each[1, :-1], up[1, :-1], atol=1e-5, rtol=0)
+
+
 def test_padding_does_not_leak():
     m = _model()
     audio = torch.randn(2, 24000) * 0.1

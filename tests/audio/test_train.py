@@ -32,12 +32,35 @@ def test_checkpoint_carries_the_training_words_and_tests_with_them(trained):
     assert ckpt["hyper_parameters"]["decoder"] == "lexicon"  # the default test decoding
 
 
+@pytest.mark.parametrize("decoder", ["greedy", "lexicon"])
+def test_test_warps_keep_each_utterances_best_scoring_transcript(trained, decoder):
+    from audio.data import collate, load_audio, read_manifest
+    from audio.decoding import scored_texts
+    from audio.module import SpeechRecognizer
+
+    module = SpeechRecognizer.load_from_checkpoint(trained["last_ckpt"], map_location="cpu", decoder=decoder).eval()
+    assert module.test_warps == [0.9, 1.0, 1.1]  # the default
+    module.test_decoder = module.make_test_decoder()  # lexicon: the checkpoint's words
+    segs = read_manifest(next((trained["data_dir"] / "audio" / "synthetic").glob("*/test.jsonl")))[:4]
+    batch = collate([(w, module.tokenizer.encode(s.text), s.text) for s, w in
+                     ((s, load_audio(s, 16000)) for s in segs)])
+    with torch.no_grad():
+        lp, n = module(batch["audio"], batch["audio_lens"])
+        got = module.warped_texts(batch, lp, n)
+        each = [scored_texts(module.test_decoder, module.net(batch["audio"], batch["audio_lens"], warp=w)[0], n,
+                             module.tokenizer) for w in module.test_warps]
+    assert got == [max((each[k][i] for k in range(3)), key=lambda t: t[1])[0] for i in range(len(segs))]
+    module.test_warps = [1.0]
+    assert module.warped_texts(batch, lp, n) == [t for t, _ in scored_texts(module.test_decoder, lp, n, module.tokenizer)]
+
+
 def test_evaluate_overrides_the_decoder(trained, tmp_path):
     cfg = compose_config("audio_eval", [f"ckpt_path={trained['last_ckpt']}", "extras.print_config=false",
-                                        "module.decoder=greedy", "longform.chunk_seconds=6",
+                                        "module.decoder=greedy", "module.test_warps=[1.0]", "longform.chunk_seconds=6",
                                         "longform.overlap_seconds=1"], tmp_path)
     metrics = run(cfg)
-    assert metrics["longform"]["decoder"] == "greedy" and 0.0 <= metrics["test"]["test/wer"]
+    assert metrics["longform"]["decoder"] == "greedy" and metrics["longform"]["warps"] == [1.0]
+    assert 0.0 <= metrics["test"]["test/wer"]
     cfg = compose_config("audio_eval", [f"ckpt_path={trained['last_ckpt']}", "extras.print_config=false",
                                         "module.decoder=beems"], tmp_path)
     with pytest.raises(ValueError, match=r"decoder='beems' is not allowed; expected one of \['greedy', 'beam', 'lexicon'\]"):
@@ -53,7 +76,7 @@ def test_evaluate_adds_long_form_comparison(trained, tmp_path):
     for key in ("segments", "full", "chunked"):
         assert 0.0 <= lf[key]["wer"] and 0.0 <= lf[key]["cer"]
     assert lf["full"]["real_time_factor"] > 0 and "full_minus_segments_wer_points" in lf
-    assert lf["decoder"] == "lexicon"  # the checkpoint's test decoder
+    assert lf["decoder"] == "lexicon" and lf["warps"] == [0.9, 1.0, 1.1]  # the checkpoint's test decoding
     assert json.loads((tmp_path / "metrics.json").read_text())["longform"] == lf
 
 

@@ -55,6 +55,8 @@ def test_command_line_options(tmp_path):
     (["a.wav", "ckpt_pth=m.ckpt"], "unknown option 'ckpt_pth'.*Did you mean 'ckpt_path'"),
     (["a.wav", "ckpt_path=m", "beam_size=wide"], "beam_size='wide' must be an integer"),
     (["ckpt_path=m"], "give at least one audio file"),
+    (["a.wav", "ckpt_path=m", "warps=a,b"], r"warps='a,b' must be comma-separated numbers, e.g. warps=0.9,1.0,1.1"),
+    (["a.wav", "ckpt_path=m", "warps=1,3"], r"warps='1,3' must be one or more factors in \[0.5, 2.0\]"),
 ])
 def test_command_line_errors(argv, message, capsys):
     with pytest.raises(SystemExit):
@@ -75,6 +77,7 @@ def test_transcribe_end_to_end(trained, tmp_path, capsys):
     result = json.loads(out.read_text())
     assert result["duration"] > 10 and result["mode"] == "full" and result["real_time_factor"] > 0
     assert result["decoder"] == "lexicon"  # auto: the checkpoint carries its training words
+    assert result["warp"] in (0.9, 1.0, 1.1)  # the checkpoint's test_warps, chosen on the first minute
     words = set(torch.load(ckpt, map_location="cpu", weights_only=False)["lexicon"])
     assert {w["word"] for w in result["words"]} <= words
     assert isinstance(result["text"], str) and isinstance(result["words"], list)
@@ -86,8 +89,13 @@ def test_transcribe_decoders_and_lexicon(trained, tmp_path, capsys):
     ckpt = trained["last_ckpt"]
     recording = next((trained["data_dir"] / "audio" / "synthetic").glob("*/long-form/000.flac"))
     out = tmp_path / "t.json"
-    assert main([str(recording), f"ckpt_path={ckpt}", "--format", "json", "--output", str(out), "decoder=greedy"]) == 0
-    assert json.loads(out.read_text())["decoder"] == "greedy"
+    assert main([str(recording), f"ckpt_path={ckpt}", "--format", "json", "--output", str(out), "decoder=greedy",
+                 "warps=1"]) == 0
+    result = json.loads(out.read_text())
+    assert result["decoder"] == "greedy" and "warp" not in result
+    assert main([str(recording), f"ckpt_path={ckpt}", "--format", "json", "--output", str(out),
+                 "warps=[0.8,1.25]", "warp_seconds=5"]) == 0
+    assert json.loads(out.read_text())["warp"] in (0.8, 1.25)
     (tmp_path / "words.txt").write_text("the\ncat\n")
     assert main([str(recording), f"ckpt_path={ckpt}", "--format", "json", "--output", str(out),
                  f"lexicon={tmp_path / 'words.txt'}"]) == 0
