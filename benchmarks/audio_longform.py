@@ -2,6 +2,7 @@
 
     python benchmarks/audio_longform.py --minutes 60 --threads 2            # default model size, untrained
     python benchmarks/audio_longform.py --minutes 60 --ckpt outputs/audio/.../checkpoints/last.ckpt
+    python benchmarks/audio_longform.py --minutes 60 --ckpt ... --option decoder=greedy --option warps=1
 
 Builds a 16 kHz recording of ``--minutes`` by concatenating utterances of the built-in corpus (with
 0.3-1.2 s pauses), makes a checkpoint of the default model size unless ``--ckpt`` is given (compute does
@@ -70,6 +71,8 @@ def main() -> None:
     p.add_argument("--workdir", default="/tmp/audio_longform")
     p.add_argument("--data-dir", default=str(ROOT / "data"))
     p.add_argument("--out", default=None, help="write the result as JSON here")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="an audio.transcribe option (repeatable), e.g. --option decoder=greedy --option warps=1")
     p.add_argument("overrides", nargs="*", help="config overrides for the untrained model, e.g. attention.window=32")
     args = p.parse_args()
     work = Path(args.workdir)
@@ -82,7 +85,7 @@ def main() -> None:
     if not args.ckpt:
         make_checkpoint(ckpt, args.overrides)
     cmd = [sys.executable, "-m", "audio.transcribe", str(wav), f"ckpt_path={ckpt}", f"threads={args.threads}",
-           f"mode={args.mode}", "--format", "json", "--output", str(work / "transcript.json")]
+           f"mode={args.mode}", *args.option, "--format", "json", "--output", str(work / "transcript.json")]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=ROOT)
     wall = time.perf_counter() - t0
@@ -90,6 +93,7 @@ def main() -> None:
     peak_mb = usage.ru_maxrss / 1024
     result = json.loads((work / "transcript.json").read_text())
     out = {"minutes": round(result["duration"] / 60, 2), "mode": args.mode, "threads": args.threads,
+           "decoder": result.get("decoder"), "warp": result.get("warp"),
            "transcribe_seconds": result["seconds"], "real_time_factor": result["real_time_factor"],
            "process_wall_seconds": round(wall, 1), "process_real_time_factor": round(wall / result["duration"], 5),
            "process_cpu_seconds": round(usage.ru_utime + usage.ru_stime, 1),  # both threads: ~2x wall when idle
