@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import lightning.pytorch as pl
@@ -12,9 +13,19 @@ from torchmetrics import MinMetric
 from torchmetrics.text import CharErrorRate, WordErrorRate
 
 from audio.decoding import DECODERS, greedy_texts, lexicon_words, make_decoder, read_lexicon, scored_texts
-from audio.text import VOCAB, CharTokenizer
+from audio.text import VOCAB, CharTokenizer, normalize_text
 from core_attn._checks import check_choice, check_float
 from core_attn.training.optim import configure_optimizers
+
+
+log = logging.getLogger(__name__)
+
+
+def oov_rate(words: list[str], texts: list[str]) -> float:
+    """Share of the running words of ``texts`` (normalised) that are not in ``words``."""
+    known = set(words)
+    running = [w for t in texts for w in normalize_text(t).split()]
+    return sum(w not in known for w in running) / max(len(running), 1)
 
 
 class SpeechRecognizer(pl.LightningModule):
@@ -87,7 +98,12 @@ class SpeechRecognizer(pl.LightningModule):
             self.find_lexicon(self.trainer.datamodule)
 
     def on_test_start(self) -> None:
-        self.test_decoder = self.make_test_decoder(self.trainer.datamodule)
+        datamodule = self.trainer.datamodule
+        self.test_decoder = self.make_test_decoder(datamodule)
+        if self.hparams.decoder == "lexicon" and hasattr(datamodule, "segments"):
+            rate = oov_rate(self.words, [seg.text for seg in datamodule.segments("test")])
+            log.info("lexicon decoding: %d words; %.2f%% of the test words are outside the lexicon (never "
+                     "recognised; module.lexicon=<word list> to widen it)", len(self.words), 100 * rate)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["lexicon"] = self.words

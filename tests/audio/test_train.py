@@ -54,6 +54,12 @@ def test_test_warps_keep_each_utterances_best_scoring_transcript(trained, decode
     assert module.warped_texts(batch, lp, n) == [t for t, _ in scored_texts(module.test_decoder, lp, n, module.tokenizer)]
 
 
+def test_oov_rate():
+    from audio.module import oov_rate
+
+    assert oov_rate(["the", "cat"], ["The cat sat.", "the dog"]) == 0.4 and oov_rate(["a"], []) == 0.0
+
+
 def test_evaluate_overrides_the_decoder(trained, tmp_path):
     cfg = compose_config("audio_eval", [f"ckpt_path={trained['last_ckpt']}", "extras.print_config=false",
                                         "module.decoder=greedy", "module.test_warps=[1.0]", "longform.chunk_seconds=6",
