@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -63,7 +64,10 @@ class SpeechRecognizer(pl.LightningModule):
             raise ValueError(f"model.vocab_size={self.net.vocab_size} but the character vocabulary has {len(VOCAB)} "
                              "tokens (audio.text.VOCAB); set model.vocab_size to it")
         check_choice("decoder", decoder, DECODERS)
-        self.words: list[str] | None = read_lexicon(lexicon) if lexicon else None
+        # a lexicon file read now wins over the words a checkpoint carries; one missing here (a checkpoint
+        # trained elsewhere with module.lexicon=<file>) falls back to them, and fails only if they are absent
+        self._lexicon_file = lexicon if lexicon and not Path(lexicon).is_file() else None
+        self.words: list[str] | None = read_lexicon(lexicon) if lexicon and not self._lexicon_file else None
         self.test_decoder = None  # built when the test starts (the lexicon may come from the data)
         self.test_warps = [check_float("test_warps[]", w, min_value=0.5, max_value=2.0) for w in (test_warps or [])]
         self.wer = nn.ModuleDict({s: WordErrorRate() for s in ("val", "test")})
@@ -83,6 +87,8 @@ class SpeechRecognizer(pl.LightningModule):
     def find_lexicon(self, datamodule: Any = None) -> list[str] | None:
         """The lexicon's words: those already known (given or from the checkpoint), else the words of the
         ``datamodule``'s training transcripts (``None`` if it has none)."""
+        if self.words is None and self._lexicon_file:
+            read_lexicon(self._lexicon_file)  # raises: the file is missing
         if self.words is None and datamodule is not None and hasattr(datamodule, "segments"):
             self.words = lexicon_words([seg.text for seg in datamodule.segments("train")]) or None
         return self.words

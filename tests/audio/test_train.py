@@ -54,6 +54,25 @@ def test_test_warps_keep_each_utterances_best_scoring_transcript(trained, decode
     assert module.warped_texts(batch, lp, n) == [t for t, _ in scored_texts(module.test_decoder, lp, n, module.tokenizer)]
 
 
+def test_lexicon_file_given_at_training_travels_in_the_checkpoint(trained, tmp_path):
+    from audio.module import SpeechRecognizer
+
+    ckpt = torch.load(trained["last_ckpt"], map_location="cpu", weights_only=False)
+    words = tmp_path / "words.txt"
+    words.write_text("cat\nsat\n")
+    ckpt["hyper_parameters"]["lexicon"] = str(words)  # as if trained with module.lexicon=<file>
+    torch.save(ckpt, tmp_path / "m.ckpt")
+    assert SpeechRecognizer.load_from_checkpoint(tmp_path / "m.ckpt", map_location="cpu").words == ["cat", "sat"]
+    words.unlink()  # elsewhere, without the file: the checkpoint's words
+    module = SpeechRecognizer.load_from_checkpoint(tmp_path / "m.ckpt", map_location="cpu")
+    assert module.words == ckpt["lexicon"] and module.find_lexicon() == ckpt["lexicon"]
+    ckpt["lexicon"] = None
+    torch.save(ckpt, tmp_path / "m.ckpt")
+    module = SpeechRecognizer.load_from_checkpoint(tmp_path / "m.ckpt", map_location="cpu")
+    with pytest.raises(FileNotFoundError, match=r"lexicon='.*words\.txt': no such file"):
+        module.find_lexicon()
+
+
 def test_oov_rate():
     from audio.module import oov_rate
 
