@@ -16,7 +16,7 @@ from typing import Any
 import hydra
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from audio.data import SyntheticSpeechDataModule, load_audio, read_manifest
 from audio.decoding import error_rates, greedy_decode, path_score
@@ -26,7 +26,7 @@ from audio.transcribe import load_recognizer, log_probs_of, transcribe
 from core_attn.training import evaluate
 from core_attn.training.callbacks import CONFIG_KEY
 from core_attn.training.cli import run as cli_run
-from core_attn.training.train import write_json_atomic
+from core_attn.training.train import module_overrides, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +89,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         log.info("long-form evaluation skipped: it needs the built-in corpus with data.longform_recordings > 0")
         metrics["longform"] = None
     else:
-        overrides = {k: v for k, v in OmegaConf.to_container(cfg.module, resolve=True).items()
-                     if k != "_target_" and v is not None}
-        recognizer = load_recognizer(cfg.ckpt_path, **overrides)
+        recognizer = load_recognizer(cfg.ckpt_path, **module_overrides(cfg))
         metrics["longform"] = longform_report(recognizer.net, datamodule,
                                               chunk_seconds=float(lf.get("chunk_seconds", 20.0)),
                                               overlap_seconds=float(lf.get("overlap_seconds", 2.0)),

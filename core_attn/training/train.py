@@ -265,6 +265,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
+def module_overrides(cfg: DictConfig) -> dict[str, Any]:
+    """The keys of ``cfg.module`` other than ``_target_`` that are not null: hyper-parameters that replace a
+    checkpoint's saved ones when :func:`evaluate` rebuilds its module."""
+    return {k: v for k, v in OmegaConf.to_container(cfg.module, resolve=True).items()
+            if k != "_target_" and v is not None}
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Test the checkpoint ``cfg.ckpt_path``; return the metrics and write them to
     ``<cfg.paths.output_dir>/metrics.json``.
@@ -281,9 +288,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         pl.seed_everything(cfg.seed, workers=True)
     stored = torch.load(ckpt, map_location="cpu", weights_only=False).get(CONFIG_KEY) or {}
     module_cls = get_class(cfg.module._target_)
-    overrides = {k: v for k, v in OmegaConf.to_container(cfg.module, resolve=True).items()
-                 if k != "_target_" and v is not None}
-    module = module_cls.load_from_checkpoint(ckpt, map_location="cpu", **overrides)
+    module = module_cls.load_from_checkpoint(ckpt, map_location="cpu", **module_overrides(cfg))
     if cfg.get("data") is not None:
         datamodule = instantiate(cfg.data, _convert_="all")
     elif stored.get("data") is not None:
