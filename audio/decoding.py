@@ -11,8 +11,8 @@ decoder's token time steps. WER and CER are torchmetrics' (Levenshtein distance 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -181,20 +181,11 @@ class BeamSearchDecoder:
         return [(" ".join(self.tokenizer.decode([int(t) for t in h[0].tokens]).split()), float(h[0].score))
                 for h in hyps]
 
-    def score(self, log_probs: Tensor) -> float:
-        """The best hypothesis' score of (N, V) log-probabilities."""
-        return float(self.decoder(log_probs[None].float().cpu().contiguous())[0][0].score)
-
 
 def scored_texts(decoder: BeamSearchDecoder | None, log_probs: Tensor, lengths: Tensor,
                  tokenizer: CharTokenizer) -> list[tuple[str, float]]:
     """(text, score) per utterance of a batch, by ``decoder`` (``None``: greedy)."""
     return greedy_scored(log_probs, lengths, tokenizer) if decoder is None else decoder.scored(log_probs, lengths)
-
-
-def path_score(decoder: BeamSearchDecoder | None, log_probs: Tensor) -> float:
-    """The score of the best hypothesis of (N, V) log-probabilities by ``decoder`` (``None``: greedy)."""
-    return float(log_probs.max(-1).values.sum()) if decoder is None else decoder.score(log_probs)
 
 
 def make_decoder(kind: str, tokenizer: CharTokenizer, *, beam_size: int = 16, words: Sequence[str] | None = None,

@@ -18,7 +18,6 @@ from audio.text import VOCAB, CharTokenizer, normalize_text
 from core_attn._checks import check_choice, check_float
 from core_attn.training.optim import configure_optimizers
 
-
 log = logging.getLogger(__name__)
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from audio.decoding import DECODERS, Transcript, greedy_decode, make_decoder, path_score
+from audio.decoding import DECODERS, Transcript, greedy_decode, make_decoder, scored_texts
 from audio.features import stream_features
 from audio.model import ConformerCTC
 from audio.text import CharTokenizer
@@ -68,8 +68,10 @@ def log_probs_of(model: ConformerCTC, feats: torch.Tensor, *, mode: str = "full"
 
 def choose_warp(model: ConformerCTC, feats: torch.Tensor, warps: Sequence[float], decoder=None) -> int:
     """Index of the warp whose features (W, T, F) the decoder (``None``: greedy) scores best."""
-    with torch.inference_mode():
-        scores = [path_score(decoder, model.log_probs_long(feats[i])) for i in range(len(warps))]
+    scores = []
+    for i in range(len(warps)):
+        lp = log_probs_of(model, feats[i])
+        scores.append(scored_texts(decoder, lp[None], torch.tensor([len(lp)]), CharTokenizer())[0][1])
     return max(range(len(warps)), key=scores.__getitem__)
 
 
@@ -156,7 +158,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict]:
     parser.add_argument("--output", default=None, help="write here instead of stdout (one input only)")
     args = parser.parse_intermixed_args(argv)
     opts: dict = {"mode": "full", "chunk_seconds": 20.0, "overlap_seconds": 2.0, "decoder": "auto",
-                  "beam_size": 128, "lexicon": None, "warps": None, "warp_seconds": 60.0, "threads": None, "block_seconds": 30.0, "ckpt_path": None}
+                  "beam_size": 128, "lexicon": None, "warps": None, "warp_seconds": 60.0, "threads": None,
+                  "block_seconds": 30.0, "ckpt_path": None}
     files = []
     for item in args.inputs:
         key, eq, value = item.partition("=")
