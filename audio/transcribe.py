@@ -82,13 +82,13 @@ def transcribe(model: ConformerCTC, path: str | Path, *, mode: str = "full", chu
     (plus ``"warp"``, the one chosen, with ``warps``: the warp the decoder scores best on the first
     ``warp_seconds`` is used for the whole recording)."""
     t0 = time.perf_counter()
-    warps = [float(w) for w in warps] if warps and len(warps) > 1 else None
+    warps = [float(w) for w in warps] if warps and list(warps) != [1.0] else None  # [1.0] or none: no warping
     with torch.inference_mode():
         feats, duration = stream_features(path, model.features, block_seconds=block_seconds, warps=warps)
     extra = {}
     if warps:
         head = max(1, int(warp_seconds / model.features.frame_seconds))
-        pick = choose_warp(model, feats[:, :head], warps, decoder)
+        pick = choose_warp(model, feats[:, :head], warps, decoder) if len(warps) > 1 else 0
         feats, extra = feats[pick], {"warp": warps[pick]}
     log_probs = log_probs_of(model, feats, mode=mode, chunk_seconds=chunk_seconds, overlap_seconds=overlap_seconds)
     if decoder is None:

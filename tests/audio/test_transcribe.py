@@ -96,6 +96,8 @@ def test_transcribe_decoders_and_lexicon(trained, tmp_path, capsys):
     assert main([str(recording), f"ckpt_path={ckpt}", "--format", "json", "--output", str(out),
                  "warps=[0.8,1.25]", "warp_seconds=5"]) == 0
     assert json.loads(out.read_text())["warp"] in (0.8, 1.25)
+    assert main([str(recording), f"ckpt_path={ckpt}", "--format", "json", "--output", str(out), "warps=1.25"]) == 0
+    assert json.loads(out.read_text())["warp"] == 1.25  # one warp is applied, as test_warps=[1.25] is in the test
     (tmp_path / "words.txt").write_text("the\ncat\n")
     assert main([str(recording), f"ckpt_path={ckpt}", "--format", "json", "--output", str(out),
                  f"lexicon={tmp_path / 'words.txt'}"]) == 0
