@@ -68,7 +68,7 @@ class SpeechRecognizer(pl.LightningModule):
         self._lexicon_file = lexicon if lexicon and not Path(lexicon).is_file() else None
         self.words: list[str] | None = read_lexicon(lexicon) if lexicon and not self._lexicon_file else None
         self.test_decoder = None  # built when the test starts (the lexicon may come from the data)
-        self.test_warps = [check_float("test_warps[]", w, min_value=0.5, max_value=2.0) for w in (test_warps or [])]
+        self.test_warps = [check_float("test_warps", w, min_value=0.5, max_value=2.0) for w in (test_warps or [])]
         self.wer = nn.ModuleDict({s: WordErrorRate() for s in ("val", "test")})
         self.cer = nn.ModuleDict({s: CharErrorRate() for s in ("val", "test")})
         self.val_wer_best = MinMetric()
