@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 import zlib
 from collections import Counter
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ import torchaudio.functional as AF
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from audio.features import header_shortfall
 from audio.text import CharTokenizer, normalize_text
 from core_attn._checks import check_float, check_int, check_range
 
@@ -101,19 +101,11 @@ def read_manifest(path: str | Path) -> list[Segment]:
 
 
 # -- reading audio -------------------------------------------------------------------------------------
-_CHUNK_SIZE = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
-
-
 def _check_header(path: str, info: str) -> None:
-    """WAV/AIFF: libsndfile clamps a data chunk that runs past the end of the file and notes the size it
-    should have had; a shorter file than its header announces is truncated. (Streaming writers leave a
-    placeholder size, 0 or near 2**31/2**32, which is not a truncation.)"""
-    m = _CHUNK_SIZE.search(info)
-    if m:
-        announced, actual = int(m.group(1)), int(m.group(2))
-        if 0 < announced < 0x7FFF0000 and actual < announced:
-            raise BadAudioError(path, "truncated", f"the header announces {announced} bytes of audio but the file "
-                                f"holds {actual}")
+    shortfall = header_shortfall(info)
+    if shortfall:
+        raise BadAudioError(path, "truncated", f"the header announces {shortfall[0]} bytes of audio but the file "
+                            f"holds {shortfall[1]}")
 
 
 def load_audio(seg: Segment | str, sample_rate: int, *, silence_db: float = -60.0) -> Tensor:

@@ -8,7 +8,9 @@ the features of the recording (80 floats per 10 ms: 115 MB per hour).
 
 from __future__ import annotations
 
+import logging
 import math
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -20,6 +22,8 @@ import torchaudio.functional as AF
 from torch import Tensor, nn
 
 from core_attn._checks import check_float, check_int, check_range
+
+log = logging.getLogger(__name__)
 
 # Fixed normalisation of log-mel values (measured on the built-in corpus: mean -5.3, std 5.3). A fixed
 # affine, unlike per-utterance statistics, is the same for a 3 s utterance and an hour-long recording.
@@ -345,9 +349,42 @@ class StreamingLogMel:
         return feats if self.warps is not None else feats[0]
 
 
+_CHUNK_SIZE = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+
+
+def header_shortfall(info: str) -> tuple[int, int] | None:
+    """``(announced, actual)`` bytes of audio when a WAV/AIFF file is shorter than its header says, from
+    libsndfile's ``extra_info`` (it clamps a data chunk that runs past the end of the file and notes the size
+    it should have had); ``None`` otherwise. Streaming writers leave a placeholder size (0 or near 2**31 /
+    2**32), which is not a truncation."""
+    m = _CHUNK_SIZE.search(info)
+    if m:
+        announced, actual = int(m.group(1)), int(m.group(2))
+        if 0 < announced < 0x7FFF0000 and actual < announced:
+            return announced, actual
+    return None
+
+
+def open_audio(path: str | Path) -> sf.SoundFile:
+    """``soundfile.SoundFile(path)``; ``FileNotFoundError`` or ``ValueError`` naming the file when it is missing
+    or not audio libsndfile reads, and a warning when the file is shorter than its header says."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no such audio file")
+    try:
+        f = sf.SoundFile(str(path))
+    except Exception as e:  # libsndfile's LibsndfileError says only "Format not recognised" / "System error"
+        raise ValueError(f"{path}: not audio that libsndfile reads (WAV, FLAC, OGG, ...): "
+                         f"{type(e).__name__}: {e}") from e
+    shortfall = header_shortfall(f.extra_info)
+    if shortfall:
+        log.warning("%s is truncated: its header announces %d bytes of audio but the file holds %d; only the "
+                    "%.1f s present are used", path, *shortfall, f.frames / f.samplerate)
+    return f
+
+
 def read_blocks(path: str | Path, block_seconds: float = 30.0) -> Iterator[tuple[Tensor, int]]:
-    """Mono float32 blocks of ``path`` and its sample rate, read with soundfile (any length)."""
-    with sf.SoundFile(str(path)) as f:
+    """Mono float32 blocks of ``path`` and its sample rate, read with soundfile (any length; :func:`open_audio`)."""
+    with open_audio(path) as f:
         block = max(1, int(block_seconds * f.samplerate))
         while True:
             data = f.read(block, dtype="float32", always_2d=True)

@@ -30,6 +30,8 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
+from core_attn.errors import ToolError
+
 ESPEAK_HINT = ("install it with `apt-get install espeak-ng` (Debian/Ubuntu), `brew install espeak-ng` (macOS) "
                "or `dnf install espeak-ng` (Fedora), or train on your own data (data=audio_librispeech or "
                "data=audio_manifest)")
@@ -62,17 +64,18 @@ def _variant_names() -> set[str]:
 
 
 def check_engines(engines: Sequence[str]) -> None:
-    """Raise ``RuntimeError`` with an install hint when a requested synthesiser is missing."""
+    """Raise :class:`~core_attn.errors.ToolError` (a ``RuntimeError``) with an install hint when a requested
+    synthesiser is missing."""
     for engine in engines:
         if engine not in ("espeak-ng", "flite"):
             raise ValueError(f"data.engines contains {engine!r}; expected 'espeak-ng' and/or 'flite'")
         if shutil.which(engine) is None:
             hint = ESPEAK_HINT if engine == "espeak-ng" else FLITE_HINT
-            raise RuntimeError(f"the built-in speech corpus needs `{engine}`, which is not installed: {hint}")
+            raise ToolError(f"the built-in speech corpus needs `{engine}`, which is not installed: {hint}")
     if "espeak-ng" in engines:
         missing = sorted({v for vs in ESPEAK_VARIANTS.values() for v in vs} - _variant_names())
         if missing:
-            raise RuntimeError(f"espeak-ng lacks the voice variants {missing}; install espeak-ng >= 1.50")
+            raise ToolError(f"espeak-ng lacks the voice variants {missing}; install espeak-ng >= 1.50")
 
 
 def engine_version(engine: str) -> str:
@@ -85,9 +88,9 @@ def espeak_data_dir() -> str:
     """The folder of espeak-ng's data (``.../espeak-ng-data``), as its version line reports it."""
     line = engine_version("espeak-ng")
     if "Data at:" not in line:
-        raise RuntimeError(f"`espeak-ng --version` printed {line!r}, which does not say where its data is "
-                           "('Data at: <folder>'); random training voices need a copy of that folder "
-                           "(or set data.random_voices=0)")
+        raise ToolError(f"`espeak-ng --version` printed {line!r}, which does not say where its data is "
+                        "('Data at: <folder>'); random training voices need a copy of that folder "
+                        "(or set data.random_voices=0)")
     return line.split("Data at:", 1)[1].strip()
 
 

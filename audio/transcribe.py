@@ -31,6 +31,7 @@ from audio.features import stream_features
 from audio.model import ConformerCTC
 from audio.text import CharTokenizer
 from core_attn._checks import check_choice, did_you_mean
+from core_attn.errors import run_main
 
 FORMATS = ("txt", "json", "srt")
 OPTIONS = {"ckpt_path": str, "mode": str, "chunk_seconds": float, "overlap_seconds": float, "decoder": str,
@@ -183,6 +184,9 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict]:
         parser.error("ckpt_path=<a training checkpoint (.ckpt)> is required")
     if not files:
         parser.error("give at least one audio file")
+    missing = [f for f in files if not Path(f).is_file()]
+    if missing:
+        parser.error(f"no such audio file: {', '.join(missing)}")
     if args.output and len(files) > 1:
         parser.error("--output takes one input file")
     args.files = files
@@ -218,4 +222,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -48,6 +48,7 @@ from core_attn import attention as _attention  # noqa: F401  (registers the vari
 from core_attn._checks import check_float, check_int, did_you_mean
 from core_attn.attention.base import PatternAttention
 from core_attn.bench_peers import PEERS, build_peer, peer_installed, run_length
+from core_attn.errors import run_main
 from core_attn.registry import build_attention, get_attention_class, list_attention
 
 DIM, HEADS = 512, 8
@@ -623,4 +624,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -14,13 +14,13 @@ from __future__ import annotations
 import argparse
 import ast
 import inspect
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any
 
 from core_attn._checks import check_int
 from core_attn.attention.base import AttentionBase, PatternAttention
+from core_attn.errors import run_main
 from core_attn.registry import build_attention, get_attention_class, list_attention
 
 MAX_N = 8192  # the picture materialises an (n, n) mask
@@ -137,4 +137,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -7,10 +7,7 @@ callbacks, loggers and trainer from the config, fit, test the best checkpoint, a
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -20,8 +17,15 @@ import lightning.pytorch as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class, instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from core_attn.training.atomic import (  # noqa: F401 - the apps import these writers from here
+    open_atomic,
+    remove_stale_tmp,
+    write_bytes_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
 from core_attn.training.callbacks import (
     CONFIG_KEY,
     ConfigInCheckpoint,
@@ -29,31 +33,13 @@ from core_attn.training.callbacks import (
     peak_memory_mb,
     reset_peak_memory,
 )
+from core_attn.training.checkpoint_io import checkpoint_dir
 from core_attn.training.offload import offloading_callbacks
 
 log = logging.getLogger(__name__)
 
 
 # -- small helpers ---------------------------------------------------------------------------------
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace`` (readers never see half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write ``data`` as indented JSON to ``path`` atomically (see :func:`write_text_atomic`)."""
-    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-
-
 def resolved_config(cfg: DictConfig) -> dict[str, Any]:
     """The config as plain containers with interpolations resolved, without the ``hydra`` node."""
     keys = [k for k in cfg if k != "hydra"]
@@ -146,9 +132,7 @@ def _resume_path(cfg: DictConfig, trainer: pl.Trainer, output_dir: Path) -> str 
     if ckpt is None:
         return None
     if ckpt in ("last", "auto"):
-        cb = trainer.checkpoint_callback
-        folder = Path(cb.dirpath) if cb is not None and cb.dirpath else output_dir / "checkpoints"
-        path = folder / "last.ckpt"
+        path = checkpoint_dir(trainer, output_dir) / "last.ckpt"
         if path.is_file():
             if ckpt == "auto":
                 log.info("ckpt_path=auto: resuming from %s", path)
@@ -164,6 +148,27 @@ def _resume_path(cfg: DictConfig, trainer: pl.Trainer, output_dir: Path) -> str 
     if not Path(ckpt).is_file():
         raise FileNotFoundError(f"ckpt_path={ckpt!r}: no such checkpoint file")
     return str(ckpt)
+
+
+def check_resume_app(cfg: DictConfig) -> None:
+    """``ckpt_path=<a file>`` must be a checkpoint of this app (``cfg.app`` against the ``app`` of the run
+    config stored in it): ``ValueError`` naming both, before anything is built (resuming another app's
+    checkpoint would end in a screen of state_dict mismatches). ``last``/``auto`` and a missing file are
+    left to :func:`_resume_path`."""
+    ckpt, app = cfg.get("ckpt_path"), cfg.get("app")
+    if ckpt in (None, "last", "auto") or not Path(ckpt).is_file():
+        return
+    try:
+        try:  # mmap: only the stored config is read, not the weights
+            saved = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)
+        except RuntimeError:  # not in torch.save's zip format
+            saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise ValueError(f"ckpt_path={ckpt!r} is not a PyTorch checkpoint: {type(e).__name__}: {e}") from e
+    other = (saved.get(CONFIG_KEY) or {}).get("app") if isinstance(saved, dict) else None
+    if app and other and other != app:
+        raise ValueError(f"ckpt_path={ckpt!r} is a checkpoint of the {other} app, not of {app}: resume it with "
+                         f"python -m {other}.train, or give a checkpoint of {app}.train")
 
 
 def _count_params(module: torch.nn.Module) -> dict[str, int]:
@@ -200,6 +205,52 @@ def sweep_objective(metrics: dict[str, Any], name: str | None) -> float | None:
                      f"{did_you_mean(name, available)}")
 
 
+def resolve_auto_data(cfg: DictConfig, datamodule: pl.LightningDataModule) -> None:
+    """Data settings given as ``auto`` that the datamodule resolved from the data (an image folder's
+    ``channels``) replace ``auto`` in ``cfg.data``, so the model configs that interpolate them
+    (``in_chans: ${data.channels}``) and the config stored in checkpoints hold the value."""
+    hparams = getattr(datamodule, "hparams", {})
+    with open_dict(cfg):
+        for key, value in cfg.data.items():
+            if value == "auto" and hparams.get(key, "auto") != "auto":
+                cfg.data[key] = hparams[key]
+
+
+def _epoch_batches(trainer_cfg: DictConfig, batches: int) -> int:
+    """Training batches per epoch once ``trainer.limit_train_batches`` (a count or a fraction) is applied."""
+    limit = trainer_cfg.get("limit_train_batches")
+    if limit is None:
+        return batches
+    return min(batches, int(limit)) if isinstance(limit, int) else int(batches * float(limit))
+
+
+def budget_epochs(cfg: DictConfig, datamodule: pl.LightningDataModule) -> None:
+    """A datamodule's ``min_train_samples`` (e.g. ``data.min_train_samples`` of an image folder) raises
+    ``trainer.max_epochs`` so that training sees at least that many samples.
+
+    A budget in epochs fits one data set size: 2 epochs of 7,680 images are 1,920 steps at batch 8, of 600
+    images 150. With ``min_train_samples`` set, a small data set gets as many epochs as it takes to see that
+    many samples (the learning-rate schedule spans them); a large one keeps ``trainer.max_epochs``.
+    Nothing changes when it is null, when ``trainer.max_steps`` is set, or when the command line sets
+    ``trainer.max_epochs`` or ``trainer.max_steps`` itself (what the user asks for wins).
+    """
+    want = getattr(datamodule, "hparams", {}).get("min_train_samples")
+    explicit = {o.split("=", 1)[0].lstrip("+~") for o in task_overrides()} & {"trainer.max_epochs", "trainer.max_steps"}
+    if (not want or explicit or not cfg.get("train", True) or cfg.trainer.get("fast_dev_run")
+            or (cfg.trainer.get("max_steps") or -1) > 0):
+        return
+    datamodule.setup("fit")
+    loader = datamodule.train_dataloader()
+    per_epoch = _epoch_batches(cfg.trainer, len(loader)) * (loader.batch_size or 1)  # samples (whole batches)
+    epochs = max(1, -(-want // max(per_epoch, 1)))
+    max_epochs = cfg.trainer.get("max_epochs")
+    if max_epochs is not None and 0 < max_epochs < epochs:
+        log.info("data.min_train_samples=%d: %d samples per epoch, trainer.max_epochs %d -> %d", want, per_epoch,
+                 max_epochs, epochs)
+        with open_dict(cfg):
+            cfg.trainer.max_epochs = epochs
+
+
 # -- the two entry points --------------------------------------------------------------------------
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and test the app described by ``cfg``; return the metrics and write them to
@@ -212,17 +263,24 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     :class:`core_attn.training.offload.ActivationOffloading`).
     """
     apply_extras(cfg)
+    check_resume_app(cfg)
     output_dir = Path(cfg.paths.output_dir)
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
-    config = resolved_config(cfg)  # fails early on a dangling interpolation
+    resolved_config(cfg)  # fails early on a dangling interpolation
 
     datamodule: pl.LightningDataModule = instantiate(cfg.data, _convert_="all")  # plain lists: checkpoints load with weights_only
+    resolve_auto_data(cfg, datamodule)
+    budget_epochs(cfg, datamodule)
+    config = resolved_config(cfg)
     module: pl.LightningModule = instantiate(cfg.module, _recursive_=False, _convert_="all")
     throughput = ThroughputMonitor()
     callbacks = instantiate_callbacks(cfg.get("callbacks")) + [throughput, ConfigInCheckpoint(config)]
     callbacks += offloading_callbacks(cfg.get("activation_offloading", False))
     trainer = _make_trainer(cfg, callbacks)
+    if trainer.is_global_zero:  # what a kill during a write left (rank 0 writes all of it)
+        for path in remove_stale_tmp(output_dir, checkpoint_dir(trainer, output_dir)):
+            log.info("removed %s, left by a run stopped while writing it", path)
 
     reset_peak_memory()
     metrics: dict[str, Any] = {"status": "ok", "app": cfg.get("app"), "variant": variant_name(cfg.get("attention")),
@@ -272,13 +330,36 @@ def module_overrides(cfg: DictConfig) -> dict[str, Any]:
             if k != "_target_" and v is not None}
 
 
-def evaluate(cfg: DictConfig) -> dict[str, Any]:
+def eval_data_config(cfg: DictConfig, stored: dict[str, Any]) -> dict[str, Any] | None:
+    """The data config :func:`evaluate` uses: ``cfg.data`` when it names a ``_target_`` (a ``data=<option>``
+    choice), else the data config stored in the checkpoint (``stored``, the run config) with the keys of
+    ``cfg.data`` (e.g. ``++data.root=...``) replacing stored ones; ``None`` when there is neither."""
+    given = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") is not None else None
+    if given is not None and "_target_" in given:
+        return given
+    if stored.get("data") is None:
+        if given:
+            raise ValueError(f"data.{sorted(given)[0]}=... overrides the checkpoint's data config, but "
+                             f"{cfg.get('ckpt_path')} stores none; choose the data with data=<option>")
+        return None
+    return OmegaConf.to_container(OmegaConf.merge(stored["data"], given or {}), resolve=True)
+
+
+def evaluate(cfg: DictConfig, *, datamodule: pl.LightningDataModule | None = None,
+             callbacks: list[pl.Callback] | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Test the checkpoint ``cfg.ckpt_path``; return the metrics and write them to
     ``<cfg.paths.output_dir>/metrics.json``.
 
     The module is rebuilt from the checkpoint's saved hyper-parameters (class ``cfg.module._target_``);
     other keys of ``cfg.module`` that are not null replace saved ones (e.g. the audio app's ``module.decoder``).
-    The data is ``cfg.data`` when given, else the data config stored in the checkpoint by :func:`train`.
+    The data is ``datamodule`` when given, else the one :func:`eval_data_config` describes.
+
+    Args:
+        cfg: the app's evaluation config.
+        datamodule: the data to test on (an app that builds its own, e.g. a whole folder as one split).
+        callbacks: attached to the test run beside ``cfg.callbacks``; the dict a callback's ``results()``
+            method returns after the test is added to the metrics.
+        extra: entries added to the metrics (e.g. which split of which folder was tested).
     """
     apply_extras(cfg)
     ckpt = cfg.get("ckpt_path")
@@ -289,15 +370,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     stored = torch.load(ckpt, map_location="cpu", weights_only=False).get(CONFIG_KEY) or {}
     module_cls = get_class(cfg.module._target_)
     module = module_cls.load_from_checkpoint(ckpt, map_location="cpu", **module_overrides(cfg))
-    if cfg.get("data") is not None:
-        datamodule = instantiate(cfg.data, _convert_="all")
-    elif stored.get("data") is not None:
-        datamodule = instantiate(stored["data"], _convert_="all")
-    else:
-        raise ValueError(f"{ckpt} stores no data config; choose the data with data=<option> (e.g. data=mega_mnist)")
+    if datamodule is None:
+        data = eval_data_config(cfg, stored)
+        if data is None:
+            raise ValueError(f"{ckpt} stores no data config; choose the data with data=<option> (e.g. data=mega_mnist)")
+        datamodule = instantiate(data, _convert_="all")
 
     throughput = ThroughputMonitor()
-    trainer = _make_trainer(cfg, instantiate_callbacks(cfg.get("callbacks")) + [throughput])
+    trainer = _make_trainer(cfg, instantiate_callbacks(cfg.get("callbacks")) + list(callbacks or []) + [throughput])
     reset_peak_memory()
     t0 = time.perf_counter()
     results = trainer.test(module, datamodule=datamodule)
@@ -308,6 +388,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                "test": test, "metric_name": name, "metric": test.get(name),
                "test_seconds": round(time.perf_counter() - t0, 2), **_count_params(module),
                "test_samples_per_s": throughput.results()["test_samples_per_s"], **peak_memory_mb()}
+    metrics.update(extra or {})
+    for cb in callbacks or []:
+        if callable(getattr(cb, "results", None)):
+            metrics.update(cb.results())
     if trainer.is_global_zero:
         write_json_atomic(Path(cfg.paths.output_dir) / "metrics.json", metrics)
     return metrics

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from audio.features import (
     StreamingResampler,
     VocalTractPerturbation,
     WaveAugment,
+    open_audio,
     stream_features,
     warp_frequencies,
 )
@@ -212,3 +214,18 @@ def test_echo_adds_a_delayed_copy_and_keeps_padding():
     assert echo(x, lengths) is x
     with pytest.raises(ValueError, match=r"delay_ms=\[80.0, 20.0\] must be \[low, high\]"):
         Echo(delay_ms=(80.0, 20.0))
+
+
+def test_open_audio_names_a_missing_unreadable_or_truncated_file(tmp_path, caplog):
+    with pytest.raises(FileNotFoundError, match=r"nope\.wav: no such audio file"):
+        open_audio(tmp_path / "nope.wav")
+    (tmp_path / "notes.wav").write_text("not audio")
+    with pytest.raises(ValueError, match=r"notes\.wav: not audio that libsndfile reads \(WAV, FLAC, OGG, \.\.\.\): "
+                                         r"LibsndfileError: "):
+        open_audio(tmp_path / "notes.wav")
+    wav = write(tmp_path / "cut.wav", tone(1.0))  # 16-bit PCM: 32,000 bytes of samples
+    wav.write_bytes(wav.read_bytes()[:16044])
+    with caplog.at_level("WARNING"), open_audio(wav) as f:
+        assert f.frames == 8000
+    assert re.search(r"cut\.wav is truncated: its header announces 32000 bytes of audio but the file holds 16000; "
+                     r"only the 0\.5 s present are used", caplog.text), caplog.text

@@ -65,6 +65,7 @@ def test_command_line_errors(argv, message, capsys):
 
 
 def test_missing_checkpoint(tmp_path):
+    (tmp_path / "x.wav").write_bytes(b"")
     with pytest.raises(FileNotFoundError, match=r"ckpt_path='.*nope\.ckpt': no such checkpoint file"):
         main([str(tmp_path / "x.wav"), f"ckpt_path={tmp_path}/nope.ckpt"])
 

@@ -48,17 +48,24 @@ class PoisonAt(pl.Callback):
 
 class RecordSteps(pl.Callback):
     """Appends ``{"start_step", "end_step", "pid"}`` of each fit to ``path`` (one JSON line per fit); with
-    ``sleep`` > 0, sleeps that long after every training batch (so a test can kill the run mid-way)."""
+    ``sleep`` > 0, sleeps that long after every training batch (so a test can kill the run mid-way); with
+    ``progress``, writes the global step to that file after every training batch (after the checkpoint
+    callbacks configured before this one have run for that batch)."""
 
-    def __init__(self, path: str, sleep: float = 0.0):
+    def __init__(self, path: str, sleep: float = 0.0, progress: str | None = None):
         self.path = Path(path)
         self.sleep = sleep
+        self.progress = None if progress is None else Path(progress)
         self.start = None
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.start = trainer.global_step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.progress is not None:
+            from core_attn.training.atomic import write_text_atomic
+
+            write_text_atomic(self.progress, str(trainer.global_step))
         if self.sleep:
             import time
 
@@ -69,6 +76,33 @@ class RecordSteps(pl.Callback):
 
         with open(self.path, "a") as f:
             f.write(json.dumps({"start_step": self.start, "end_step": trainer.global_step, "pid": os.getpid()}) + "\n")
+
+
+class StopAt(pl.Callback):
+    """Raises ``RuntimeError("stopped at step <step>")`` before training batch ``step`` (global step): a crash
+    in the middle of a run, in-process."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            raise RuntimeError(f"stopped at step {self.step}")
+
+
+class RecordRestored(pl.Callback):
+    """Saves to ``path`` (``torch.save``) what a fit starts from: global step, weights, optimizer and scheduler
+    state, and the best-checkpoint record of the first ``ModelCheckpoint``."""
+
+    def __init__(self, path: str):
+        self.path = Path(path)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        cb = trainer.checkpoint_callback
+        torch.save({"global_step": trainer.global_step, "state_dict": pl_module.state_dict(),
+                    "optimizer": trainer.optimizers[0].state_dict(),
+                    "scheduler": trainer.lr_scheduler_configs[0].scheduler.state_dict(),
+                    "best_model_path": cb.best_model_path, "best_model_score": cb.best_model_score}, self.path)
 
 
 class DDPProbe(pl.Callback):

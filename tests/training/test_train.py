@@ -114,3 +114,20 @@ def test_bad_model_key_is_a_clear_error(tiny_cfg):
 
     with pytest.raises(InstantiationException, match=r"unexpected keyword argument \W*patch"):
         train(tiny_cfg("+model.patch=8"))
+
+
+def test_resume_refuses_a_checkpoint_of_another_app(tmp_path):
+    from omegaconf import OmegaConf
+
+    from core_attn.training.train import check_resume_app
+
+    torch.save({"state_dict": {}, CONFIG_KEY: {"app": "vision"}}, tmp_path / "vision.ckpt")
+    (tmp_path / "notes.ckpt").write_text("not a checkpoint")
+    check_resume_app(OmegaConf.create({"app": "vision", "ckpt_path": str(tmp_path / "vision.ckpt")}))
+    check_resume_app(OmegaConf.create({"app": "genomics", "ckpt_path": "last"}))
+    with pytest.raises(ValueError, match=r"ckpt_path='.*vision\.ckpt' is a checkpoint of the vision app, not of "
+                                         r"genomics: resume it with python -m vision\.train, or give a checkpoint "
+                                         r"of genomics\.train"):
+        check_resume_app(OmegaConf.create({"app": "genomics", "ckpt_path": str(tmp_path / "vision.ckpt")}))
+    with pytest.raises(ValueError, match=r"ckpt_path='.*notes\.ckpt' is not a PyTorch checkpoint: "):
+        check_resume_app(OmegaConf.create({"app": "genomics", "ckpt_path": str(tmp_path / "notes.ckpt")}))
