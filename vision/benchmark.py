@@ -46,6 +46,8 @@ from typing import Any
 
 import torch
 
+from core_attn.errors import run_main
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULT_TAG = "VISION_BENCH_RESULT "
 VARIANTS = ("dense", "local", "bigbird", "linear")
@@ -343,4 +345,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

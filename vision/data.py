@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import logging
 import shutil
+from collections import Counter
 from pathlib import Path
 from typing import NamedTuple
 
@@ -311,8 +312,30 @@ class MegaMNISTDataModule(SplitDataModule):
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
+AUGMENTATIONS = ("none", "shift", "flip_crop")
+GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")  # PIL modes of single-channel images
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # timm's IMAGENET_DEFAULT_*
+
+
 def _class_folders(folder: Path) -> list[str]:
     return sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def image_headers(paths: list[Path]) -> tuple[Counter, Counter]:
+    """The PIL modes and (width, height) sizes of image files, read from their headers (no decoding);
+    unreadable files are left out here (decoding them at setup names them)."""
+    from PIL import Image
+
+    modes: Counter = Counter()
+    sizes: Counter = Counter()
+    for path in paths:
+        try:
+            with Image.open(path) as im:
+                modes[im.mode] += 1
+                sizes[im.size] += 1
+        except Exception:  # noqa: BLE001 - reported with its file when the image is decoded
+            continue
+    return modes, sizes
 
 
 def _image_files(folder: Path, classes: list[str]) -> list[tuple[Path, int]]:
@@ -357,45 +380,75 @@ class ImageFolderDataModule(SplitDataModule):
 
     Splits missing as folders are carved from the training images (stratified per class, fixed seed).
     Every image is decoded once at setup: an unreadable one raises a ``ValueError`` naming the file,
-    or, with ``skip_bad=True``, is left out and counted (``self.skipped``).
+    or, with ``skip_bad=True``, is left out and counted (``self.skipped``). Setup logs one summary line:
+    the classes, the images per split and the image sizes and modes found.
 
     Args:
         root: the dataset folder.
-        num_classes: expected number of class folders (checked).
+        num_classes: expected number of class folders (checked; every class needs training images).
         image_size: side of the square model input.
-        channels: 3 (RGB) or 1 (grayscale).
+        channels: 3 (RGB), 1 (grayscale) or ``auto``: 1 when every image file is single-channel (PIL modes
+            ``L``, ``1``, ``I``, ...), else 3; resolved when the module is built (``self.hparams.channels``).
         val_fraction / test_fraction: fractions of the training images held out when the split has no folder.
         split_seed: seed of that hold-out.
-        crop_pct: evaluation resizes to ``image_size / crop_pct`` then center-crops (timm's eval transform).
-        mean / std: per-channel normalisation (timm's ImageNet defaults).
-        augment: training uses RandomResizedCrop + horizontal flip (else the evaluation transform).
+        crop_pct: evaluation resizes the shorter side to ``image_size / crop_pct`` then center-crops; 1.0
+            (default) keeps the whole of a square image, timm's 0.875 suits centred photographs.
+        mean / std: per-channel normalisation; ``None``: timm's ImageNet mean/std (their averages for 1 channel).
+        augment: training augmentation: ``none``; ``shift`` (default) moves the image by up to ``shift_pct`` of
+            its side (black fill), which keeps the label of digits, text, counts and small objects;
+            ``flip_crop``: timm's RandomResizedCrop + horizontal flip for photographs (crops can cut away an
+            object a label depends on, flips turn some digits and letters into others). ``True``/``False``
+            mean ``flip_crop``/``none``.
+        shift_pct: the largest shift of ``augment=shift``, as a fraction of the image side.
         skip_bad: skip and count unreadable images instead of raising.
         batch_size: samples per batch.
         num_workers: DataLoader worker processes.
+        min_train_samples: the training budget in samples: the runtime raises ``trainer.max_epochs`` until
+            training sees at least this many (``core_attn.training.train.budget_epochs``); ``None``: epochs only.
     """
 
-    def __init__(self, *, root: str, num_classes: int, image_size: int = 224, channels: int = 3,
-                 val_fraction: float = 0.1, test_fraction: float = 0.1, split_seed: int = 0, crop_pct: float = 0.875,
-                 mean: tuple[float, ...] = (0.485, 0.456, 0.406), std: tuple[float, ...] = (0.229, 0.224, 0.225),
-                 augment: bool = True, skip_bad: bool = False, batch_size: int = 32, num_workers: int = 0):
+    def __init__(self, *, root: str, num_classes: int, image_size: int = 224, channels: int | str = "auto",
+                 val_fraction: float = 0.1, test_fraction: float = 0.1, split_seed: int = 0, crop_pct: float = 1.0,
+                 mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None,
+                 augment: str | bool = "shift", shift_pct: float = 0.1, skip_bad: bool = False, batch_size: int = 8,
+                 num_workers: int = 0, min_train_samples: int | None = None):
         super().__init__()
         check_int("num_classes", num_classes, min_value=2)
         check_int("image_size", image_size, min_value=8)
-        check_choice("channels", channels, (1, 3))
+        check_choice("channels", channels, (1, 3, "auto"))
         check_float("val_fraction", val_fraction, min_value=0.0, max_value=0.9)
         check_float("test_fraction", test_fraction, min_value=0.0, max_value=0.9)
         check_float("crop_pct", crop_pct, min_value=0.1, max_value=1.0)
-        for name, v in (("mean", mean), ("std", std)):
-            if len(v) != channels:
-                raise ValueError(f"data.{name}={list(v)} has {len(v)} values but channels={channels}; "
-                                 f"give one per channel (e.g. data.mean=[0.5] data.std=[0.5] for channels=1)")
+        if not isinstance(augment, bool):
+            check_choice("augment", augment, AUGMENTATIONS)
+        check_float("shift_pct", shift_pct, min_value=0.0, max_value=0.5)
         check_int("batch_size", batch_size, min_value=1)
         check_int("num_workers", num_workers, min_value=0)
+        if min_train_samples is not None:
+            check_int("min_train_samples", min_train_samples, min_value=1)
         self.save_hyperparameters()
         self.root = Path(root)
         self.classes: list[str] = []
         self.skipped: list[Path] = []
         self.datasets: dict[str, ImageFolderDataset] = {}
+        self._samples: dict[str, list[tuple[Path, int]]] = {}
+        if channels == "auto":
+            self.hparams.channels = self._detect_channels()
+        c = self.hparams.channels
+        for name, v in (("mean", mean), ("std", std)):
+            if v is not None and len(v) != c:
+                raise ValueError(f"data.{name}={list(v)} has {len(v)} values but channels={c}; give one per "
+                                 f"channel (e.g. data.mean=[0.5] data.std=[0.5] for channels=1), or null for timm's")
+        self.mean = tuple(mean) if mean is not None else (IMAGENET_MEAN if c == 3 else (sum(IMAGENET_MEAN) / 3,))
+        self.std = tuple(std) if std is not None else (IMAGENET_STD if c == 3 else (sum(IMAGENET_STD) / 3,))
+
+    def _detect_channels(self) -> int:
+        """1 when every image file of the folder is single-channel (read from the file headers), else 3."""
+        paths = [p for samples in self._split_samples().values() for p, _ in samples]
+        modes, _ = image_headers(paths)
+        channels = 1 if modes and all(m in GREY_MODES for m in modes) else 3
+        log.info("data.channels=auto: %d (image modes %s)", channels, dict(modes))
+        return channels
 
     @property
     def num_classes(self) -> int:
@@ -420,15 +473,25 @@ class ImageFolderDataModule(SplitDataModule):
         return left, top, left + side, top + side
 
     def _split_samples(self) -> dict[str, list[tuple[Path, int]]]:
+        if self._samples:
+            return self._samples
         h = self.hparams
         if not self.root.is_dir():
             raise FileNotFoundError(f"data.root={str(self.root)!r} is not a folder")
         base = self.root / "train" if (self.root / "train").is_dir() else self.root
         self.classes = _class_folders(base)
+        if len(self.classes) < 2:
+            raise ValueError(f"{base} has {len(self.classes)} class folder(s) {self.classes}: a classifier needs "
+                             "images in at least 2 class folders (root/<class>/* or root/train/<class>/*)")
         if len(self.classes) != h.num_classes:
             raise ValueError(f"data.num_classes={h.num_classes} but {base} has {len(self.classes)} class folders: "
                              f"{self.classes}")
         splits = {"train": _image_files(base, self.classes)}
+        counts = Counter(t for _, t in splits["train"])
+        empty = [self.classes[i] for i in range(len(self.classes)) if not counts[i]]
+        if empty:
+            raise ValueError(f"class folder(s) {[str(base / e) for e in empty]} hold no images ({', '.join(IMG_EXTENSIONS)}): "
+                             "every class needs training images; add some or remove the folder")
         for split in ("val", "test"):
             folder = self.root / split
             if base != self.root and folder.is_dir():
@@ -446,6 +509,7 @@ class ImageFolderDataModule(SplitDataModule):
             splits["train"] = [train[i] for i in parts[0]]
             for s, p in zip(carve, parts[1:]):
                 splits[s] = [train[i] for i in p]
+        self._samples = splits
         return splits
 
     def _readable(self, samples: list[tuple[Path, int]]) -> list[tuple[Path, int]]:
@@ -467,10 +531,21 @@ class ImageFolderDataModule(SplitDataModule):
 
         h = self.hparams
         bicubic = T.InterpolationMode.BICUBIC
-        tail = [T.ToTensor(), T.Normalize(list(h.mean), list(h.std))]
-        if train and h.augment:
+        tail = [T.ToTensor(), T.Normalize(list(self.mean), list(self.std))]
+        augment = {True: "flip_crop", False: "none"}.get(h.augment, h.augment)
+        if train and augment == "shift":
+            return T.Compose([*self._resize(), T.RandomAffine(0, translate=(h.shift_pct, h.shift_pct), fill=0), *tail])
+        if train and augment == "flip_crop":
             return T.Compose([T.RandomResizedCrop(h.image_size, interpolation=bicubic), T.RandomHorizontalFlip(), *tail])
-        return T.Compose([T.Resize(int(h.image_size / h.crop_pct), interpolation=bicubic), T.CenterCrop(h.image_size), *tail])
+        return T.Compose([*self._resize(), *tail])
+
+    def _resize(self) -> list:
+        """The evaluation resize: the shorter side to ``image_size / crop_pct`` (bicubic), the centred square."""
+        from torchvision import transforms as T
+
+        h = self.hparams
+        return [T.Resize(int(h.image_size / h.crop_pct), interpolation=T.InterpolationMode.BICUBIC),
+                T.CenterCrop(h.image_size)]
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
@@ -486,3 +561,41 @@ class ImageFolderDataModule(SplitDataModule):
             shown = ", ".join(str(p) for p in self.skipped[:5])
             log.warning("skipped %d unreadable images (data.skip_bad=true): %s%s", len(self.skipped), shown,
                         " ..." if len(self.skipped) > 5 else "")
+        log.info("%s", self.summary())
+
+    def summary(self) -> str:
+        """One line: the folder, its classes, images per split, the image sizes and modes found."""
+        paths = [p for ds in self.datasets.values() for p, _ in ds.samples]
+        modes, sizes = image_headers(paths)
+        shown = ", ".join(self.classes[:8]) + (f", ... ({len(self.classes)})" if len(self.classes) > 8 else "")
+        split = ", ".join(f"{s} {len(ds)}" for s, ds in self.datasets.items())
+        common = ", ".join(f"{w}x{h} ({n})" for (w, h), n in sizes.most_common(3))
+        more = f" and {len(sizes) - 3} other sizes" if len(sizes) > 3 else ""
+        return (f"image folder {self.root}: {len(self.classes)} classes [{shown}]; images {split}; sizes {common}"
+                f"{more}; modes {dict(modes)} -> channels {self.hparams.channels}, resized to {self.hparams.image_size}")
+
+
+# -- a whole folder, labelled by a model's classes -------------------------------------------------
+def labelled_images(folder: str | Path, classes: list[str]) -> list[tuple[Path, int]]:
+    """(path, index in ``classes``) of every image under ``folder/<class>/*``, or under
+    ``folder/{train,val,test}/<class>/*`` when the folder is laid out in splits (recursively, sorted).
+
+    Class folders are matched by name against ``classes`` (a model's classes, in label order): a folder
+    with fewer classes is fine, a class folder that is not one of them raises ``ValueError`` naming it.
+    """
+    from core_attn._checks import did_you_mean
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"data.root={str(folder)!r} is not a folder")
+    bases = [folder / s for s in SPLITS if (folder / s).is_dir() and s not in classes] or [folder]
+    out: list[tuple[Path, int]] = []
+    for base in bases:
+        for name in _class_folders(base):
+            if name not in classes:
+                raise ValueError(f"class folder {name!r} in {base} is not a class of the model; its classes: "
+                                 f"{classes}.{did_you_mean(name, classes)}")
+        out += _image_files(base, classes)
+    if not out:
+        raise ValueError(f"no image files ({', '.join(IMG_EXTENSIONS)}) in class folders under {folder}")
+    return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import resource
 import time
 from typing import Any
@@ -11,6 +12,7 @@ import torch
 from torch import Tensor
 
 CONFIG_KEY = "longattn_config"  # where the run's resolved config lives inside a checkpoint
+CLASS_NAMES_KEY = "longattn_class_names"  # the datamodule's class names (index order), when it has them
 
 
 def _batch_size(batch: Any) -> int:
@@ -136,10 +138,59 @@ class ThroughputMonitor(pl.Callback):
 
 class ConfigInCheckpoint(pl.Callback):
     """Stores the run's resolved config in every checkpoint (under ``"longattn_config"``), so
-    ``evaluate`` can rebuild the data pipeline of a checkpoint without the original run directory."""
+    ``evaluate`` can rebuild the data pipeline of a checkpoint without the original run directory; and,
+    when the datamodule has a ``class_names()`` method, the class names in label order (under
+    ``"longattn_class_names"``), so a checkpoint still knows its classes once the training data is gone."""
 
     def __init__(self, config: dict[str, Any]):
         self.config = config
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         checkpoint[CONFIG_KEY] = self.config
+        class_names = getattr(trainer.datamodule, "class_names", None)
+        names = class_names() if callable(class_names) else None
+        if names:
+            checkpoint[CLASS_NAMES_KEY] = [str(n) for n in names]
+
+
+class PreciseBatchNorm(pl.Callback):
+    """Recomputes every BatchNorm layer's running statistics with the current weights before each
+    validation during fitting: ``num_samples`` training samples are passed through the network in training
+    mode (no gradients) and their batch statistics averaged (``torch.optim.swa_utils.update_bn``).
+
+    Why: evaluation normalises with running averages (momentum 0.1) of statistics that the weights keep
+    changing. When the pooled features of different images differ little (a few small objects on a large
+    plain background), the trailing averages are many standard deviations off the current features and an
+    eval-mode network predicts one class while its training accuracy climbs. Precise statistics make
+    validation, the checkpoint chosen by it and the test measure the network that was trained (Wu & Johnson
+    2021, "Rethinking 'Batch' in BatchNorm", arXiv:2105.07576, section 3: PreciseBN).
+
+    Batches are ``(input, target)`` pairs of the training loader and the module is called on the input; a
+    model without BatchNorm layers costs nothing.
+
+    Args:
+        num_samples: training samples the statistics are averaged over (whole batches, at least one).
+    """
+
+    def __init__(self, *, num_samples: int = 512):
+        from core_attn._checks import check_int
+
+        self.num_samples = check_int("num_samples", num_samples, min_value=1)
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in pl_module.modules()):
+            return
+        loader = trainer.train_dataloader
+        # a loader of its own over the same data: iterating the fit loop's loader (persistent workers)
+        # would restart the epoch in progress when validation runs mid-epoch. Its own generator, and the
+        # forked global state for the augmentations, leave the training that follows as it would be
+        # without this callback
+        generator = torch.Generator().manual_seed(trainer.global_step)
+        own = torch.utils.data.DataLoader(loader.dataset, batch_size=loader.batch_size, shuffle=True,
+                                          collate_fn=loader.collate_fn, generator=generator)
+        batches = itertools.islice(own, max(1, -(-self.num_samples // loader.batch_size)))
+        with torch.random.fork_rng(devices=[]), torch.no_grad(), trainer.precision_plugin.forward_context():
+            torch.optim.swa_utils.update_bn(batches, pl_module, device=pl_module.device)
+        pl_module.eval()  # update_bn restores the mode it found; validation runs in eval mode

@@ -137,3 +137,20 @@ def test_image_folder_eval_box_is_the_region_the_transform_keeps(tmp_path):
     x = dm.eval_transform()(ramp)[0] * 255  # (64, 64)
     assert x.shape == (64, 64)
     assert abs(float(x[:, 0].mean()) - 60.6) < 1.5 and abs(float(x[:, -1].mean()) - 139.4) < 1.5
+
+
+def test_evaluate_writes_the_confusion_matrix_of_the_test_split(trained, tmp_path):
+    import csv
+
+    from tests.training.tiny import compose_config
+    from vision.evaluate import evaluate_vision
+
+    ckpt, _ = trained
+    cfg = compose_config("vision_eval", [f"ckpt_path={ckpt}", "trainer.limit_test_batches=1",
+                                         "extras.print_config=false"], tmp_path)
+    metrics = evaluate_vision(cfg)
+    assert metrics["split"] == "test" and metrics["images"] == 8  # one batch of the stored data config
+    with open(tmp_path / "confusion_matrix.csv", newline="") as f:
+        header, *rows = list(csv.reader(f))
+    assert header == ["true/predicted", *(str(d) for d in range(10))]  # MegaMNIST's class names: the digits
+    assert sum(int(v) for r in rows for v in r[1:]) == 8 and (tmp_path / "confusion_matrix.png").is_file()
