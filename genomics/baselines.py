@@ -1,5 +1,6 @@
-"""Count-based baselines the neural models must beat: an order-k Markov chain, residue frequencies, and a
-k-mer naive Bayes classifier (the RDP classifier's method) for labelled records.
+"""Baselines the neural models must beat: an order-k Markov chain, residue frequencies, a k-mer naive Bayes
+classifier (the RDP classifier's method) for labelled records, and open reading frames above a length
+threshold for per-base CDS annotation.
 
 The Markov chain uses add-alpha smoothing, ``p(x | c) = (n(c, x) + alpha) / (n(c) + S alpha)`` over the
 S symbols of the alphabet; counts are kept sparse (sorted unique context codes), so high orders cost
@@ -197,3 +198,101 @@ class KmerNaiveBayes:
         for i, rec in enumerate(records):
             out[i] = int(self.log_probs[:, kmer_codes(rec, self.k, self.num_symbols)].sum(axis=1).argmax())
         return out
+
+
+# -- open reading frames: the no-training baseline of per-base CDS annotation -------------------------
+ORF_LENGTHS = (25, 50, 75, 100, 150, 200, 250, 300, 400, 500)  # minimum lengths tried, in codons
+_BASE = np.full(256, 4, dtype=np.int64)  # A C G T -> 0..3, anything else (N, IUPAC) -> 4
+for _i, _b in enumerate("ACGT"):
+    _BASE[ord(_b)] = _i
+_START = 0 * 25 + 3 * 5 + 2  # ATG in base-5 codon codes
+_STOPS = np.array([3 * 25 + 0 * 5 + 0, 3 * 25 + 0 * 5 + 2, 3 * 25 + 2 * 5 + 0])  # TAA, TAG, TGA
+
+
+def _strand_orfs(bases: np.ndarray) -> np.ndarray:
+    """(n, 3) rows (start, end, codons) of the ORFs of one strand's base codes: from the first ATG after
+    an in-frame stop (or the frame's start) to the next stop, stop included; ``end`` excluded."""
+    if len(bases) < 3:
+        return np.zeros((0, 3), dtype=np.int64)
+    code = bases[:-2] * 25 + bases[1:-1] * 5 + bases[2:]  # the codon starting at each position
+    out = []
+    for frame in range(3):
+        c = code[frame::3]
+        stops = np.flatnonzero(np.isin(c, _STOPS))
+        if stops.size == 0:
+            continue
+        first_start = np.where(c == _START, np.arange(len(c)), len(c))
+        first_start = np.minimum.accumulate(first_start[::-1])[::-1]  # the first ATG at or after each codon
+        begin = first_start[np.concatenate([[0], stops[:-1] + 1])]  # ... after the previous stop
+        ok = begin < stops
+        s, e = begin[ok], stops[ok]
+        out.append(np.stack([frame + 3 * s, frame + 3 * e + 3, e - s + 1], axis=1))
+    return np.concatenate(out) if out else np.zeros((0, 3), dtype=np.int64)
+
+
+def open_reading_frames(seq: str) -> np.ndarray:
+    """The open reading frames of a DNA sequence on both strands, as (n, 3) int64 rows ``(start, end,
+    codons)``: 0-based forward-strand coordinates, ``end`` excluded, the stop codon included in the
+    interval and in ``codons`` (the ATG too). An ORF runs from the first ATG after an in-frame stop to
+    the next stop; one without a stop before the sequence ends is left out. N and other codes start or
+    stop nothing."""
+    bases = _BASE[np.frombuffer(seq.upper().encode("latin-1"), dtype=np.uint8)]
+    forward = _strand_orfs(bases)
+    rc = _strand_orfs(np.where(bases < 4, 3 - bases, 4)[::-1])  # A<->T, C<->G, read backwards
+    n = len(bases)
+    return np.concatenate([forward, np.stack([n - rc[:, 1], n - rc[:, 0], rc[:, 2]], axis=1)])
+
+
+def orf_mask(length: int, orfs: np.ndarray, *, min_codons: int) -> np.ndarray:
+    """(length,) uint8: 1 on the bases of any ORF of at least ``min_codons`` codons (either strand)."""
+    keep = orfs[orfs[:, 2] >= check_int("min_codons", min_codons, min_value=1)]
+    diff = np.bincount(keep[:, 0], minlength=length + 1) - np.bincount(keep[:, 1], minlength=length + 1)
+    return (np.cumsum(diff[:length]) > 0).astype(np.uint8)
+
+
+def binary_mcc(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Matthews correlation of two 0/1 arrays; 0 when a row or column of the confusion matrix is empty
+    (a constant prediction), as ``torchmetrics``' ``BinaryMatthewsCorrCoef``."""
+    pred, truth = np.asarray(pred).astype(bool), np.asarray(truth).astype(bool)
+    tp, fp = float(np.sum(pred & truth)), float(np.sum(pred & ~truth))
+    fn, tn = float(np.sum(~pred & truth)), float(np.sum(~pred & ~truth))
+    denom = math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    return (tp * tn - fp * fn) / denom if denom else 0.0
+
+
+@dataclass
+class OrfSelection:
+    """The ORF length threshold chosen on training sequences and the training MCC of each one tried."""
+
+    min_codons: int
+    train_mcc: dict[int, float]
+
+    def predict(self, seq: str) -> np.ndarray:
+        """(len(seq),) uint8 per-base prediction: inside an ORF of at least ``min_codons`` codons."""
+        return orf_mask(len(seq), open_reading_frames(seq), min_codons=self.min_codons)
+
+    def mcc(self, seqs: Sequence[str], labels: Sequence[np.ndarray]) -> float:
+        """The MCC over all bases of ``seqs`` against their per-base ``labels``."""
+        if not seqs:
+            return float("nan")
+        return binary_mcc(np.concatenate([self.predict(s) for s in seqs]), np.concatenate(labels))
+
+
+def select_orf_length(seqs: Sequence[str], labels: Sequence[np.ndarray], *,
+                      candidates: Sequence[int] = ORF_LENGTHS) -> OrfSelection:
+    """The no-training annotator: label the bases of every open reading frame (:func:`open_reading_frames`,
+    both strands, all six frames) of at least L codons, with L the candidate of best per-base MCC on
+    ``seqs`` against ``labels`` (ties: the shortest)."""
+    if not seqs or len(seqs) != len(labels):
+        raise ValueError(f"select_orf_length needs one label array per sequence, at least one; got {len(seqs)} "
+                         f"sequences, {len(labels)} label arrays")
+    if not candidates:
+        raise ValueError("candidates is empty; give at least one minimum ORF length in codons")
+    orfs = [open_reading_frames(s) for s in seqs]
+    truth = np.concatenate(labels)
+    scores = {}
+    for length in candidates:
+        pred = np.concatenate([orf_mask(len(s), o, min_codons=length) for s, o in zip(seqs, orfs)])
+        scores[int(length)] = binary_mcc(pred, truth)
+    best = max(scores, key=lambda k: (scores[k], -k))
+    return OrfSelection(best, scores)

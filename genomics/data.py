@@ -2,7 +2,7 @@
 
 - :class:`GenomeDataModule`: one genome (FASTA, gzipped FASTA or GenBank) cut into train / val / test
   regions; windows of ``window`` bases for the causal DNA language model (``task=lm``) or per-base CDS
-  annotation (``task=annotate``, labels from the GenBank CDS features).
+  annotation (``task=annotate``, labels from the GenBank CDS features or a GFF3 / GTF file).
 - :class:`SequenceDataModule`: a file of records (FASTA, or BED intervals over a reference FASTA), split by
   record; classification (labels from a header regex or a CSV/TSV table) or masked language modelling.
 
@@ -29,8 +29,10 @@ from torch.utils.data import DataLoader, Dataset
 from torchmetrics.functional.classification import multiclass_f1_score
 
 from core_attn._checks import check_choice, check_float, check_int
+from core_attn.errors import run_main
 from genomics import prepare as prep
-from genomics.baselines import KmerNaiveBayes, select_markov, unigram_log_probs
+from genomics.annotation import FEATURES, label_records
+from genomics.baselines import KmerNaiveBayes, select_markov, select_orf_length, unigram_log_probs
 from genomics.datasets import GENOME_TASKS, GenomeTiles, GenomeWindows, RecordCrops, Segment
 from genomics.io import (ON_ERROR, DataError, Skipped, bed_records, handle, header_label, iter_records,
                          read_label_table)
@@ -117,7 +119,11 @@ class GenomeDataModule(_GenomicsDataModule):
         dataset: a data set name (``builtin_genome``, ``leptospira``, ``lambda``) or ``path``.
         path: the FASTA / FASTA.gz / GenBank file when ``dataset=path``.
         data_dir: where named data sets live (``<data_dir>/genomics/<name>/``).
-        task: ``lm`` or ``annotate`` (needs GenBank CDS features).
+        task: ``lm`` or ``annotate`` (labels from GenBank features, or from ``annotation``).
+        annotation: ``task=annotate``: a GFF3 or GTF file (``.gff3``, ``.gff``, ``.gtf``, optionally ``.gz``)
+            whose ``feature`` intervals, on either strand, are the positive bases; its seqids are matched to
+            the records' ids (the first word of a FASTA header). ``None``: the GenBank file's features.
+        feature: the feature type labelled 1: ``CDS``, ``exon`` or ``gene``.
         window: bases per window.
         case: soft-masked lowercase ``fold`` (to upper case) or ``keep`` (own tokens).
         val_fraction / test_fraction: of the genome's bases.
@@ -130,13 +136,17 @@ class GenomeDataModule(_GenomicsDataModule):
     """
 
     def __init__(self, *, dataset: str = "builtin_genome", path: str | None = None, data_dir: str = "data",
-                 task: str = "lm", window: int = 2048, case: str = "fold", val_fraction: float = 0.05,
+                 task: str = "lm", annotation: str | None = None, feature: str = "CDS", window: int = 2048,
+                 case: str = "fold", val_fraction: float = 0.05,
                  test_fraction: float = 0.1, train_samples: int = 256, reverse_complement: float = 0.5,
                  batch_size: int = 4, num_workers: int = 0, on_error: str = "raise", vocab_size: int = 9,
                  num_outputs: int = 9, markov_max_order: int = 10):
         super().__init__()
         self.save_hyperparameters()
         check_choice("task", task, GENOME_TASKS)
+        check_choice("feature", feature, FEATURES)
+        if annotation is not None and task != "annotate":
+            raise ValueError(f"data.annotation={annotation!r} is only read with data.task=annotate; got task={task!r}")
         check_choice("on_error", on_error, ON_ERROR)
         check_int("window", window, min_value=1)
         check_float("val_fraction", val_fraction, min_value=0.0, max_value=0.5)
@@ -147,6 +157,7 @@ class GenomeDataModule(_GenomicsDataModule):
         self.segments: dict[str, list[Segment]] = {}
         self.record_tokens: list[np.ndarray] = []
         self._baseline: dict[str, Any] | None = None
+        self._orf: dict[str, Any] | None = None
 
     @property
     def file(self) -> Path:
@@ -164,10 +175,14 @@ class GenomeDataModule(_GenomicsDataModule):
         if h.dataset.startswith("builtin"):
             log.info("genomics: built-in synthetic genome. %s", prep.HINT)
         self.skipped = Skipped()
-        records = list(iter_records(self.file, self.tokenizer, cds_labels=h.task == "annotate",
+        from_genbank = h.task == "annotate" and h.annotation is None
+        records = list(iter_records(self.file, self.tokenizer, cds_labels=from_genbank, feature=h.feature,
                                     on_error=h.on_error, skipped=self.skipped))
         if not records:
             raise DataError(f"{self.file}: no usable records")
+        if h.task == "annotate" and not from_genbank:
+            label_records(records, h.annotation, feature=h.feature, source=self.file, on_error=h.on_error,
+                          skipped=self.skipped)
         self.record_tokens = [r.tokens for r in records]
         regions = split_regions([len(r) for r in records], h.val_fraction, h.test_fraction)
         for split in SPLITS:
@@ -221,6 +236,21 @@ class GenomeDataModule(_GenomicsDataModule):
         majority = int(np.bincount(train, minlength=2).argmax())
         test = np.concatenate([s.labels for s in segs[split]]) if segs[split] else np.zeros(0, np.uint8)
         return float((test == majority).mean()) if test.size else float("nan")
+
+    def orf_baseline(self) -> dict[str, float]:
+        """Open reading frames as the annotation (:func:`genomics.baselines.select_orf_length`): ATG..stop on
+        both strands, the minimum length chosen on the training region by MCC, scored on every test base
+        (the positions the test tiles score): ``{"min_codons", "train_mcc", "test_mcc"}``."""
+        if self._orf is None:
+            segs = self.load_segments()
+            text = {s: [self.tokenizer.decode(seg.tokens).upper() for seg in segs[s]] for s in ("train", "test")}
+            sel = select_orf_length(text["train"], [seg.labels for seg in segs["train"]])
+            test_mcc = sel.mcc(text["test"], [seg.labels for seg in segs["test"]])
+            self._orf = {"min_codons": float(sel.min_codons), "train_mcc": sel.train_mcc[sel.min_codons],
+                         "test_mcc": test_mcc}
+            log.info("ORF baseline: open reading frames of at least %d codons (chosen on train, MCC %.4f): "
+                     "test MCC %.4f", sel.min_codons, self._orf["train_mcc"], test_mcc)
+        return self._orf
 
 
 # -- record files ------------------------------------------------------------------------------------
@@ -514,4 +544,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_main(main)

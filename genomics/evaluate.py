@@ -2,7 +2,8 @@
 
 The task's LightningModule (language model, classifier, ...) and, without ``data=...``, the data config
 are read from the checkpoint (config ``conf/genomics_eval.yaml``). The same command prints the model's
-test metrics beside its baseline (Markov bits per base, unigram perplexity, majority accuracy).
+test metrics beside its baseline (Markov bits per base, unigram perplexity, majority accuracy,
+open-reading-frame MCC).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 
 # (model metric, baseline metric, lower is better) per task
 PAIRS = (("test/bpb", "test/markov_bpb", True), ("test/ppl", "test/unigram_ppl", True),
-         ("test/acc", "test/majority_acc", False))
+         ("test/acc", "test/majority_acc", False), ("test/mcc", "test/orf_mcc", False))
 
 
 def report(metrics: dict[str, Any]) -> None:

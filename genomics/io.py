@@ -109,11 +109,11 @@ def detect_format(path: str | Path) -> str:
                     f"{path.suffix!r} is none of {sorted(_SUFFIXES)}); pass fmt='fasta' or fmt='genbank'")
 
 
-def cds_mask(record, length: int) -> np.ndarray:
-    """Per-base 1 where any CDS feature of a Biopython ``SeqRecord`` covers the base (either strand)."""
+def cds_mask(record, length: int, feature: str = "CDS") -> np.ndarray:
+    """Per-base 1 where any ``feature`` (default CDS) of a Biopython ``SeqRecord`` covers the base (either strand)."""
     labels = np.zeros(length, dtype=np.uint8)
     for feat in record.features:
-        if feat.type != "CDS":
+        if feat.type != feature:
             continue
         for part in feat.location.parts:
             labels[max(0, int(part.start)):min(length, int(part.end))] = 1
@@ -121,14 +121,16 @@ def cds_mask(record, length: int) -> np.ndarray:
 
 
 def iter_records(path: str | Path, tokenizer: Tokenizer, *, fmt: str | None = None, cds_labels: bool = False,
-                 on_error: str = "raise", skipped: Skipped | None = None) -> Iterator[Record]:
+                 feature: str = "CDS", on_error: str = "raise", skipped: Skipped | None = None) -> Iterator[Record]:
     """Stream the records of a FASTA / gzipped FASTA / GenBank file as token arrays.
 
     Args:
         path: the file.
         tokenizer: turns each sequence into ``uint8`` ids.
         fmt: ``fasta`` or ``genbank``; ``None`` detects it (:func:`detect_format`).
-        cds_labels: attach per-base CDS labels (GenBank only).
+        cds_labels: attach per-base labels from the GenBank features of type ``feature`` (GenBank only; a
+            FASTA's labels come from a GFF3 / GTF file, :func:`genomics.annotation.label_records`).
+        feature: the feature type of ``cds_labels`` (``CDS``, ``exon``, ``gene``).
         on_error: ``raise`` a :class:`DataError` or ``skip`` and count bad records in ``skipped``.
         skipped: the tally of skipped records.
 
@@ -142,7 +144,8 @@ def iter_records(path: str | Path, tokenizer: Tokenizer, *, fmt: str | None = No
         raise FileNotFoundError(f"sequence file {path} does not exist")
     fmt = detect_format(path) if fmt is None else check_choice("fmt", fmt, FORMATS)
     if cds_labels and fmt != "genbank":
-        raise DataError(f"{path}: CDS labels need a GenBank file with CDS features; this is {fmt}")
+        raise DataError(f"{path}: CDS labels need a GenBank file with CDS features; this is {fmt} (for a FASTA, "
+                        "give the genes as a GFF3 or GTF file: data.annotation=<genes.gff3>)")
     seen: dict[str, int] = {}
     with open_text(path) as handle_:
         for index, rec in enumerate(_parse(path, handle_, fmt)):
@@ -165,7 +168,7 @@ def iter_records(path: str | Path, tokenizer: Tokenizer, *, fmt: str | None = No
             except InvalidCharacterError as e:
                 handle(DataError(f"{where}: {e}"), "invalid_character", on_error, skipped)
                 continue
-            labels = cds_mask(rec, len(text)) if cds_labels else None
+            labels = cds_mask(rec, len(text), feature) if cds_labels else None
             if labels is not None and isinstance(tokenizer, DNATokenizer) and tokenizer.k > 1:
                 raise DataError(f"{path}: per-base CDS labels need per-base tokens (k=1); got k={tokenizer.k}")
             yield Record(rec.id, rec.description, tokens, labels)

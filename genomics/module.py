@@ -31,6 +31,7 @@ from genomics.tokenizers import SPECIALS
 
 LN2 = math.log(2.0)
 STAGES = ("train", "val", "test")
+CLASS_NAMES_KEY = "class_names"  # where a SequenceClassifier checkpoint keeps its labels, in output order
 
 
 class GenomicsModule(pl.LightningModule):
@@ -228,6 +229,13 @@ class SequenceClassifier(GenomicsModule):
     def on_validation_epoch_end(self) -> None:
         self._log_best(self.metric("val", "acc").compute(), "val/acc_best")
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store the data module's class names (output index -> label) under ``"class_names"``, so
+        predictions name their labels without reading the training data again."""
+        names = getattr(self._datamodule(), "classes", None)
+        if names:
+            checkpoint[CLASS_NAMES_KEY] = list(names)
+
     def on_test_epoch_end(self) -> None:
         dm = self._datamodule()
         if dm is not None and hasattr(dm, "majority_baseline"):
@@ -240,7 +248,8 @@ class SequenceClassifier(GenomicsModule):
 
 class TokenClassifier(GenomicsModule):
     """Per-base binary labels (in a coding sequence or not); logs ``acc``, ``f1`` of the positive class,
-    ``mcc`` (0 for a constant prediction) and, at test, the majority-label baseline ``test/majority_acc``."""
+    ``mcc`` (0 for a constant prediction) and, at test, the majority-label baseline ``test/majority_acc``
+    and the open-reading-frame baseline ``test/orf_mcc`` (``test/orf_min_codons``) on the same bases."""
 
     def __init__(self, *, model: dict[str, Any], optimizer: dict[str, Any], scheduler: dict[str, Any] | None = None):
         super().__init__(model=model, optimizer=optimizer, scheduler=scheduler)
@@ -271,3 +280,27 @@ class TokenClassifier(GenomicsModule):
         dm = self._datamodule()
         if dm is not None and hasattr(dm, "majority_baseline"):
             self.log("test/majority_acc", dm.majority_baseline("test"))
+        if dm is not None and hasattr(dm, "orf_baseline"):
+            orf = dm.orf_baseline()
+            self.log("test/orf_mcc", orf["test_mcc"])
+            self.log("test/orf_min_codons", orf["min_codons"])
+
+
+# data.task -> the module that trains it, its selection metric (monitor, monitor_mode), an experiment setting both
+TASKS = {"lm": (CausalLM, "val/bpb", "min", "genomics_dna_lm"),
+         "mlm": (MaskedLM, "val/ppl", "min", "genomics_protein_mlm"),
+         "classify": (SequenceClassifier, "val/acc", "max", "genomics_classify_16s"),
+         "annotate": (TokenClassifier, "val/mcc", "max", "genomics_annotate")}
+
+
+def check_task(task: str | None, target: str | None) -> None:
+    """``ValueError`` when ``module._target_`` (a genomics task module) does not train ``data.task``, naming the
+    module and the experiment to use, before any data is read (the wrong module fails in its first step)."""
+    if task not in TASKS or not target or not target.startswith("genomics.module."):
+        return
+    cls, monitor, mode, experiment = TASKS[task]
+    if get_class(target) is not cls:
+        name = f"{cls.__module__}.{cls.__name__}"
+        raise ValueError(f"data.task={task!r} is trained by {name}, but module._target_={target}: start from "
+                         f"experiment={experiment} (and override its data), or add module._target_={name} "
+                         f"monitor={monitor} monitor_mode={mode}")

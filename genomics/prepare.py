@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core_attn._checks import did_you_mean
+from core_attn.errors import ToolError
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +137,7 @@ def prepare(name: str, data_dir: str | Path, *, force: bool = False) -> Path:
         return dest
     for tool in ("apt-get", "dpkg-deb"):
         if shutil.which(tool) is None:
-            raise RuntimeError(f"preparing {name!r} needs `{tool}` (a Debian/Ubuntu system); it is not on PATH")
+            raise ToolError(f"preparing {name!r} needs `{tool}` (a Debian/Ubuntu system); it is not on PATH")
     with tempfile.TemporaryDirectory(prefix=f"genomics-{name}-") as tmp:
         _run(["apt-get", "download", ds.package], cwd=tmp, what=f"download the Debian package {ds.package}",
              hint="if apt cannot find it, run `apt-get update` (as root) and retry")
@@ -164,5 +165,5 @@ def _run(cmd: list[str], *, cwd: str, what: str, hint: str = "") -> None:
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
     if proc.returncode != 0:
         err = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        raise RuntimeError(f"could not {what}: `{' '.join(cmd)}` exited {proc.returncode}: {' / '.join(err)}"
-                           + (f"; {hint}" if hint else ""))
+        raise ToolError(f"could not {what}: `{' '.join(cmd)}` exited {proc.returncode}: {' / '.join(err)}"
+                        + (f"; {hint}" if hint else ""))

@@ -14,12 +14,14 @@ from omegaconf import DictConfig
 from core_attn.training import sweep_objective, train
 from core_attn.training.cli import run
 from genomics.evaluate import report
+from genomics.module import check_task
 
 
 @hydra.main(config_path="../conf", config_name="genomics", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     """Returns the objective for Hydra sweepers: ``optimized_metric`` (e.g. ``val/acc_best``), or the test
     metric when it is null (:func:`core_attn.training.sweep_objective`)."""
+    check_task(cfg.data.get("task"), cfg.module.get("_target_"))
     metrics = train(cfg)
     report(metrics)
     return sweep_objective(metrics, cfg.get("optimized_metric"))

@@ -128,3 +128,22 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_dir, genome, tmp_pat
 
     cfg = _cfg("genomics", [*_lm(genome), *POISON_AT_4], data_dir, tmp_path / "run")
     assert_nonfinite_stops_and_keeps_last_good(cfg)
+
+
+@pytest.mark.parametrize("task,target,ok", [
+    ("classify", "genomics.module.CausalLM", False), ("lm", "genomics.module.SequenceClassifier", False),
+    ("classify", "genomics.module.SequenceClassifier", True), ("annotate", "genomics.module.TokenClassifier", True),
+    ("lm", "my.own.Module", True),  # not a genomics task module: not ours to judge
+])
+def test_task_and_module_must_agree(task, target, ok):
+    from genomics.module import TASKS, check_task
+
+    if ok:
+        check_task(task, target)
+        return
+    cls, monitor, mode, experiment = TASKS[task]
+    with pytest.raises(ValueError, match=rf"data.task='{task}' is trained by genomics.module.{cls.__name__}, but "
+                                         rf"module._target_={target}: start from experiment={experiment} \(and override "
+                                         rf"its data\), or add module._target_=genomics.module.{cls.__name__} "
+                                         rf"monitor={monitor} monitor_mode={mode}"):
+        check_task(task, target)

@@ -1,0 +1,142 @@
+"""Genome browser formats that ``genomics.predict`` writes: bedGraph tracks, BED and GFF3 features.
+
+Coordinates: per-base arrays are indexed from 0; bedGraph and BED write 0-based half-open intervals
+(``start`` included, ``end`` excluded), GFF3 1-based inclusive ones (``start + 1 .. end``). Writers take
+an open text handle (``core_attn.training.train.open_atomic``) and one record at a time, so a genome of
+millions of bases is written in slices and never held as one string.
+
+- bedGraph (UCSC): ``track type=bedGraph ...`` then ``chrom start end value``; a value per ``bin`` bases
+  (their mean), rounded to ``digits`` decimals, neighbours with equal rounded values merged into one line.
+- BED6: ``chrom start end name score strand`` with the score scaled to 0..1000 (BED's range).
+- GFF3: ``##gff-version 3``, a ``##sequence-region`` line per record, nine tab-separated columns with
+  seqid and attribute values percent-encoded as the specification asks.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TextIO
+
+import numpy as np
+
+from core_attn._checks import check_float, check_int
+
+GFF3_HEADER = "##gff-version 3\n"
+SOURCE = "longattn"
+# GFF3: a seqid may hold [a-zA-Z0-9.:^*$@!+_?-|] unescaped; attribute values must escape ; = & , and controls
+_SEQID_UNSAFE = re.compile(r"[^a-zA-Z0-9.:^*$@!+_?|\-]")
+_ATTR_UNSAFE = re.compile(r"[;=&,%\t\n\r\x00-\x1f\x7f]")
+
+
+def _percent(match: re.Match) -> str:
+    return "".join(f"%{b:02X}" for b in match.group(0).encode("utf-8"))
+
+
+def gff3_seqid(text: str) -> str:
+    """``text`` as a GFF3 seqid: characters outside the allowed set percent-encoded (``%XX``)."""
+    return _SEQID_UNSAFE.sub(_percent, text)
+
+
+def gff3_value(text: str) -> str:
+    """``text`` as a GFF3 attribute value: ``; = & ,``, ``%`` and control characters percent-encoded."""
+    return _ATTR_UNSAFE.sub(_percent, text)
+
+
+def runs(values: np.ndarray, *, bin: int = 1, digits: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The bedGraph intervals of ``values``: the mean of every ``bin`` positions (the last bin may be shorter),
+    rounded to ``digits`` decimals, neighbouring bins with equal rounded values merged.
+
+    Returns:
+        (starts, ends, rounded values), intervals relative to ``values[0]`` that cover it exactly once.
+    """
+    check_int("bin", bin, min_value=1)
+    check_int("digits", digits, min_value=0, max_value=12)
+    n = len(values)
+    if n == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
+    bin_starts = np.arange(0, n, bin)
+    bin_ends = np.append(bin_starts[1:], n)
+    means = np.add.reduceat(np.asarray(values, dtype=np.float64), bin_starts) / (bin_ends - bin_starts)
+    rounded = np.round(means, digits) + 0.0  # + 0.0: no "-0.000"
+    first = np.concatenate([[0], np.flatnonzero(np.diff(rounded) != 0) + 1])  # first bin of each run
+    last = np.append(first[1:], len(rounded)) - 1
+    return bin_starts[first], bin_ends[last], rounded[first]
+
+
+def write_bedgraph_header(f: TextIO, name: str, description: str) -> None:
+    """The ``track type=bedGraph`` line (double quotes dropped from the texts)."""
+    name, description = name.replace('"', ""), description.replace('"', "")
+    f.write(f'track type=bedGraph name="{name}" description="{description}"\n')
+
+
+def write_bedgraph(f: TextIO, chrom: str, values: np.ndarray, *, offset: int = 0, bin: int = 1, digits: int = 3,
+                   chunk: int = 1 << 16) -> int:
+    """Write the :func:`runs` of ``values`` (``values[0]`` is base ``offset`` of ``chrom``); returns the lines.
+
+    ``values`` is read ``chunk`` positions at a time (rounded down to whole bins), a run that reaches the end
+    of a slice continuing into the next, so the temporary arrays stay small for a chromosome of any length.
+    """
+    check_int("chunk", chunk, min_value=1)
+    step = max(bin, chunk // bin * bin)
+    pending: tuple[int, int, float] | None = None  # the last run so far: the next slice may extend it
+    lines = 0
+    for s in range(0, len(values), step):
+        starts, ends, vals = runs(values[s:s + step], bin=bin, digits=digits)
+        starts, ends = starts + (offset + s), ends + (offset + s)
+        if pending is not None and vals[0] == pending[2]:
+            starts[0] = pending[0]
+        elif pending is not None:
+            lines += _write_lines(f, chrom, [pending[0]], [pending[1]], [pending[2]], digits)
+        pending = (int(starts[-1]), int(ends[-1]), float(vals[-1]))
+        lines += _write_lines(f, chrom, starts[:-1].tolist(), ends[:-1].tolist(), vals[:-1].tolist(), digits)
+    if pending is not None:
+        lines += _write_lines(f, chrom, [pending[0]], [pending[1]], [pending[2]], digits)
+    return lines
+
+
+def _write_lines(f: TextIO, chrom: str, starts: list, ends: list, vals: list, digits: int) -> int:
+    f.write("".join(f"{chrom}\t{a}\t{b}\t{v:.{digits}f}\n" for a, b, v in zip(starts, ends, vals)))
+    return len(starts)
+
+
+def threshold_features(prob: np.ndarray, *, threshold: float = 0.5,
+                       min_length: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Maximal runs of positions with ``prob >= threshold`` at least ``min_length`` long.
+
+    Returns:
+        (starts, ends, mean probability of each run), 0-based half-open.
+    """
+    check_float("threshold", threshold, min_value=0.0, max_value=1.0)
+    check_int("min_length", min_length, min_value=1)
+    above = np.concatenate([[False], np.asarray(prob) >= threshold, [False]])
+    edges = np.flatnonzero(np.diff(above.astype(np.int8)))  # alternating run starts and ends
+    starts, ends = edges[0::2], edges[1::2]
+    keep = ends - starts >= min_length
+    starts, ends = starts[keep], ends[keep]
+    if len(starts) == 0:
+        return starts, ends, np.zeros(0)
+    csum = np.concatenate([[0.0], np.cumsum(prob, dtype=np.float64)])
+    return starts, ends, (csum[ends] - csum[starts]) / (ends - starts)
+
+
+def feature_ids(record_id: str, feature_type: str, count: int) -> list[str]:
+    """``<record>.<type>.<k>`` for k = 1 .. count: unique in a file whose record ids are unique."""
+    return [f"{record_id}.{feature_type}.{k}" for k in range(1, count + 1)]
+
+
+def write_gff3(f: TextIO, seqid: str, length: int, starts: np.ndarray, ends: np.ndarray, scores: np.ndarray,
+               ids: list[str], *, feature_type: str = "CDS") -> int:
+    """One record's ``##sequence-region`` line and features (strand and phase ``.``); returns the features."""
+    sid = gff3_seqid(seqid)
+    f.write(f"##sequence-region {sid} 1 {length}\n")
+    f.write("".join(f"{sid}\t{SOURCE}\t{feature_type}\t{s + 1}\t{e}\t{p:.3f}\t.\t.\tID={gff3_value(i)}\n"
+                    for s, e, p, i in zip(starts.tolist(), ends.tolist(), scores.tolist(), ids)))
+    return len(ids)
+
+
+def write_bed(f: TextIO, chrom: str, starts: np.ndarray, ends: np.ndarray, scores: np.ndarray,
+              names: list[str]) -> int:
+    """BED6 lines (score: the probability times 1000, rounded; strand ``.``); returns the lines."""
+    f.write("".join(f"{chrom}\t{s}\t{e}\t{n}\t{int(round(p * 1000))}\t.\n"
+                    for s, e, p, n in zip(starts.tolist(), ends.tolist(), scores.tolist(), names)))
+    return len(names)
