@@ -9,6 +9,7 @@ Two sources, neither read through the app's own data module:
   to compare the folder path with the built-in path on the same images.
 
     python benchmarks/image_folders.py digits /tmp/digits600 --train 600 --val 150 --test 300
+    python benchmarks/image_folders.py digits /tmp/digits_new --train 0 --val 0 --test 300 --seed 7   # new canvases, held-out digits
     python benchmarks/image_folders.py megamnist /tmp/mega --train 7680 --val 500 --test 1000
 """
 
@@ -59,8 +60,9 @@ def digits_canvas(rng: np.random.Generator, images: np.ndarray, labels: np.ndarr
     return canvas
 
 
-def write_digits(out: Path, counts: dict[str, int], size: int, min_digit: int, max_digit: int, seed: int) -> None:
-    banks = digit_banks(seed)
+def write_digits(out: Path, counts: dict[str, int], size: int, min_digit: int, max_digit: int, seed: int,
+                 bank_seed: int) -> None:
+    banks = digit_banks(bank_seed)
     for split, n in counts.items():
         images, labels = banks[split]
         rng = np.random.default_rng([seed, SPLITS.index(split)])
@@ -95,11 +97,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--min-digit", type=int, default=28, help="digits source: smallest digit side in pixels")
     p.add_argument("--max-digit", type=int, default=48, help="digits source: largest digit side in pixels")
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--seed", type=int, default=1, help="canvas seed")
+    p.add_argument("--bank-seed", type=int, default=1,
+                   help="digits source: seed of the 60/20/20 split of sklearn's digits (keep it to reuse held-out digits)")
     a = p.parse_args(argv)
     counts = {"train": a.train, "val": a.val, "test": a.test}
     if a.source == "digits":
-        write_digits(a.out, counts, a.size, a.min_digit, a.max_digit, a.seed)
+        write_digits(a.out, counts, a.size, a.min_digit, a.max_digit, a.seed, a.bank_seed)
     else:
         write_megamnist(a.out, counts, a.size, a.seed)
     print(f"wrote {sum(counts.values())} images to {a.out}")
