@@ -45,7 +45,7 @@ from omegaconf import DictConfig
 
 from core_attn._checks import check_choice, check_float, check_int
 from core_attn.training.callbacks import CONFIG_KEY, peak_memory_mb, reset_peak_memory
-from core_attn.training.cli import run
+from core_attn.training.cli import positional_overrides, run
 from core_attn.training.train import open_atomic, write_json_atomic
 from genomics import formats
 from genomics.datasets import IGNORE, GenomeTiles, RecordCrops, Segment
@@ -312,20 +312,9 @@ def report(result: dict[str, Any]) -> str:
 
 
 # -- the command line ----------------------------------------------------------------------------------
-_PLAIN = re.compile(r"[\w./\-+~@%:]+")
-
-
 def fasta_overrides(argv: list[str]) -> list[str]:
-    """Rewrite a positional path (an existing file, or a name with a sequence suffix) as ``fasta=<path>``
-    (quoted for Hydra when needed); other arguments are kept as they are."""
-    out = []
-    for arg in argv:
-        has_suffix = output_prefix(arg) != Path(arg).name  # .fa, .gbk, .fa.gz, ...
-        if not (arg.startswith("-") or "=" in arg) and (Path(arg).is_file() or has_suffix):
-            quoted = arg if _PLAIN.fullmatch(arg) else "'" + arg.replace("\\", "\\\\").replace("'", "\\'") + "'"
-            arg = f"fasta={quoted}"
-        out.append(arg)
-    return out
+    """Rewrite a positional path (an existing file, or a name with a sequence suffix) as ``fasta=<path>``."""
+    return positional_overrides(argv, "fasta", lambda a: Path(a).is_file() or output_prefix(a) != Path(a).name)
 
 
 # an absolute path: Hydra resolves a relative one against the package when main() is called in-process

@@ -30,7 +30,6 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -45,7 +44,7 @@ from torch import Tensor, nn
 from core_attn._checks import check_int
 from core_attn.attention.base import AttentionBase, PatternAttention
 from core_attn.training.callbacks import CONFIG_KEY
-from core_attn.training.cli import run
+from core_attn.training.cli import positional_overrides, run
 from core_attn.training.train import write_text_atomic
 from vision.data import IMG_EXTENSIONS
 from vision.module import ImageClassifier
@@ -367,20 +366,9 @@ def folder_report(result: dict[str, Any]) -> str:
 
 
 # -- the command line ------------------------------------------------------------------------------
-_PLAIN = re.compile(r"[\w./\-+~@%:]+")
-
-
 def image_overrides(argv: list[str]) -> list[str]:
-    """Rewrite positional image paths (existing files or folders, or names with an image suffix) as ``image=<path>``
-    (quoted for Hydra when needed); other arguments are kept as they are."""
-    out = []
-    for arg in argv:
-        is_override = arg.startswith("-") or "=" in arg
-        if not is_override and (Path(arg).exists() or Path(arg).suffix.lower() in IMG_EXTENSIONS):
-            quoted = arg if _PLAIN.fullmatch(arg) else "'" + arg.replace("\\", "\\\\").replace("'", "\\'") + "'"
-            arg = f"image={quoted}"
-        out.append(arg)
-    return out
+    """Rewrite positional image paths (existing files or folders, or names with an image suffix) as ``image=<path>``."""
+    return positional_overrides(argv, "image", lambda a: Path(a).exists() or Path(a).suffix.lower() in IMG_EXTENSIONS)
 
 
 # an absolute path: Hydra resolves a relative one against the package when main() is called in-process

@@ -215,3 +215,19 @@ def override_hints(config_name: str, args: list[str], conf_dir: Path = CONF_DIR)
                      + (f"; did you mean {', '.join(close)}?" if close else "")
                      + f" To add a new key use '+{text}'.")
     return hints
+
+
+_PLAIN = re.compile(r"[\w./\-+~@%:]+")  # a value Hydra's override grammar takes without quotes
+
+
+def positional_overrides(argv: list[str], key: str, accepts: Callable[[str], bool]) -> list[str]:
+    """Rewrite each positional argument that ``accepts`` (e.g. an existing file) as ``key=<path>``, quoted for
+    Hydra when needed, so ``python -m vision.predict cat.png ckpt_path=...`` means ``image=cat.png``;
+    options (``-x``) and overrides (``a=b``) are kept as they are."""
+    out = []
+    for arg in argv:
+        if not (arg.startswith("-") or "=" in arg) and accepts(arg):
+            quoted = arg if _PLAIN.fullmatch(arg) else "'" + arg.replace("\\", "\\\\").replace("'", "\\'") + "'"
+            arg = f"{key}={quoted}"
+        out.append(arg)
+    return out

@@ -47,3 +47,17 @@ def fasta(tmp_path):
         return write_fasta(tmp_path / name, records, gz=gz)
 
     return make
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """A data folder per test module (named data sets are generated into it)."""
+    return tmp_path_factory.mktemp("genomics_data")
+
+
+@pytest.fixture(scope="module")
+def genome(data_dir):
+    """A 30 kb synthetic GenBank genome (the built-in one is 200 kb)."""
+    from genomics.synthetic import write_genome
+
+    return write_genome(data_dir / "small.gbk", length=30_000, seed=1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from genomics.io import (DataError, Skipped, bed_records, detect_format, iter_records, read_label_table,
+from genomics.io import (DataError, Skipped, bed_records, detect_format, read_label_table,
                          read_records)
 from genomics.tokenizers import DNATokenizer, ProteinTokenizer
 from tests.genomics.conftest import write_genbank

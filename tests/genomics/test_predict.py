@@ -21,7 +21,7 @@ from genomics import formats
 from genomics import predict as gp
 from genomics.infer import score
 from genomics.io import DataError
-from genomics.synthetic import genome_sequence, write_genome
+from genomics.synthetic import genome_sequence
 from genomics.tokenizers import DNATokenizer
 from tests.genomics.conftest import write_fasta
 from tests.training.tiny import compose_config
@@ -33,16 +33,6 @@ RECORDS = [("chr1 first contig", SEQ[:700]), ("one", "G"), ("chr=2;x", SEQ[700:1
 
 
 # -- checkpoints ---------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("genomics_data")
-
-
-@pytest.fixture(scope="module")
-def genome(data_dir):
-    return write_genome(data_dir / "small.gbk", length=30_000, seed=1)
-
-
 def _train(name: str, overrides: list[str], data_dir, out) -> str:
     cfg = compose_config(name, [*QUIET, *TINY_MODEL, f"paths.data_dir={data_dir}", *overrides], out)
     return train(cfg)["last_ckpt"]

@@ -10,22 +10,10 @@ import pytest
 from core_attn.training import train
 from genomics.evaluate import run as evaluate_run
 from genomics.infer import infer
-from genomics.synthetic import write_genome
 from tests.training.tiny import compose_config
 
 QUIET = ["extras.print_config=false", "callbacks.rich_progress_bar=null", "logger=csv"]
 TINY_MODEL = ["model.dim=16", "model.depth=1", "model.num_heads=2"]
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("genomics_data")
-
-
-@pytest.fixture(scope="module")
-def genome(data_dir):
-    """A 30 kb synthetic GenBank genome (the built-in one is 200 kb)."""
-    return write_genome(data_dir / "small.gbk", length=30_000, seed=1)
 
 
 def _cfg(name, overrides, data_dir, out):
