@@ -21,7 +21,10 @@ from torch import Tensor, nn
 
 from core_attn._checks import check_choice, check_float, check_int
 from core_attn.layers import TransformerEncoder
+from genomics import orf
 from genomics.tokenizers import PAD
+
+DNA_VOCAB = 9  # DNATokenizer(k=1, case="fold"): 4 special tokens + A, C, G, T, N
 
 
 class SequenceTransformer(nn.Module):
@@ -51,13 +54,16 @@ class SequenceTransformer(nn.Module):
             detectors start with inputs of unit scale; at 0.02 they start 50x too small and a 16S classifier
             learns several times slower), 0.02 otherwise (GPT-2's init for per-base tokens that enter the
             residual stream directly).
+        orf_features: add the six reading-frame features of :mod:`genomics.orf` (codons between the in-frame
+            stops around each base, per frame and strand) to the base embeddings through a linear map; DNA
+            tokens of ``DNATokenizer(k=1)`` only. For per-base annotation of protein-coding genes.
     """
 
     def __init__(self, *, vocab_size: int, num_outputs: int, dim: int = 128, depth: int = 4, num_heads: int = 4,
                  mlp_ratio: float = 2.0, patch_size: int = 1, pool: str = "none", positions: str = "rotary",
                  max_len: int | None = None, dropout: float = 0.0, local_kernel: int = 9, stem_kernel: int = 9,
                  attention: Callable[[], nn.Module] | nn.Module | None = None, gradient_checkpointing: bool = False,
-                 embed_std: float | None = None):
+                 embed_std: float | None = None, orf_features: bool = False):
         super().__init__()
         self.vocab_size = check_int("vocab_size", vocab_size, min_value=2)
         self.num_outputs = check_int("num_outputs", num_outputs, min_value=1)
@@ -67,6 +73,10 @@ class SequenceTransformer(nn.Module):
             if check_int(name, k, min_value=1) % 2 == 0:
                 raise ValueError(f"{name}={k} must be odd (a centred convolution)")
         self.embed = nn.Embedding(vocab_size, dim, padding_idx=PAD)
+        if orf_features and vocab_size != DNA_VOCAB:
+            raise ValueError(f"model.orf_features=true reads DNA tokens (vocab_size={DNA_VOCAB}: A, C, G, T, N); "
+                             f"got vocab_size={vocab_size}: use it with DNA data (data.case=fold) or set it false")
+        self.orf = nn.Linear(orf.NUM_FEATURES, dim) if orf_features else None
         self.stem = nn.Conv1d(dim, dim, kernel_size=stem_kernel) if stem_kernel > 1 else None  # padded in _stem
         if patch_size > 1:
             self.patch = nn.Conv1d(dim, dim, kernel_size=patch_size, stride=patch_size)
@@ -115,6 +125,8 @@ class SequenceTransformer(nn.Module):
             raise ValueError(f"sequence of {n} bases is longer than the model allows: model.max_len={self.max_len} "
                              "(learned positions); crop it (data.window / data.max_len) or use model.positions=rotary")
         x = self.embed(tokens)  # (B, L, C)
+        if self.orf is not None:
+            x = x + self.orf(orf.orf_features(tokens))  # (B, L, 6) -> (B, L, C)
         token_pad = pad
         if p == 1 and self.stem is not None:  # residual k-mer features for per-base tokens
             x = x + self._stem(x.transpose(1, 2)).transpose(1, 2)
@@ -162,6 +174,8 @@ class SequenceTransformer(nn.Module):
         enc = self.encoder
         b, n = tokens.shape
         x = self.embed(tokens)  # (B, N, C)
+        if self.orf is not None:
+            x += self.orf(orf.orf_features(tokens))
         if self.stem is not None:
             x += self._stem(x.transpose(1, 2)).transpose(1, 2)
         if enc.pos_embed is not None:
