@@ -361,6 +361,28 @@ def load_image(path: Path, mode: str):
                          "data.skip_bad=true to skip unreadable images") from e
 
 
+def image_mode(datamodule) -> str:
+    """The PIL mode a datamodule's model reads: ``L`` for 1 channel, ``RGB`` otherwise."""
+    return "L" if datamodule.hparams.channels == 1 else "RGB"
+
+
+def readable_images(samples: list[tuple[Path, int]], mode: str,
+                    skip_bad: bool) -> tuple[list[tuple[Path, int]], list[Path]]:
+    """The samples whose image decodes in ``mode``, and the paths left out; with ``skip_bad=False`` the
+    first unreadable image raises :func:`load_image`'s ``ValueError`` naming it."""
+    good, skipped = [], []
+    for path, target in samples:
+        try:
+            load_image(path, mode)
+        except ValueError:
+            if not skip_bad:
+                raise
+            skipped.append(path)
+            continue
+        good.append((path, target))
+    return good, skipped
+
+
 class ImageFolderDataset(Dataset):
     """``(path, class)`` samples read with PIL and a torchvision transform."""
 
@@ -513,17 +535,8 @@ class ImageFolderDataModule(SplitDataModule):
         return splits
 
     def _readable(self, samples: list[tuple[Path, int]]) -> list[tuple[Path, int]]:
-        mode = "L" if self.hparams.channels == 1 else "RGB"
-        good = []
-        for path, target in samples:
-            try:
-                load_image(path, mode)
-            except ValueError:
-                if not self.hparams.skip_bad:
-                    raise
-                self.skipped.append(path)
-                continue
-            good.append((path, target))
+        good, skipped = readable_images(samples, image_mode(self), self.hparams.skip_bad)
+        self.skipped += skipped
         return good
 
     def _transforms(self, train: bool):
@@ -550,7 +563,7 @@ class ImageFolderDataModule(SplitDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
-        mode = "L" if self.hparams.channels == 1 else "RGB"
+        mode = image_mode(self)
         self.skipped = []
         for split, samples in self._split_samples().items():
             samples = self._readable(samples)

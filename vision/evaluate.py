@@ -34,8 +34,7 @@ from core_attn.training import evaluate
 from core_attn.training.callbacks import CLASS_NAMES_KEY, CONFIG_KEY
 from core_attn.training.cli import run
 from core_attn.training.train import eval_data_config, write_bytes_atomic, write_text_atomic
-from vision.data import ImageFolderDataModule, ImageFolderDataset, labelled_images, load_image
-from vision.predict import image_mode
+from vision.data import ImageFolderDataModule, ImageFolderDataset, image_mode, labelled_images, readable_images
 
 SPLIT_CHOICES = ("auto", "all", "train", "val", "test")
 
@@ -164,28 +163,14 @@ def resolve_split(split: str, root: Path, trained_root: str | None) -> str:
     return "test" if _same_folder(root, trained_root) or (root / "test").is_dir() else "all"
 
 
-def _readable(samples: list[tuple[Path, int]], mode: str, skip_bad: bool) -> tuple[list[tuple[Path, int]], list[Path]]:
-    good, skipped = [], []
-    for path, target in samples:
-        try:
-            load_image(path, mode)
-        except ValueError:
-            if not skip_bad:
-                raise
-            skipped.append(path)
-            continue
-        good.append((path, target))
-    return good, skipped
-
-
 def folder_datamodule(datamodule: ImageFolderDataModule, split: str,
                       classes: list[str]) -> tuple[pl.LightningDataModule, dict[str, Any]]:
     """The ``split`` (``all``/``train``/``val``/``test``) of ``datamodule``'s folder as a test set labelled by
     ``classes``, through the evaluation transform; and what was chosen (for metrics.json)."""
     h, root = datamodule.hparams, Path(datamodule.hparams.root)
-    mode, skipped = image_mode(datamodule), []
+    mode = image_mode(datamodule)
     if split == "all" or (root / split).is_dir():
-        samples, skipped = _readable(labelled_images(root if split == "all" else root / split, classes), mode,
+        samples, skipped = readable_images(labelled_images(root if split == "all" else root / split, classes), mode,
                                      h.skip_bad)
     else:  # the split the datamodule carves from the training images (fixed seed, as in training)
         found = datamodule.class_names()

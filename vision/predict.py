@@ -46,7 +46,7 @@ from core_attn.attention.base import AttentionBase, PatternAttention
 from core_attn.training.callbacks import CONFIG_KEY
 from core_attn.training.cli import positional_overrides, run
 from core_attn.training.train import write_text_atomic
-from vision.data import IMG_EXTENSIONS
+from vision.data import IMG_EXTENSIONS, image_mode
 from vision.module import ImageClassifier
 
 log = logging.getLogger(__name__)
@@ -66,11 +66,6 @@ def load_checkpoint_model(ckpt_path: str | Path) -> tuple[nn.Module, dict[str, A
     module = ImageClassifier(**ckpt["hyper_parameters"])
     module.load_state_dict(ckpt["state_dict"])
     return module.net.eval(), ckpt.get(CONFIG_KEY) or {}
-
-
-def image_mode(datamodule) -> str:
-    """The PIL mode the model reads: ``L`` for a 1-channel model, ``RGB`` otherwise."""
-    return "L" if datamodule.hparams.channels == 1 else "RGB"
 
 
 def read_image(path: str | Path):
