@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -230,17 +231,21 @@ def _strand_orfs(bases: np.ndarray) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros((0, 3), dtype=np.int64)
 
 
-def open_reading_frames(seq: str) -> np.ndarray:
+def open_reading_frames(seq: str, *, strand: bool = False) -> np.ndarray:
     """The open reading frames of a DNA sequence on both strands, as (n, 3) int64 rows ``(start, end,
     codons)``: 0-based forward-strand coordinates, ``end`` excluded, the stop codon included in the
     interval and in ``codons`` (the ATG too). An ORF runs from the first ATG after an in-frame stop to
     the next stop; one without a stop before the sequence ends is left out. N and other codes start or
-    stop nothing."""
+    stop nothing. With ``strand=True`` a fourth column holds the strand, ``1`` or ``-1``."""
     bases = _BASE[np.frombuffer(seq.upper().encode("latin-1"), dtype=np.uint8)]
     forward = _strand_orfs(bases)
     rc = _strand_orfs(np.where(bases < 4, 3 - bases, 4)[::-1])  # A<->T, C<->G, read backwards
     n = len(bases)
-    return np.concatenate([forward, np.stack([n - rc[:, 1], n - rc[:, 0], rc[:, 2]], axis=1)])
+    reverse = np.stack([n - rc[:, 1], n - rc[:, 0], rc[:, 2]], axis=1)
+    if strand:
+        forward = np.concatenate([forward, np.ones((len(forward), 1), dtype=np.int64)], axis=1)
+        reverse = np.concatenate([reverse, -np.ones((len(reverse), 1), dtype=np.int64)], axis=1)
+    return np.concatenate([forward, reverse])
 
 
 def orf_mask(length: int, orfs: np.ndarray, *, min_codons: int) -> np.ndarray:
@@ -296,3 +301,87 @@ def select_orf_length(seqs: Sequence[str], labels: Sequence[np.ndarray], *,
         scores[int(length)] = binary_mcc(pred, truth)
     best = max(scores, key=lambda k: (scores[k], -k))
     return OrfSelection(best, scores)
+
+
+# -- ORF decoding: the model's per-base probabilities read through open reading frames ----------------
+DECODE_MIN_CODONS = (25, 30, 40, 50, 75, 100)  # shortest ORF a decoder may keep, in codons
+DECODE_LONG_CODONS = (75, 100, 150, 200, 300, None)  # ORFs this long are kept whatever the model says
+DECODE_MIN_PROBS = tuple(round(0.3 + 0.05 * i, 2) for i in range(13))  # 0.30 .. 0.90
+
+
+@dataclass(frozen=True)
+class OrfDecoder:
+    """Per-base annotation constrained to open reading frames (:func:`open_reading_frames`): keep every
+    ORF of at least ``long_codons`` codons, and an ORF of ``min_codons`` .. ``long_codons`` codons when the
+    model's mean probability over its bases is at least ``min_prob``; a base is coding when a kept ORF
+    covers it. ``long_codons=None``: only the model decides. Coding sequences start at ATG and end at an
+    in-frame stop, which a per-base classifier does not know; the decoder gives its calls those edges."""
+
+    min_codons: int
+    long_codons: int | None
+    min_prob: float
+
+    def keep(self, orfs: np.ndarray, prob: np.ndarray) -> np.ndarray:
+        """The rows of ``orfs`` (``open_reading_frames`` rows of one sequence) the decoder keeps, given the
+        (L,) per-base probabilities ``prob``; adds a last column, the mean probability over each ORF."""
+        orfs = orfs[orfs[:, 2] >= self.min_codons]
+        mean = mean_over(prob, orfs[:, 0], orfs[:, 1])
+        kept = mean >= self.min_prob
+        if self.long_codons is not None:
+            kept |= orfs[:, 2] >= self.long_codons
+        return np.concatenate([orfs[kept], mean[kept, None]], axis=1) if len(orfs) else np.zeros((0, orfs.shape[1] + 1))
+
+    def decode(self, seq: str, prob: np.ndarray, orfs: np.ndarray | None = None) -> np.ndarray:
+        """(L,) uint8 coding calls of ``seq`` from its (L,) per-base probabilities ``prob``."""
+        if len(prob) != len(seq):
+            raise ValueError(f"ORF decoding needs one probability per base; got {len(prob)} for {len(seq)} bases")
+        orfs = open_reading_frames(seq) if orfs is None else orfs
+        return orf_mask(len(seq), self.keep(orfs, prob)[:, :3].astype(np.int64), min_codons=1)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The decoder's settings (what a checkpoint stores)."""
+        return {"min_codons": self.min_codons, "long_codons": self.long_codons, "min_prob": self.min_prob}
+
+
+def mean_over(values: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """The mean of ``values[s:e]`` for each interval (float64; NaN values count as 0)."""
+    csum = np.concatenate([[0.0], np.cumsum(np.nan_to_num(np.asarray(values, dtype=np.float64)))])
+    starts, ends = np.asarray(starts, dtype=np.int64), np.asarray(ends, dtype=np.int64)
+    return (csum[ends] - csum[starts]) / np.maximum(ends - starts, 1)
+
+
+@dataclass
+class DecoderSelection:
+    """The ORF decoder chosen on validation and its validation MCC (and how many settings were tried)."""
+
+    decoder: OrfDecoder
+    val_mcc: float
+    tried: int
+
+
+def select_orf_decoder(seqs: Sequence[str], probs: Sequence[np.ndarray], labels: Sequence[np.ndarray], *,
+                       min_codons: Sequence[int] = DECODE_MIN_CODONS,
+                       long_codons: Sequence[int | None] = DECODE_LONG_CODONS,
+                       min_probs: Sequence[float] = DECODE_MIN_PROBS) -> DecoderSelection:
+    """The :class:`OrfDecoder` of best per-base MCC on ``seqs`` (validation sequences, their per-base model
+    probabilities and labels) over the grid ``min_codons x long_codons x min_probs`` (settings with
+    ``long_codons <= min_codons`` are skipped: every ORF would be kept). Ties: the first in grid order."""
+    if not seqs or not (len(seqs) == len(probs) == len(labels)):
+        raise ValueError(f"select_orf_decoder needs a probability and a label array per sequence, at least one; got "
+                         f"{len(seqs)} sequences, {len(probs)} probability arrays, {len(labels)} label arrays")
+    orfs = [open_reading_frames(s) for s in seqs]
+    truth = np.concatenate(labels)
+    best: DecoderSelection | None = None
+    tried = 0
+    for lo in min_codons:
+        for hi in long_codons:
+            if hi is not None and hi <= lo:
+                continue
+            for t in min_probs:
+                dec = OrfDecoder(int(lo), None if hi is None else int(hi), float(t))
+                pred = np.concatenate([dec.decode(s, p, o) for s, p, o in zip(seqs, probs, orfs)])
+                mcc, tried = binary_mcc(pred, truth), tried + 1
+                if best is None or mcc > best.val_mcc:
+                    best = DecoderSelection(dec, mcc, 0)
+    best.tried = tried
+    return best

@@ -124,19 +124,31 @@ def feature_ids(record_id: str, feature_type: str, count: int) -> list[str]:
     return [f"{record_id}.{feature_type}.{k}" for k in range(1, count + 1)]
 
 
+def _strand_chars(strands: np.ndarray | None, count: int) -> list[str]:
+    if strands is None:
+        return ["."] * count
+    return ["+" if x > 0 else "-" if x < 0 else "." for x in np.asarray(strands).tolist()]
+
+
 def write_gff3(f: TextIO, seqid: str, length: int, starts: np.ndarray, ends: np.ndarray, scores: np.ndarray,
-               ids: list[str], *, feature_type: str = "CDS") -> int:
-    """One record's ``##sequence-region`` line and features (strand and phase ``.``); returns the features."""
+               ids: list[str], *, feature_type: str = "CDS", strands: np.ndarray | None = None) -> int:
+    """One record's ``##sequence-region`` line and features; returns the features. Without ``strands``
+    (1 / -1 per feature) strand and phase are ``.``; with them, features are open reading frames and their
+    phase is ``0`` (each starts at its first codon)."""
     sid = gff3_seqid(seqid)
+    phase = "." if strands is None else "0"
     f.write(f"##sequence-region {sid} 1 {length}\n")
-    f.write("".join(f"{sid}\t{SOURCE}\t{feature_type}\t{s + 1}\t{e}\t{p:.3f}\t.\t.\tID={gff3_value(i)}\n"
-                    for s, e, p, i in zip(starts.tolist(), ends.tolist(), scores.tolist(), ids)))
+    f.write("".join(f"{sid}\t{SOURCE}\t{feature_type}\t{s + 1}\t{e}\t{p:.3f}\t{st}\t{phase}\tID={gff3_value(i)}\n"
+                    for s, e, p, i, st in zip(starts.tolist(), ends.tolist(), scores.tolist(), ids,
+                                              _strand_chars(strands, len(ids)))))
     return len(ids)
 
 
 def write_bed(f: TextIO, chrom: str, starts: np.ndarray, ends: np.ndarray, scores: np.ndarray,
-              names: list[str]) -> int:
-    """BED6 lines (score: the probability times 1000, rounded; strand ``.``); returns the lines."""
-    f.write("".join(f"{chrom}\t{s}\t{e}\t{n}\t{int(round(p * 1000))}\t.\n"
-                    for s, e, p, n in zip(starts.tolist(), ends.tolist(), scores.tolist(), names)))
+              names: list[str], *, strands: np.ndarray | None = None) -> int:
+    """BED6 lines (score: the probability times 1000, rounded; strand ``.`` without ``strands``, else
+    ``+``/``-``); returns the lines."""
+    f.write("".join(f"{chrom}\t{s}\t{e}\t{n}\t{int(round(p * 1000))}\t{st}\n"
+                    for s, e, p, n, st in zip(starts.tolist(), ends.tolist(), scores.tolist(), names,
+                                              _strand_chars(strands, len(names)))))
     return len(names)

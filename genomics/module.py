@@ -12,10 +12,12 @@ Each takes the same plain-config hyper-parameters (``model``, ``optimizer``, ``s
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 import torch.nn.functional as F
 from hydra.utils import get_class, instantiate
@@ -24,14 +26,20 @@ from torchmetrics import MaxMetric, MeanMetric, MinMetric
 from torchmetrics.classification import (BinaryF1Score, BinaryMatthewsCorrCoef, MulticlassAccuracy,
                                          MulticlassF1Score)
 
+from core_attn._checks import check_choice
 from core_attn.training.callbacks import CONFIG_KEY
 from core_attn.training.optim import configure_optimizers
-from genomics.datasets import IGNORE
+from genomics.baselines import OrfDecoder, binary_mcc, select_orf_decoder
+from genomics.datasets import IGNORE, GenomeTiles, Segment
 from genomics.tokenizers import SPECIALS
+
+log = logging.getLogger(__name__)
 
 LN2 = math.log(2.0)
 STAGES = ("train", "val", "test")
 CLASS_NAMES_KEY = "class_names"  # where a SequenceClassifier checkpoint keeps its labels, in output order
+ORF_DECODER_KEY = "orf_decoder"  # where a TokenClassifier checkpoint keeps the ORF decoder chosen on validation
+DECODES = ("argmax", "orf")
 
 
 class GenomicsModule(pl.LightningModule):
@@ -249,12 +257,22 @@ class SequenceClassifier(GenomicsModule):
 class TokenClassifier(GenomicsModule):
     """Per-base binary labels (in a coding sequence or not); logs ``acc``, ``f1`` of the positive class,
     ``mcc`` (0 for a constant prediction) and, at test, the majority-label baseline ``test/majority_acc``
-    and the open-reading-frame baseline ``test/orf_mcc`` (``test/orf_min_codons``) on the same bases."""
+    and the open-reading-frame baseline ``test/orf_mcc`` (``test/orf_min_codons``) on the same bases.
 
-    def __init__(self, *, model: dict[str, Any], optimizer: dict[str, Any], scheduler: dict[str, Any] | None = None):
+    ``decode``: how per-base probabilities become calls. ``argmax``: each base on its own. ``orf``: through
+    open reading frames (:class:`genomics.baselines.OrfDecoder`), its settings chosen after every validation
+    epoch on the validation region (``val/orf_decode_mcc``) and saved in the checkpoint; test metrics are
+    then those of the decoded calls (``test/mcc_argmax``: the undecoded ones), and ``genomics.predict``
+    writes the kept ORFs with their strand.
+    """
+
+    def __init__(self, *, model: dict[str, Any], optimizer: dict[str, Any], scheduler: dict[str, Any] | None = None,
+                 decode: str = "argmax"):
         super().__init__(model=model, optimizer=optimizer, scheduler=scheduler)
         if self.net.num_outputs != 2 or getattr(self.net, "pool", "none") != "none":
             raise ValueError("per-base annotation needs model.num_outputs=2 and model.pool=none")
+        self.decode = check_choice("module.decode", decode, DECODES)
+        self.orf_decoder: OrfDecoder | None = None
         self._per_stage("acc", lambda: MulticlassAccuracy(2, average="micro", ignore_index=IGNORE))
         self._per_stage("f1", lambda: BinaryF1Score(ignore_index=IGNORE))
         self._per_stage("mcc", lambda: BinaryMatthewsCorrCoef(ignore_index=IGNORE))
@@ -266,6 +284,8 @@ class TokenClassifier(GenomicsModule):
         pred = logits.argmax(dim=-1)
         on_step = stage == "train"
         self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(targets))
+        if stage == "test" and self.decode == "orf":
+            return loss  # the decoded calls are scored on whole test segments at the end
         for name in ("acc", "f1", "mcc"):
             metric = self.metric(stage, name)
             metric(pred, targets)
@@ -275,15 +295,77 @@ class TokenClassifier(GenomicsModule):
 
     def on_validation_epoch_end(self) -> None:
         self._log_best(self.metric("val", "mcc").compute(), "val/mcc_best")
+        if self.decode == "orf" and not self.trainer.sanity_checking:
+            self.orf_decoder = self._choose_decoder(self._genome_datamodule())
 
     def on_test_epoch_end(self) -> None:
         dm = self._datamodule()
+        if self.decode == "orf":
+            self._log_decoded_test(self._genome_datamodule())
         if dm is not None and hasattr(dm, "majority_baseline"):
             self.log("test/majority_acc", dm.majority_baseline("test"))
         if dm is not None and hasattr(dm, "orf_baseline"):
             orf = dm.orf_baseline()
             self.log("test/orf_mcc", orf["test_mcc"])
             self.log("test/orf_min_codons", orf["min_codons"])
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.orf_decoder is not None:
+            checkpoint[ORF_DECODER_KEY] = self.orf_decoder.as_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        stored = checkpoint.get(ORF_DECODER_KEY)
+        self.orf_decoder = OrfDecoder(**stored) if stored else None
+
+    # -- ORF decoding over whole segments ----------------------------------------------------------------
+    def _genome_datamodule(self):
+        dm = self._datamodule()
+        if dm is None or not hasattr(dm, "load_segments"):
+            raise ValueError("module.decode=orf reads whole genome regions: it needs the genome data module "
+                             "(data=genomics_genome with data.task=annotate); set module.decode=argmax otherwise")
+        return dm
+
+    def _segment_probs(self, dm, split: str) -> tuple[list[str], list[np.ndarray], list[np.ndarray]]:
+        """(sequences, per-base probabilities, labels) of every segment of ``split``."""
+        was_training = self.training
+        self.eval()
+        segs = dm.load_segments()[split]
+        window, batch = int(dm.hparams.window), int(dm.hparams.batch_size)
+        probs = [per_base(self, seg.tokens, task="annotate", window=window, batch_size=batch) for seg in segs]
+        self.train(was_training)
+        return [dm.tokenizer.decode(seg.tokens).upper() for seg in segs], probs, [seg.labels for seg in segs]
+
+    def _choose_decoder(self, dm) -> OrfDecoder:
+        seqs, probs, labels = self._segment_probs(dm, "val")
+        if not seqs:
+            raise ValueError("module.decode=orf chooses its settings on the validation region, which is empty; "
+                             "set data.val_fraction > 0 or module.decode=argmax")
+        sel = select_orf_decoder(seqs, probs, labels)
+        self.log("val/orf_decode_mcc", sel.val_mcc)
+        log.info("ORF decoder chosen on validation (MCC %.4f over %d settings): %s", sel.val_mcc, sel.tried,
+                 sel.decoder)
+        return sel.decoder
+
+    def _log_decoded_test(self, dm) -> None:
+        if self.orf_decoder is None:  # a checkpoint saved before any validation epoch
+            log.warning("the checkpoint holds no ORF decoder; choosing one on the validation region now")
+            self.orf_decoder = self._choose_decoder(dm)
+        seqs, probs, labels = self._segment_probs(dm, "test")
+        if not seqs:
+            return
+        truth = np.concatenate(labels).astype(bool)
+        pred = np.concatenate([self.orf_decoder.decode(s, p) for s, p in zip(seqs, probs)]).astype(bool)
+        tp = float(np.sum(pred & truth))
+        d = self.orf_decoder
+        metrics = {"test/acc": float(np.mean(pred == truth)),
+                   "test/f1": 2 * tp / max(float(pred.sum() + truth.sum()), 1.0),
+                   "test/mcc": binary_mcc(pred, truth),
+                   "test/mcc_argmax": binary_mcc(np.concatenate(probs) >= 0.5, truth),
+                   "test/decode_min_codons": float(d.min_codons),
+                   "test/decode_long_codons": float(d.long_codons or 0),
+                   "test/decode_min_prob": d.min_prob}
+        for name, value in metrics.items():
+            self.log(name, value, prog_bar=name == "test/mcc")
 
 
 # data.task -> the module that trains it, its selection metric (monitor, monitor_mode), an experiment setting both
@@ -304,3 +386,40 @@ def check_task(task: str | None, target: str | None) -> None:
         raise ValueError(f"data.task={task!r} is trained by {name}, but module._target_={target}: start from "
                          f"experiment={experiment} (and override its data), or add module._target_={name} "
                          f"monitor={monitor} monitor_mode={mode}")
+
+
+# -- per-base values of a whole record -----------------------------------------------------------------
+def _lm_bits(module: GenomicsModule, batch: dict[str, Tensor]) -> Tensor:
+    """(B, W) bits of each target base (garbage where the target is IGNORE)."""
+    logp = torch.log_softmax(module(batch["tokens"], batch["pad"])[..., len(SPECIALS):].float(), dim=-1)
+    symbol = (batch["targets"] - len(SPECIALS)).clamp(min=0)  # IGNORE -> 0, masked by the caller
+    return -logp.gather(-1, symbol[..., None])[..., 0] / LN2
+
+
+def _annotate_prob(module: GenomicsModule, batch: dict[str, Tensor]) -> Tensor:
+    """(B, W) probability of the positive (feature) class at each base."""
+    return module(batch["tokens"], batch["pad"]).float().softmax(dim=-1)[..., 1]
+
+
+@torch.inference_mode()
+def per_base(module: GenomicsModule, tokens: np.ndarray, *, task: str, window: int, batch_size: int) -> np.ndarray:
+    """(L,) float32 per-base values of one record: bits (``lm``; NaN at base 0, which has no context) or the
+    feature probability (``annotate``), computed over :class:`GenomeTiles` windows ``batch_size`` at a time
+    on the module's device."""
+    labels = np.zeros(len(tokens), np.uint8) if task == "annotate" else None  # tiles read labels; none here
+    tiles = GenomeTiles([Segment("", 0, tokens, labels)], window=window, task=task)
+    value = _lm_bits if task == "lm" else _annotate_prob
+    shift = 1 if task == "lm" else 0  # an LM window's position j predicts base start + j + 1
+    device = next(module.parameters()).device
+    out = np.full(len(tokens), np.nan, dtype=np.float32)
+    for first in range(0, len(tiles), batch_size):
+        index = range(first, min(first + batch_size, len(tiles)))
+        items = [tiles[i] for i in index]
+        batch = {k: torch.stack([it[k] for it in items]).to(device) for k in items[0]}  # (B, W) each
+        values = value(module, batch).float().cpu().numpy()
+        scored = (batch["targets"] != IGNORE).cpu().numpy()
+        for row, i in enumerate(index):
+            _, start, _ = tiles.tiles[i]
+            j = np.flatnonzero(scored[row])
+            out[start + shift + j] = values[row, j]
+    return out

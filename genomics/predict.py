@@ -11,7 +11,10 @@ What is written depends on the checkpoint's task (its module, read from the run 
 - ``TokenClassifier`` (per-base annotation): ``<prefix>.gff3`` and ``<prefix>.bed``, the runs of bases
   whose probability of the trained feature (``CDS``) is at least ``threshold`` and that are at least
   ``min_length`` long, scored by their mean probability; with ``probabilities=true`` also
-  ``<prefix>.prob.bedgraph``, the probability of every base.
+  ``<prefix>.prob.bedgraph``, the probability of every base. With ``decode=orf`` (the default for a
+  checkpoint trained with ``module.decode=orf``) the features are instead the open reading frames its
+  ORF decoder keeps (:class:`genomics.baselines.OrfDecoder`, settings chosen on validation and stored in
+  the checkpoint), with strand and phase, scored by the mean probability over each.
 - ``SequenceClassifier``: ``<prefix>.labels.tsv``, per record its id, predicted label, its probability
   and one ``p_<label>`` column per class.
 
@@ -29,7 +32,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import math
 import re
 import sys
 import time
@@ -48,15 +50,15 @@ from core_attn.training.callbacks import CONFIG_KEY, peak_memory_mb, reset_peak_
 from core_attn.training.cli import positional_overrides, run
 from core_attn.training.train import open_atomic, write_json_atomic
 from genomics import formats
-from genomics.datasets import IGNORE, GenomeTiles, RecordCrops, Segment
+from genomics.baselines import OrfDecoder, open_reading_frames
+from genomics.datasets import RecordCrops
 from genomics.io import ON_ERROR, Skipped, iter_records
-from genomics.module import CLASS_NAMES_KEY, GenomicsModule
-from genomics.tokenizers import SPECIALS
+from genomics.module import CLASS_NAMES_KEY, GenomicsModule, per_base
 
 log = logging.getLogger(__name__)
+PREDICT_DECODES = ("threshold", "orf")
 TASKS = {"CausalLM": "lm", "TokenClassifier": "annotate", "SequenceClassifier": "classify"}
 SEQUENCE_SUFFIXES = (".fa", ".fasta", ".fna", ".ffn", ".fas", ".gb", ".gbk", ".gbff", ".genbank")
-LN2 = math.log(2.0)
 
 
 # -- the checkpoint ----------------------------------------------------------------------------------
@@ -104,41 +106,16 @@ def class_names(stored: dict[str, Any], saved: list[str] | None, num_classes: in
         return [str(i) for i in range(num_classes)]
 
 
-# -- model outputs -----------------------------------------------------------------------------------
-def _lm_bits(module: GenomicsModule, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """(B, W) bits of each target base (garbage where the target is IGNORE)."""
-    logp = torch.log_softmax(module(batch["tokens"], batch["pad"])[..., len(SPECIALS):].float(), dim=-1)
-    symbol = (batch["targets"] - len(SPECIALS)).clamp(min=0)  # IGNORE -> 0, masked by the caller
-    return -logp.gather(-1, symbol[..., None])[..., 0] / LN2
+def _decoder(module: GenomicsModule, decode: str | None, ckpt_path: str | Path) -> OrfDecoder | None:
+    """The ORF decoder to use for an annotation checkpoint (``None``: threshold the probabilities)."""
+    stored = getattr(module, "orf_decoder", None)
+    if decode == "orf" and stored is None:
+        raise ValueError(f"decode=orf but ckpt_path={str(ckpt_path)!r} stores no ORF decoder (it was trained with "
+                         "module.decode=argmax); retrain with module.decode=orf or pass decode=threshold")
+    return stored if decode in (None, "orf") else None
 
 
-def _annotate_prob(module: GenomicsModule, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """(B, W) probability of the positive (feature) class at each base."""
-    return module(batch["tokens"], batch["pad"]).float().softmax(dim=-1)[..., 1]
-
-
-@torch.inference_mode()
-def per_base(module: GenomicsModule, tokens: np.ndarray, *, task: str, window: int, batch_size: int) -> np.ndarray:
-    """(L,) float32 per-base values of one record: bits (``lm``; NaN at base 0, which has no context) or the
-    feature probability (``annotate``), computed over :class:`GenomeTiles` windows ``batch_size`` at a time."""
-    labels = np.zeros(len(tokens), np.uint8) if task == "annotate" else None  # tiles read labels; none here
-    tiles = GenomeTiles([Segment("", 0, tokens, labels)], window=window, task=task)
-    value = _lm_bits if task == "lm" else _annotate_prob
-    shift = 1 if task == "lm" else 0  # an LM window's position j predicts base start + j + 1
-    out = np.full(len(tokens), np.nan, dtype=np.float32)
-    for first in range(0, len(tiles), batch_size):
-        index = range(first, min(first + batch_size, len(tiles)))
-        items = [tiles[i] for i in index]
-        batch = {k: torch.stack([it[k] for it in items]) for k in items[0]}  # (B, W) each
-        values = value(module, batch).numpy()
-        scored = (batch["targets"] != IGNORE).numpy()
-        for row, i in enumerate(index):
-            _, start, _ = tiles.tiles[i]
-            j = np.flatnonzero(scored[row])
-            out[start + shift + j] = values[row, j]
-    return out
-
-
+# -- model outputs ---------------------------------------------------------------------------------
 @torch.inference_mode()
 def classify(module: GenomicsModule, records: list[np.ndarray], *, max_len: int) -> np.ndarray:
     """(R, C) class probabilities of records (a centre crop of ``max_len`` tokens each, as evaluation reads)."""
@@ -177,7 +154,7 @@ def _outputs(out: Path, prefix: str, task: str, probabilities: bool) -> dict[str
 def predict(*, fasta: str, ckpt_path: str, out_dir: str = ".", prefix: str | None = None, window: int | None = None,
             batch_size: int | None = None, bin: int = 1, digits: int = 3, threshold: float = 0.5,
             min_length: int = 1, feature_type: str = "CDS", probabilities: bool = False, on_error: str = "raise",
-            threads: int | None = None) -> dict[str, Any]:
+            threads: int | None = None, decode: str | None = None) -> dict[str, Any]:
     """Predict every record of ``fasta`` with the checkpoint ``ckpt_path``; write the task's files.
 
     Args:
@@ -196,6 +173,9 @@ def predict(*, fasta: str, ckpt_path: str, out_dir: str = ".", prefix: str | Non
         probabilities: annotation: also write the per-base probability as bedGraph.
         on_error: ``raise`` on a bad record (foreign character, empty, duplicate id) or ``skip`` and count it.
         threads: torch intra-op threads (``None``: torch's default).
+        decode: annotation: ``threshold`` (runs of bases at or above ``threshold``) or ``orf`` (the open
+            reading frames the checkpoint's ORF decoder keeps; ``threshold`` and ``min_length`` unused);
+            ``None``: ``orf`` when the checkpoint stores an ORF decoder, else ``threshold``.
 
     Returns:
         ``{"task", "records", "bases", "files": {kind: path}, "lines": {kind: data lines (features for GFF3
@@ -213,7 +193,10 @@ def predict(*, fasta: str, ckpt_path: str, out_dir: str = ".", prefix: str | Non
         raise FileNotFoundError(f"fasta={str(fasta)!r}: no such file (pass fasta=<a FASTA / FASTA.gz / GenBank file>)")
     if threads:
         torch.set_num_threads(check_int("threads", threads, min_value=1))
+    if decode is not None:
+        check_choice("decode", decode, PREDICT_DECODES)
     module, task, stored, saved_names = load(ckpt_path)
+    decoder = _decoder(module, decode, ckpt_path) if task == "annotate" else None
     data = stored.get("data") or {}
     window = _window(window, data, task, module.net.patch_size)
     batch_size = check_int("batch_size", batch_size if batch_size is not None else data.get("batch_size") or 1,
@@ -235,10 +218,12 @@ def predict(*, fasta: str, ckpt_path: str, out_dir: str = ".", prefix: str | Non
         else:
             counts = _write_tracks(handles, module, records, task=task, window=window, batch_size=batch_size,
                                    bin=bin, digits=digits, threshold=threshold, min_length=min_length,
-                                   feature_type=feature_type, title=Path(fasta).name)
+                                   feature_type=feature_type, title=Path(fasta).name, decoder=decoder,
+                                   tokenizer=tokenizer)
     skipped.report(str(fasta))
     result = {"status": "ok", "app": "genomics_predict", "task": task, "fasta": str(fasta), "ckpt_path": str(ckpt_path),
               "window": window, "batch_size": batch_size, **counts, "skipped": skipped.total(),
+              **({"decode": "orf", "orf_decoder": decoder.as_dict()} if decoder is not None else {}),
               "files": {k: str(v) for k, v in files.items()}, "seconds": round(time.perf_counter() - t0, 2),
               "threads": torch.get_num_threads(), **peak_memory_mb()}
     return result
@@ -246,7 +231,7 @@ def predict(*, fasta: str, ckpt_path: str, out_dir: str = ".", prefix: str | Non
 
 def _write_tracks(handles: dict, module: GenomicsModule, records, *, task: str, window: int, batch_size: int,
                   bin: int, digits: int, threshold: float, min_length: int, feature_type: str,
-                  title: str) -> dict[str, Any]:
+                  title: str, decoder: OrfDecoder | None = None, tokenizer=None) -> dict[str, Any]:
     """Per-base tasks: the bedGraph tracks and, for annotation, the GFF3 and BED features, record by record."""
     lines = dict.fromkeys(handles, 0)
     if "bits" in handles:
@@ -265,11 +250,18 @@ def _write_tracks(handles: dict, module: GenomicsModule, records, *, task: str, 
             continue
         if "prob" in handles:
             lines["prob"] += formats.write_bedgraph(handles["prob"], rec.id, values, bin=bin, digits=digits)
-        starts, ends, scores = formats.threshold_features(values, threshold=threshold, min_length=min_length)
+        strands = None
+        if decoder is None:
+            starts, ends, scores = formats.threshold_features(values, threshold=threshold, min_length=min_length)
+        else:  # rows (start, end, codons, strand, mean p), in genome order
+            kept = decoder.keep(open_reading_frames(tokenizer.decode(rec.tokens), strand=True), values)
+            kept = kept[np.lexsort((kept[:, 1], kept[:, 0]))]
+            starts, ends, strands = (kept[:, j].astype(np.int64) for j in (0, 1, 3))
+            scores = kept[:, 4]
         ids = formats.feature_ids(rec.id, feature_type, len(starts))
         lines["gff3"] += formats.write_gff3(handles["gff3"], rec.id, len(rec), starts, ends, scores, ids,
-                                            feature_type=feature_type)
-        lines["bed"] += formats.write_bed(handles["bed"], rec.id, starts, ends, scores, ids)
+                                            feature_type=feature_type, strands=strands)
+        lines["bed"] += formats.write_bed(handles["bed"], rec.id, starts, ends, scores, ids, strands=strands)
     return {"records": n_records, "bases": n_bases, "lines": lines}
 
 
@@ -324,7 +316,8 @@ def _hydra_main(cfg: DictConfig) -> None:
     result = predict(fasta=cfg.fasta, ckpt_path=cfg.ckpt_path, out_dir=cfg.out_dir or cfg.paths.output_dir,
                      prefix=cfg.prefix, window=cfg.window, batch_size=cfg.batch_size, bin=cfg.bin, digits=cfg.digits,
                      threshold=cfg.threshold, min_length=cfg.min_length, feature_type=cfg.feature_type,
-                     probabilities=cfg.probabilities, on_error=cfg.on_error, threads=cfg.threads)
+                     probabilities=cfg.probabilities, on_error=cfg.on_error, threads=cfg.threads,
+                     decode=cfg.decode)
     write_json_atomic(Path(cfg.paths.output_dir) / "metrics.json", result)
     print(report(result))
 

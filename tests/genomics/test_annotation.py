@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from genomics.annotation import label_records, read_annotation
-from genomics.baselines import binary_mcc, open_reading_frames, orf_mask, select_orf_length
+from genomics.baselines import (OrfDecoder, binary_mcc, open_reading_frames, orf_mask, select_orf_decoder,
+                                select_orf_length)
 from genomics.data import GenomeDataModule
 from genomics.io import DataError, Skipped, read_records
 from genomics.tokenizers import DNATokenizer
@@ -186,6 +187,50 @@ def test_orf_length_chosen_by_mcc_and_mcc_matches_torchmetrics():
         select_orf_length([seq], [])
 
 
+def test_orf_strand_column_and_decoder_keeps_by_length_or_model():
+    comp = str.maketrans("ACGT", "TGCA")
+    long_gene = "ATG" + "GCC" * 40 + "TAA"  # 42 codons, forward
+    short_gene = "ATG" + "GCC" * 10 + "TAG"  # 12 codons, reverse strand
+    seq = "CC" + long_gene + "CCCC" + short_gene.translate(comp)[::-1] + "CC"
+    orfs = open_reading_frames(seq, strand=True)
+    rows = {tuple(r) for r in orfs.tolist()}
+    assert (2, 2 + 126, 42, 1) in rows
+    s2 = 2 + 126 + 4
+    assert (s2, s2 + 36, 12, -1) in rows
+    assert np.array_equal(orfs[:, :3], open_reading_frames(seq))
+    prob = np.zeros(len(seq))
+    prob[s2:s2 + 36] = 0.9  # the model believes the short one
+    by_length = OrfDecoder(10, 40, 0.95).decode(seq, prob)  # the long one kept for its length only
+    assert by_length[2:128].all() and not by_length[s2:s2 + 36].any()
+    both = OrfDecoder(10, 40, 0.8).decode(seq, prob)
+    assert both[2:128].all() and both[s2:s2 + 36].all() and both.sum() == 126 + 36
+    model_only = OrfDecoder(10, None, 0.8).decode(seq, prob)
+    assert model_only.sum() == 36
+    kept = OrfDecoder(10, None, 0.8).keep(orfs, prob)
+    assert kept.shape == (1, 5) and kept[0, 3] == -1 and kept[0, 4] == pytest.approx(0.9)
+    with pytest.raises(ValueError, match="one probability per base; got 3 for 170 bases"):
+        OrfDecoder(10, None, 0.8).decode(seq, prob[:3])
+
+
+def test_decoder_chosen_on_validation_beats_thresholds_on_noisy_probabilities():
+    rng = np.random.default_rng(0)
+    comp = str.maketrans("ACGT", "TGCA")
+    seq, labels = [], []
+    for i in range(30):  # genes of 30-80 codons on both strands between random spacers
+        gene = "ATG" + "".join(rng.choice(["GCC", "CTG", "AAA", "GAT"], int(rng.integers(30, 80)))) + "TGA"
+        gene = gene if i % 2 else gene.translate(comp)[::-1]
+        spacer = "".join(rng.choice(list("ACGT"), int(rng.integers(50, 300))))
+        seq += [spacer, gene]
+        labels += [np.zeros(len(spacer), np.uint8), np.ones(len(gene), np.uint8)]
+    seq, truth = "".join(seq), np.concatenate(labels)
+    prob = np.clip(truth * 0.6 + 0.2 + rng.normal(0, 0.25, len(seq)), 0, 1)  # a noisy per-base model
+    sel = select_orf_decoder([seq], [prob], [truth])
+    assert sel.tried > 100 and sel.val_mcc == pytest.approx(binary_mcc(sel.decoder.decode(seq, prob), truth))
+    assert sel.val_mcc > binary_mcc(prob >= 0.5, truth) + 0.05  # edges and gaps fixed by the reading frames
+    with pytest.raises(ValueError, match="a probability and a label array per sequence"):
+        select_orf_decoder([seq], [prob], [])
+
+
 # -- end to end ----------------------------------------------------------------------------------------
 def _coding_genome(tmp_path, length=12_000, seed=3):
     """A random genome with ORF genes on both strands, as FASTA + GFF3 (the user's two files)."""
@@ -219,3 +264,6 @@ def test_annotation_from_gff3_trains(tmp_path):
     test = metrics["test"]
     assert {"test/acc", "test/f1", "test/mcc", "test/majority_acc", "test/orf_mcc", "test/orf_min_codons"} <= set(test)
     assert test["test/orf_mcc"] > 0.5  # the genes are long ORFs
+    # module.decode=orf (the experiment's): calls read through reading frames chosen on validation
+    assert {"test/mcc_argmax", "test/decode_min_codons", "test/decode_long_codons", "test/decode_min_prob"} <= set(test)
+    assert test["test/decode_min_codons"] in (25, 30, 40, 50, 75, 100)

@@ -19,6 +19,7 @@ from core_attn.training import train
 from core_attn.training.callbacks import CONFIG_KEY
 from genomics import formats
 from genomics import predict as gp
+from genomics.baselines import OrfDecoder, open_reading_frames
 from genomics.infer import score
 from genomics.io import DataError
 from genomics.synthetic import genome_sequence
@@ -115,7 +116,7 @@ def read_gff3(path) -> tuple[dict[str, int], list[list[str]]]:
         cols = line.split("\t")
         assert len(cols) == 9
         seqid, source, ftype, start, end, sc, strand, phase, attrs = cols
-        assert seqid in regions and source == "longattn" and strand == "." and phase == "."
+        assert seqid in regions and source == "longattn" and (strand, phase) in ((".", "."), ("+", "0"), ("-", "0"))
         assert 1 <= int(start) <= int(end) <= regions[seqid] and 0 <= float(sc) <= 1
         attr = dict(kv.split("=", 1) for kv in attrs.split(";"))
         assert attr["ID"] not in ids
@@ -129,7 +130,7 @@ def read_bed(path) -> list[tuple[str, int, int, str, int, str]]:
     for line in path.read_text().splitlines():
         chrom, start, end, name, sc, strand = line.split("\t")
         rows.append((chrom, int(start), int(end), name, int(sc), strand))
-        assert 0 <= rows[-1][1] < rows[-1][2] and 0 <= rows[-1][4] <= 1000 and strand == "."
+        assert 0 <= rows[-1][1] < rows[-1][2] and 0 <= rows[-1][4] <= 1000 and strand in ".+-"
     return rows
 
 
@@ -210,7 +211,7 @@ def test_lm_bits_match_the_one_pass_score(lm_ckpt):
 def test_annotate_writes_gff3_bed_and_probability_bedgraph(annotate_ckpt, tmp_path, monkeypatch, capsys):
     fa = write_fasta(tmp_path / "contigs.fasta", RECORDS)
     args = [str(fa), f"ckpt_path={annotate_ckpt}", f"out_dir={tmp_path}", "window=64", "probabilities=true",
-            "digits=4"]
+            "digits=4", "decode=threshold"]
     _run(monkeypatch, capsys, tmp_path, *args, "threshold=0.0")  # every base: one feature per record
     regions, features = read_gff3(tmp_path / "contigs.gff3")
     assert regions == {"chr1": 700, "one": 1, "chr%3D2%3Bx": 605}
@@ -239,6 +240,36 @@ def test_annotate_writes_gff3_bed_and_probability_bedgraph(annotate_ckpt, tmp_pa
         with open(tmp_path / "contigs.gff3") as f:
             parsed = [(int(ft.location.start), int(ft.location.end)) for rec in GFF.parse(f) for ft in rec.features]
         assert sorted(parsed) == sorted((start, end) for _, start, end, *_ in bed)
+
+
+def test_annotate_orf_decode_writes_the_kept_reading_frames_with_strand(annotate_ckpt, tmp_path, monkeypatch,
+                                                                       capsys):
+    stored = torch.load(annotate_ckpt, map_location="cpu", weights_only=False)["orf_decoder"]
+    assert set(stored) == {"min_codons", "long_codons", "min_prob"}  # chosen on validation, saved
+    fa = write_fasta(tmp_path / "contigs.fasta", RECORDS)
+    args = [str(fa), f"ckpt_path={annotate_ckpt}", f"out_dir={tmp_path}", "window=64", "probabilities=true", "digits=12"]
+    _run(monkeypatch, capsys, tmp_path, *args)  # the checkpoint's decoder: the default
+    _, features = read_gff3(tmp_path / "contigs.gff3")
+    _, prob = read_bedgraph(tmp_path / "contigs.prob.bedgraph")
+    seqs = {"chr1": RECORDS[0][1], "chr%3D2%3Bx": RECORDS[2][1].upper()}
+    comp = str.maketrans("ACGT", "TGCA")
+    decoder = OrfDecoder(**stored)
+    for seqid, seq in seqs.items():
+        mine = [f for f in features if f[0] == seqid]
+        orfs = open_reading_frames(seq, strand=True)
+        kept = decoder.keep(orfs, np.concatenate([np.full(e - s, v) for c, s, e, v in prob
+                                                   if formats.gff3_seqid(c) == seqid]))
+        assert len(mine) == len(kept)
+        for f in mine:
+            start, end = int(f[3]) - 1, int(f[4])
+            cds = seq[start:end] if f[6] == "+" else seq[start:end].translate(comp)[::-1]
+            assert cds[:3] == "ATG" and cds[-3:] in ("TAA", "TAG", "TGA") and len(cds) % 3 == 0
+            assert len(cds) // 3 >= decoder.min_codons
+            assert f[7] == "0"
+    strands = {f[6] for f in features}
+    assert strands <= {"+", "-"}
+    bed = read_bed(tmp_path / "contigs.bed")
+    assert [(r[1], r[2], r[5]) for r in bed] == [(int(f[3]) - 1, int(f[4]), f[6]) for f in features]
 
 
 def test_classifier_writes_labels_tsv(classify_ckpt, tmp_path, monkeypatch, capsys):
@@ -320,5 +351,9 @@ def test_option_errors(tmp_path):
         gp.predict(fasta=str(fa), ckpt_path=ckpt, feature_type="coding region")
     with pytest.raises(ValueError, match=r"on_error='ignore' is not allowed; expected one of \['raise', 'skip'\]"):
         gp.predict(fasta=str(fa), ckpt_path=ckpt, on_error="ignore")
+    with pytest.raises(ValueError, match=r"decode='viterbi' is not allowed; expected one of \['threshold', 'orf'\]"):
+        gp.predict(fasta=str(fa), ckpt_path=ckpt, window=48, decode="viterbi")
+    with pytest.raises(ValueError, match=r"decode=orf but ckpt_path='.*ann\.ckpt' stores no ORF decoder"):
+        gp.predict(fasta=str(fa), ckpt_path=ckpt, window=48, decode="orf")
     result = gp.predict(fasta=str(fa), ckpt_path=ckpt, out_dir=str(tmp_path), window=48, threshold=1.0)
     assert result["lines"] == {"gff3": 0, "bed": 0} and math.isfinite(result["seconds"])
