@@ -14,10 +14,9 @@ import logging
 import math
 import zlib
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import lightning.pytorch as pl
 import numpy as np
 import soundfile as sf
 import torch
@@ -26,8 +25,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from audio.features import header_shortfall
-from audio.text import CharTokenizer, normalize_text
-from core_attn._checks import check_float, check_int, check_range
+from audio.text import CharTokenizer, dropped_characters, normalize_text
+from core_attn.training.bases import TaskDataModule
+from core_attn.validation import check_float, check_int, check_range
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +35,13 @@ SPLITS = ("train", "val", "test")
 
 
 class BadAudioError(ValueError):
-    """An audio file that cannot be used; ``reason`` is one of ``unreadable``, ``truncated``, ``empty``,
-    ``silent``."""
+    """An audio file that cannot be used; ``reason`` is one of ``missing``, ``unreadable``, ``truncated``,
+    ``empty``, ``silent``, ``out_of_range``; ``source`` is the manifest line that names it (``file:line``)."""
 
-    def __init__(self, path: str | Path, reason: str, detail: str):
-        self.path, self.reason = str(path), reason
-        super().__init__(f"bad audio {path}: {reason}: {detail}; fix or remove it, or set data.skip_bad=true "
+    def __init__(self, path: str | Path, reason: str, detail: str, source: str | None = None):
+        self.path, self.reason, self.detail, self.source = str(path), reason, detail, source
+        where = f"{source}: " if source else ""
+        super().__init__(f"{where}bad audio {path}: {reason}: {detail}; fix or remove it, or set data.skip_bad=true "
                          "to skip bad audio (skipped files are counted and logged)")
 
 
@@ -52,6 +53,7 @@ class Segment:
     text: str
     offset: float = 0.0
     duration: float | None = None
+    source: str | None = field(default=None, compare=False)  # where it was listed: "<manifest>:<line>"
 
 
 # -- sources -----------------------------------------------------------------------------------------
@@ -92,9 +94,14 @@ def read_manifest(path: str | Path) -> list[Segment]:
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise ValueError(f"{path}:{n}: expected a JSON object with 'audio' and 'text'; {type(e).__name__}: {e}") from e
         duration = row.get("duration")
+        outside = dropped_characters(str(text))
+        if outside:
+            raise ValueError(f"{path}:{n}: the transcript has characters outside the vocabulary {outside!r} (it "
+                             "spells only a-z, apostrophe and space once lower-cased; punctuation is ignored): write "
+                             "numbers and symbols as spoken words (\"3\" -> \"three\", audio.text.spell_numbers)")
         audio_path = Path(audio) if Path(audio).is_absolute() else path.parent / audio
         out.append(Segment(str(audio_path), str(text), float(row.get("offset") or 0.0),
-                           None if duration is None else float(duration)))
+                           None if duration is None else float(duration), source=f"{path}:{n}"))
     if not out:
         raise ValueError(f"manifest {path} has no entries; expected one JSON object per line with 'audio' and 'text'")
     return out
@@ -111,6 +118,8 @@ def _check_header(path: str, info: str) -> None:
 def load_audio(seg: Segment | str, sample_rate: int, *, silence_db: float = -60.0) -> Tensor:
     """Float32 mono samples (L,) of a segment (or a whole file) at ``sample_rate``; raises :class:`BadAudioError`."""
     seg = Segment(str(seg), "") if not isinstance(seg, Segment) else seg
+    if not Path(seg.audio).is_file():
+        raise BadAudioError(seg.audio, "missing", "no such file", seg.source)
     opened = False
     try:
         with sf.SoundFile(seg.audio) as f:
@@ -124,6 +133,7 @@ def load_audio(seg: Segment | str, sample_rate: int, *, silence_db: float = -60.
                                     f"asks for {seg.offset:.3f} + {(seg.duration or 0):.3f} s")
             f.seek(min(start, frames))
             data = f.read(max(0, min(want, frames - start)), dtype="float32", always_2d=True)
+            floating = f.subtype in ("FLOAT", "DOUBLE")
     except BadAudioError:
         raise
     except Exception as e:  # libsndfile raises LibsndfileError/RuntimeError/TypeError for unreadable files
@@ -138,6 +148,9 @@ def load_audio(seg: Segment | str, sample_rate: int, *, silence_db: float = -60.
         raise BadAudioError(seg.audio, "unreadable", "samples are NaN or infinite")
     wave = torch.from_numpy(data.mean(axis=1))
     peak = float(wave.abs().max())
+    if floating and peak > 2.0:  # integer-scaled samples saved as floats: features would be off by 10**4
+        raise BadAudioError(seg.audio, "out_of_range", f"floating-point samples reach {peak:.1f}, far outside "
+                            "[-1, 1]; rescale the recording (e.g. divide 16-bit values by 32768) or save it as PCM")
     if peak <= 10 ** (silence_db / 20):
         raise BadAudioError(seg.audio, "silent", f"peak level {20 * math.log10(max(peak, 1e-12)):.1f} dBFS is at or "
                             f"below silence_db={silence_db}")
@@ -243,7 +256,7 @@ class BucketBatchSampler(Sampler[list[int]]):
 
 
 # -- datamodules ---------------------------------------------------------------------------------------
-class SpeechDataModule(pl.LightningDataModule):
+class SpeechDataModule(TaskDataModule):
     """The part shared by every speech source: checking, filtering, batching.
 
     Args:
@@ -286,6 +299,8 @@ class SpeechDataModule(pl.LightningDataModule):
                 wave = load_audio(seg, self.sample_rate, silence_db=self.silence_db)
             except BadAudioError as e:
                 if not self.skip_bad:
+                    if seg.source and not e.source:  # name the manifest line
+                        raise BadAudioError(e.path, e.reason, e.detail, seg.source) from e
                     raise
                 self.skipped[e.reason] += 1
                 self.skipped_files.append(e.path)
@@ -311,20 +326,10 @@ class SpeechDataModule(pl.LightningDataModule):
                         self.skip_bad, self.max_train_seconds, f": {shown} ..." if shown else "")
 
     def _loader(self, split: str) -> DataLoader:
-        self.setup()
-        ds = self.datasets[split]
-        sampler = BucketBatchSampler(ds.durations, self.batch_size, shuffle=split == "train", seed=self.seed)
-        return DataLoader(ds, batch_sampler=sampler, collate_fn=self.train_collate if split == "train" else collate,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train")
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
+        sampler = BucketBatchSampler(self.dataset(split).durations, self.batch_size, shuffle=split == "train",
+                                     seed=self.seed)
+        return self.loader(split, batch_sampler=sampler, collate_fn=self.train_collate if split == "train" else collate,
+                           num_workers=self.num_workers, drop_last=False, pin_memory=False)
 
 
 class LibriSpeechDataModule(SpeechDataModule):
@@ -432,8 +437,8 @@ class SyntheticSpeechDataModule(SpeechDataModule):
 
     def _loader(self, split: str) -> DataLoader:
         if split == "test" and self.test_split == "long-form":  # whole recordings, one at a time
-            self.setup()
-            return DataLoader(self.datasets["test"], batch_size=1, collate_fn=collate, num_workers=self.num_workers)
+            return self.loader("test", batch_size=1, collate_fn=collate, num_workers=self.num_workers, drop_last=False,
+                               pin_memory=False)
         return super()._loader(split)
 
 
@@ -444,23 +449,50 @@ def ensure_corpus(cache_dir: str | Path, spec, *, workers: int = 2) -> Path:
     import shutil
 
     from audio.synth import build_corpus, check_engines
+    from core_attn.training.atomic import temporary_dir_beside
 
     check_engines(spec.engines)
     folder = Path(cache_dir) / spec.key()
     if (folder / "corpus.json").is_file():
         return folder
-    tmp = Path(cache_dir) / f".{folder.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     log.info("synthesising the built-in speech corpus into %s (once; cached)", folder)
-    try:
+    with temporary_dir_beside(folder) as tmp:
         build_corpus(tmp, spec, workers=workers, log=log.info)
-        if (folder / "corpus.json").is_file():  # another process finished first
-            shutil.rmtree(tmp)
-        else:
+        if not (folder / "corpus.json").is_file():  # else another process finished first
             shutil.rmtree(folder, ignore_errors=True)
             os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder
+
+
+# -- command line ------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    """``list`` the real speech sources or ``prepare NAME`` one (:mod:`audio.prepare`)."""
+    import argparse
+
+    from audio import prepare as prep
+
+    parser = argparse.ArgumentParser(prog="python -m audio.data",
+                                     description="Real recorded speech from Debian's archive, as JSONL manifests.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_list = sub.add_parser("list", help="the speech sources and whether they are prepared")
+    p_prep = sub.add_parser("prepare", help="fetch a source into <data-dir>/audio/NAME/ (manifests + 16 kHz WAV)")
+    p_prep.add_argument("name", choices=sorted(prep.SOURCES))
+    p_prep.add_argument("--force", action="store_true", help="prepare again even if present")
+    p_prep.add_argument("--seed", type=int, default=0, help="the train/val/test split (default: 0)")
+    for p in (p_list, p_prep):
+        p.add_argument("--data-dir", default="data", help="the data directory (paths.data_dir; default: data)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.command == "list":
+        for name, src in prep.SOURCES.items():
+            there = (Path(args.data_dir) / "audio" / name / "summary.json").is_file()
+            print(f"{name:10s} {'prepared' if there else 'missing ':8s}  Debian {src.audio_package}: {src.description}")
+        return 0
+    print(prep.prepare(args.name, args.data_dir, force=args.force, seed=args.seed))
+    return 0
+
+
+if __name__ == "__main__":
+    from core_attn.errors import run_main
+
+    run_main(main)

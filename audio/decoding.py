@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from audio.text import CharTokenizer, normalize_text
-from core_attn._checks import check_choice, check_float, check_int
+from core_attn.validation import check_choice, check_float, check_int
 
 BEAM_HINT = "beam search needs the flashlight-text package: `pip install flashlight-text` (or use decoder=greedy)"
 DECODERS = ("greedy", "beam", "lexicon")

@@ -24,9 +24,10 @@ from audio.model import ConformerCTC
 from audio.text import CharTokenizer, normalize_text
 from audio.transcribe import load_recognizer, log_probs_of, transcribe
 from core_attn.training import evaluate
-from core_attn.training.callbacks import CONFIG_KEY
-from core_attn.training.cli import run as cli_run
-from core_attn.training.train import module_overrides, write_json_atomic
+from core_attn.training.atomic import write_json_atomic
+from core_attn.training.cli import CONF_DIR, run as cli_run
+from core_attn.training.runtime import load_run_config
+from core_attn.training.train import module_overrides
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ def longform_report(model: ConformerCTC, datamodule: SyntheticSpeechDataModule, 
 def _datamodule(cfg: DictConfig):
     if cfg.get("data") is not None:
         return instantiate(cfg.data)
-    stored = torch.load(cfg.ckpt_path, map_location="cpu", weights_only=False).get(CONFIG_KEY) or {}
+    stored = load_run_config(cfg.ckpt_path)
     return instantiate(stored["data"]) if stored.get("data") is not None else None
 
 
@@ -101,7 +102,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
-@hydra.main(config_path="../conf", config_name="audio_eval", version_base="1.3")
+@hydra.main(config_path=str(CONF_DIR), config_name="audio_eval", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     """Returns the test metric (test/wer)."""
     return run(cfg).get("metric")

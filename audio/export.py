@@ -12,7 +12,6 @@ that way and raise, saying which and why. Config ``conf/audio_export.yaml``.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import hydra
@@ -21,10 +20,10 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from audio.model import ConformerCTC
-from audio.transcribe import load_model
-from core_attn._checks import check_int
-from core_attn.training.cli import run
-from core_attn.training.export import SUFFIX, export_model, set_attention_backend
+from audio.module import SpeechRecognizer
+from core_attn.training.cli import CONF_DIR, run
+from core_attn.training.export import artefact_path, checkpoint_network, export_model
+from core_attn.validation import check_int
 
 
 class FeaturesToLogProbs(nn.Module):
@@ -55,9 +54,8 @@ def export(*, ckpt_path: str, format: str, out: str | None = None, frames: int =
         atol: the largest |artefact - eager| accepted.
         attention_backend: replaces the pattern variants' backend before export (``dense`` traces).
     """
-    net = load_model(ckpt_path)  # FileNotFoundError naming ckpt_path
-    if attention_backend is not None:
-        set_attention_backend(net, attention_backend)
+    _, net = checkpoint_network(SpeechRecognizer, ckpt_path, attention_backend=attention_backend,
+                                overrides={"decoder": "greedy"})
     check_int("frames", frames, min_value=2 * net.encoder.subsampling.factor)
     check_int("batch_size", batch_size, min_value=1)
     if dynamic_time and format == "torchscript":
@@ -71,14 +69,14 @@ def export(*, ckpt_path: str, format: str, out: str | None = None, frames: int =
     if dynamic_time:
         checked.append(frames * 3 // 2 + 7)  # another length, with another remainder modulo the subsampling
         others.append(torch.randn(batch_size, checked[-1], n_mels, generator=gen))
-    path = Path(out) if out else Path(ckpt_path).with_suffix(SUFFIX.get(format, ".bin"))
+    path = artefact_path(ckpt_path, format, out)
     diff = export_model(FeaturesToLogProbs(net).eval(), x, format, path, atol=atol,
                         dynamic_dims=(1,) if dynamic_time else (), check_inputs=others)
     return {"path": str(path), "format": format, "max_abs_diff": diff, "input_shape": list(x.shape),
             "checked_frames": checked, "dynamic_time": dynamic_time}
 
 
-@hydra.main(config_path="../conf", config_name="audio_export", version_base="1.3")
+@hydra.main(config_path=str(CONF_DIR), config_name="audio_export", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     result = export(ckpt_path=cfg.ckpt_path, format=cfg.format, out=cfg.out, frames=cfg.frames,
                     dynamic_time=cfg.dynamic_time, batch_size=cfg.batch_size, seed=cfg.seed, atol=cfg.atol,

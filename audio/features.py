@@ -21,7 +21,7 @@ import torchaudio
 import torchaudio.functional as AF
 from torch import Tensor, nn
 
-from core_attn._checks import check_float, check_int, check_range
+from core_attn.validation import check_float, check_int, check_range
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from audio.features import Echo, LogMelFeatures, RandomEqualizer, SpecAugment, VocalTractPerturbation, WaveAugment
-from core_attn._checks import check_choice, check_float, check_int
-from core_attn.layers import AttentionSpec, MultiheadAttention, _attention_factory
+from core_attn.layers import AttentionSpec, MultiheadAttention, attention_factory
+from core_attn.validation import check_choice, check_float, check_int
 
 
 def padding_mask(lengths: Tensor, n: int) -> Tensor:
@@ -211,7 +211,7 @@ class ConformerEncoder(nn.Module):
         self.gradient_checkpointing = bool(gradient_checkpointing)
         self.subsampling = ConvSubsampling(in_features=in_features, channels=subsampling_channels, dim=dim,
                                            factor=subsampling)
-        make_attention = _attention_factory(attention, {"num_heads": num_heads, "head_dim": dim // num_heads})
+        make_attention = attention_factory(attention, {"num_heads": num_heads, "head_dim": dim // num_heads})
         self.blocks = nn.ModuleList(
             ConformerBlock(dim, num_heads, attention=make_attention(), ffn_mult=ffn_mult, conv_kernel=conv_kernel,
                            dropout=dropout, rotary=positions == "rotary", conv_norm=conv_norm) for _ in range(depth))

@@ -6,7 +6,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from torch import Tensor, nn
@@ -15,8 +14,9 @@ from torchmetrics.text import CharErrorRate, WordErrorRate
 
 from audio.decoding import DECODERS, greedy_texts, lexicon_words, make_decoder, read_lexicon, scored_texts
 from audio.text import VOCAB, CharTokenizer, normalize_text
-from core_attn._checks import check_choice, check_float
-from core_attn.training.optim import configure_optimizers
+from core_attn.attention.adaptive_span import total_span_loss
+from core_attn.training.bases import TaskModule
+from core_attn.validation import check_choice, check_float
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ def oov_rate(words: list[str], texts: list[str]) -> float:
     return sum(w not in known for w in running) / max(len(running), 1)
 
 
-class SpeechRecognizer(pl.LightningModule):
+class SpeechRecognizer(TaskModule):
     """Trains a CTC speech model; logs ``{train,val,test}/loss``, ``{val,test}/{wer,cer}`` and ``val/wer_best``.
 
     Validation decodes greedily (the acoustic model alone picks the best checkpoint); the test decodes with
@@ -112,6 +112,20 @@ class SpeechRecognizer(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["lexicon"] = self.words
+        checkpoint["vocab"] = list(self.tokenizer.vocab)
+
+    def check_init_from(self, checkpoint: dict[str, Any], path: Path) -> None:
+        """``init_from`` (:func:`core_attn.training.finetune.init_weights`) must share this model's vocabulary:
+        the stored one, or for a checkpoint that stores none, one of the same size (the CTC head's rows)."""
+        ours = list(self.tokenizer.vocab)
+        theirs = checkpoint.get("vocab")
+        head = checkpoint.get("state_dict", {}).get("net.head.weight")
+        size = len(theirs) if theirs is not None else head.shape[0] if head is not None else len(ours)
+        if (theirs is not None and list(theirs) != ours) or size != len(ours):
+            shown = repr("".join(t for t in theirs if len(t) == 1)) if theirs is not None else "(not stored)"
+            raise ValueError(f"init_from={str(path)!r} was trained with another vocabulary: checkpoint {size} tokens "
+                             f"{shown}, this model {len(ours)} tokens {''.join(ours[1:])!r} (audio.text.VOCAB); "
+                             "fine-tune from a checkpoint of the same vocabulary")
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.words is None:  # a lexicon file given now wins over the stored words
@@ -120,7 +134,7 @@ class SpeechRecognizer(pl.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         loss, _, _ = self._loss(batch)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["texts"]))
-        return loss
+        return loss + total_span_loss(self.net)  # 0 unless attention=adaptive_span
 
     def _eval_step(self, batch: dict, stage: str) -> None:
         loss, log_probs, lengths = self._loss(batch)
@@ -159,7 +173,3 @@ class SpeechRecognizer(pl.LightningModule):
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, "test")
-
-    def configure_optimizers(self) -> Any:
-        return configure_optimizers(self.net, self.hparams.optimizer, self.hparams.scheduler,
-                                    self.trainer.estimated_stepping_batches)

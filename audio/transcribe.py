@@ -30,8 +30,8 @@ from audio.decoding import DECODERS, Transcript, greedy_decode, make_decoder, sc
 from audio.features import stream_features
 from audio.model import ConformerCTC
 from audio.text import CharTokenizer
-from core_attn._checks import check_choice, did_you_mean
 from core_attn.errors import run_main
+from core_attn.validation import check_choice, did_you_mean
 
 FORMATS = ("txt", "json", "srt")
 OPTIONS = {"ckpt_path": str, "mode": str, "chunk_seconds": float, "overlap_seconds": float, "decoder": str,
@@ -43,10 +43,9 @@ def load_recognizer(ckpt_path: str | Path, **overrides):
     """The :class:`audio.module.SpeechRecognizer` of a training checkpoint (network in eval mode, CPU);
     ``overrides`` replace saved hyper-parameters (``decoder``, ``beam_size``, ``lexicon``)."""
     from audio.module import SpeechRecognizer
+    from core_attn.training.runtime import check_checkpoint_path
 
-    if not Path(ckpt_path).is_file():
-        raise FileNotFoundError(f"ckpt_path={str(ckpt_path)!r}: no such checkpoint file")
-    module = SpeechRecognizer.load_from_checkpoint(str(ckpt_path), map_location="cpu", **overrides)
+    module = SpeechRecognizer.load_from_checkpoint(str(check_checkpoint_path(ckpt_path)), map_location="cpu", **overrides)
     module.net.eval()
     return module
 

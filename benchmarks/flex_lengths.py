@@ -18,7 +18,7 @@ import time
 import torch
 
 import core_attn
-from core_attn.bench import _synchronize
+from core_attn.bench import synchronize
 
 
 def run(backend: str, lengths: list[int], device: str, heads: int = 4, dim: int = 64, batch: int = 8) -> list[float]:
@@ -28,10 +28,10 @@ def run(backend: str, lengths: list[int], device: str, heads: int = 4, dim: int 
         q, k, v = (torch.randn(batch, heads, n, dim, device=device, requires_grad=True) for _ in range(3))
         kpm = torch.zeros(batch, n, dtype=torch.bool, device=device)
         kpm[batch // 2:, n - n // 4:] = True  # half the batch is a quarter shorter
-        _synchronize(torch.device(device))
+        synchronize(torch.device(device))
         t0 = time.perf_counter()
         attn(q, k, v, key_padding_mask=kpm).sum().backward()
-        _synchronize(torch.device(device))
+        synchronize(torch.device(device))
         times.append(1e3 * (time.perf_counter() - t0))
     return times
 

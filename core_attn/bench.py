@@ -45,14 +45,15 @@ from pathlib import Path
 import torch
 
 from core_attn import attention as _attention  # noqa: F401  (registers the variants)
-from core_attn._checks import check_float, check_int, did_you_mean
+from core_attn import bench_report as report
 from core_attn.attention.base import PatternAttention
+from core_attn.bench_budgets import BUDGETS, DIM, HEAD_DIM, HEADS, is_linear  # noqa: F401 - is_linear: public here too
 from core_attn.bench_peers import PEERS, build_peer, peer_installed, run_length
 from core_attn.errors import run_main
+from core_attn.patterns import count_pairs
 from core_attn.registry import build_attention, get_attention_class, list_attention
+from core_attn.validation import check_float, check_int, did_you_mean
 
-DIM, HEADS = 512, 8
-HEAD_DIM = DIM // HEADS
 DEFAULT_LENGTHS = (1024, 4096, 16384, 65536, 131072)
 QUICK_LENGTHS = (512, 1024)
 MODES = ("fwd", "fwdbwd")
@@ -63,25 +64,6 @@ GEMM_TIMEOUT_S = 600.0
 RESULT_TAG = "BENCH_RESULT "
 ROOT = Path(__file__).resolve().parents[1]
 
-# The pattern budget of every variant, from --window w (256: local sees 2w + 1 = 513 keys per query).
-# Exact patterns: local (w each side); bigbird as the issue fixes it (64-token blocks, 3 window + 2 global
-# + 3 random = 8 blocks = 512 keys); sparse_* keep their default stride sqrt(N). Approximations, sized to a
-# comparable number of keys or summaries per query: lsh with 2 rounds x (own + previous chunk of w / 2)
-# = 2w slots; linformer k = w; hierarchical segments of w; perceiver w latents; nystrom the paper's 64
-# landmarks; linear elu features (m = head dim). Registered variants not listed run with their defaults.
-BUDGETS = {
-    "local": lambda w: {"window": w},
-    "bigbird": lambda w: {"block_size": 64, "num_window_blocks": 3, "num_global_blocks": 2, "num_random_blocks": 3},
-    "sparse_strided": lambda w: {},
-    "sparse_fixed": lambda w: {},
-    "dense": lambda w: {},
-    "lsh": lambda w: {"bucket_size": max(1, w // 2), "n_hashes": 2},
-    "linear": lambda w: {"feature_map": "elu"},
-    "linformer": lambda w: {"k": w},
-    "nystrom": lambda w: {"num_landmarks": 64},
-    "hierarchical": lambda w: {"segment_size": w},
-    "perceiver": lambda w: {"num_latents": w},
-}
 # Filled from the layer when a variant requires them (as TransformerEncoder does).
 CONTEXT_KEYS = ("num_heads", "head_dim", "max_seq_len")
 
@@ -106,43 +88,6 @@ def make_attention(name: str, n: int, window: int):
     return build_attention(name, **attention_kwargs(name, n, window))
 
 
-def count_pairs(attn: PatternAttention, n: int, *, chunk_elements: int = 1 << 24) -> tuple[int, int]:
-    """Visible (query, key) pairs of a pattern variant at length ``n``, and the pairs its blocks compute.
-
-    Enumerates ``attn.parts(n)`` block by block like :func:`core_attn.kernels.pattern_attention`: each
-    part's mask is evaluated on its visited blocks only, pairs owned by earlier parts are excluded, and
-    causality is honoured, so no N x N mask is built. Per head; equals ``attn.dense_mask(n).sum()``.
-
-    Returns:
-        ``(visible, computed)``: ``computed`` counts every slot of every block the kernel multiplies
-        (``kv_index`` columns x block_q x block_k, padding and -1 slots included).
-    """
-    pattern = attn.pattern(n)
-    parts = attn.parts(n, "cpu")
-    visible = computed = 0
-    for p, part in enumerate(parts):
-        if part.q_pos.dim() != 1 or part.k_pos.dim() != 1:
-            raise ValueError("count_pairs needs positions shared by batch and heads (1-D q_pos/k_pos)")
-        earlier = [pp.mask for pp in parts[:p]]
-        bq, bk = part.block_q, part.block_k
-        q_blocks = part.q_pos.view(-1, bq)  # (nqb, bq)
-        k_blocks = part.k_pos.view(-1, bk)  # (nkb, bk)
-        kv = part.kv_index  # (nqb, C)
-        computed += kv.numel() * bq * bk
-        step = max(1, chunk_elements // max(1, bq * kv.shape[1] * bk))
-        for s in range(0, kv.shape[0], step):
-            idx = kv[s:s + step]
-            kp = torch.where((idx >= 0)[..., None], k_blocks[idx.clamp(min=0)], -1).flatten(-2)  # (c, C*bk)
-            i, j = q_blocks[s:s + step, :, None], kp[:, None, :]  # (c, bq, 1), (c, 1, C*bk)
-            m = part.mask(i, j) & (i >= 0) & (j >= 0)
-            for em in earlier:  # each pair belongs to the first part that visits it
-                m = m & ~em(i, j)
-            if pattern.is_causal:
-                m = m & (j <= i)
-            visible += int(m.sum())
-    return visible, computed
-
-
 def attention_pairs(attn, n: int) -> tuple[int | None, int | None]:
     """``count_pairs`` for pattern variants, ``N^2`` (or the causal triangle) for dense, else ``None``."""
     if isinstance(attn, PatternAttention):
@@ -164,7 +109,10 @@ def useful_flops(name: str, kwargs: dict, n: int, pairs: int | None) -> float | 
     ``linformer``: 8 N k D (project K and V, scores, PV); ``nystrom``: 8 N m D + 2 N m^2 + 2 m^2 D +
     48 m^3 (Xiong et al. 2021 with 6 pseudo-inverse iterations); ``perceiver``: 4 D per pair of its three
     dense attentions, M N (encode) + layers M^2 (process) + N M (decode); ``hierarchical``: 4 D per pair
-    of N s (within segments) + (N / s)^2 (between summaries). Others: ``None`` (reported "n/a").
+    of N s (within segments) + (N / s)^2 (between summaries); ``adaptive_span``: 4 D per pair of positive
+    mask weight, ``ceil(z + R) - 1`` keys each side (before the query only when causal) plus the query's own,
+    z = span_init x max_span; ``topk``: scoring every pair to select (2 D N^2) plus PV over the k kept keys
+    (2 N k D). Others: ``None`` (reported "n/a").
     """
     d = HEAD_DIM
     proj = 4 * 2.0 * n * DIM * DIM
@@ -189,14 +137,15 @@ def useful_flops(name: str, kwargs: dict, n: int, pairs: int | None) -> float | 
     elif name == "hierarchical" and "segment_size" in kwargs:
         s = kwargs["segment_size"]
         per_head = 4.0 * d * (n * s + math.ceil(n / s) ** 2)
+    elif name == "adaptive_span" and "max_span" in kwargs:
+        z = kwargs.get("span_init", 0.0) * kwargs["max_span"]
+        side = min(n - 1, math.ceil(z + kwargs.get("ramp", 32)) - 1)
+        per_head = 4.0 * d * n * (side * (1 if kwargs.get("causal", False) else 2) + 1)
+    elif name == "topk" and "top_k" in kwargs:
+        per_head = 2.0 * d * n * n + 2.0 * d * n * min(n, kwargs["top_k"])
     else:
         return None
     return proj + per_head * HEADS
-
-
-def is_linear(complexity: str) -> bool:
-    """Whether a ``time_complexity`` string is linear in N: no N^2, (N/s)^2, sqrt or log."""
-    return re.search(r"N\s*(\^|²)|N/\w+\)\s*(\^|²)|sqrt|log", complexity) is None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -206,7 +155,7 @@ def _maxrss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
-def _synchronize(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
     """Wait for the device's queued work (CUDA runs asynchronously; the CPU needs no wait)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -244,14 +193,14 @@ def run_case(spec: dict) -> dict:
     params = list(layer.parameters())
 
     def step() -> float:
-        _synchronize(device)
+        synchronize(device)
         t0 = time.perf_counter()
         with torch.set_grad_enabled(train):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 out = layer(x)
             if train:
                 out.sum().backward()
-        _synchronize(device)
+        synchronize(device)
         dt = time.perf_counter() - t0
         for p in params + [x]:
             p.grad = None
@@ -285,10 +234,10 @@ def run_gemm(spec: dict) -> dict:
             torch.matmul(a, b)
             ts = []
             for _ in range(spec["repeats"]):
-                _synchronize(device)
+                synchronize(device)
                 t0 = time.perf_counter()
                 torch.matmul(a, b)
-                _synchronize(device)
+                synchronize(device)
                 ts.append(time.perf_counter() - t0)
             by_size[s] = 2.0 * s ** 3 / statistics.median(ts) / 1e9
         out[dtype] = {"peak_gflops": max(by_size.values()), "by_size": by_size}
@@ -603,7 +552,6 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--worker"]:
         return worker_main(argv[1])
-    from core_attn import bench_report as report
 
     cfg, a = parse_args(argv)
     tag = a.tag or time.strftime("bench-%Y%m%d-%H%M%S")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from core_attn.bench_budgets import BUDGETS, DIM, HEAD_DIM, HEADS, is_linear
 from core_attn.bench_peers import PEERS
 from core_attn.registry import get_attention_class, list_attention
 
@@ -125,8 +126,6 @@ def check_targets(rows: list[dict], cfg, gemm: dict | None) -> list[tuple[str, s
 
 
 def is_linear_variant(name: str) -> bool:
-    from core_attn.bench import is_linear
-
     return is_linear(get_attention_class(name).time_complexity)
 
 
@@ -229,8 +228,6 @@ def _device_name(device: str) -> str:
 
 
 def write_markdown(rows, cfg, gemm, targets, path: Path, command: str, images: list[Path]) -> None:
-    from core_attn.bench import BUDGETS, DIM, HEAD_DIM, HEADS
-
     gemm_txt = "not measured" if not gemm else "; ".join(
         f"{d} {g['peak_gflops']:.1f} GFLOP/s (" + ", ".join(f"{s}: {v:.0f}" for s, v in g["by_size"].items()) + ")"
         for d, g in gemm.items())

@@ -22,9 +22,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from core_attn._checks import check_choice, check_float, check_int
 from core_attn.attention.base import AttentionBase, PatternAttention
 from core_attn.registry import build_attention
+from core_attn.validation import check_choice, check_float, check_int
 
 AttentionSpec = Union[AttentionBase, Callable[[], AttentionBase], None]
 POSITIONS = ("none", "learned", "rotary")
@@ -58,8 +58,10 @@ class RotaryEmbedding(nn.Module):
         head_dim: channels per head; must be even.
         base: the wavelength base (10000 in the paper).
 
-    cos/sin tables are cached per (length, device, dtype, inference mode): inference-mode tensors
-    cannot be saved for backward, so a table built during validation is never reused in training.
+    cos/sin tables are cached per (first position, length, device, dtype, inference mode): inference-mode
+    tensors cannot be saved for backward, so a table built during validation is never reused in training.
+    ``position_offset`` (0 unless :func:`core_attn.streaming.position_offset` sets it) is the absolute
+    position of the first row, so a slice of a longer sequence is rotated exactly as in one pass.
     """
 
     _MAX_CACHE = 8
@@ -72,24 +74,31 @@ class RotaryEmbedding(nn.Module):
         self.head_dim = head_dim
         self.base = check_float("rotary_base", base, min_value=1.0)
         self._cache: dict[tuple, tuple[Tensor, Tensor]] = {}
+        self.position_offset = 0
 
-    def cos_sin(self, n: int, device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        """The (n, head_dim) cos and sin tables for positions 0..n-1."""
-        key = (n, str(device), dtype, torch.is_inference_mode_enabled())
+    def cos_sin(self, n: int, device, dtype: torch.dtype, offset: int = 0) -> tuple[Tensor, Tensor]:
+        """The (n, head_dim) cos and sin tables for positions ``offset .. offset+n-1``."""
+        key = (offset, n, str(device), dtype, torch.is_inference_mode_enabled())
+        if offset:  # a slice of a stream: used once, so not cached (the cache would hold stale slices)
+            return self._table(n, device, dtype, offset)
         if key not in self._cache:
             if len(self._cache) >= self._MAX_CACHE:  # lengths vary (padding buckets): keep the table small
                 self._cache.clear()
-            # fp64 angles: pos * freq loses digits in fp32 for long sequences
-            inv_freq = self.base ** (-torch.arange(0, self.head_dim, 2, dtype=torch.float64, device=device) / self.head_dim)
-            angles = torch.arange(n, dtype=torch.float64, device=device)[:, None] * inv_freq[None, :]  # (n, D/2)
-            angles = torch.cat([angles, angles], dim=-1)  # (n, D)
-            self._cache[key] = (angles.cos().to(dtype), angles.sin().to(dtype))
+            self._cache[key] = self._table(n, device, dtype, offset)
         return self._cache[key]
+
+    def _table(self, n: int, device, dtype: torch.dtype, offset: int) -> tuple[Tensor, Tensor]:
+        # fp64 angles: pos * freq loses digits in fp32 for long sequences
+        inv_freq = self.base ** (-torch.arange(0, self.head_dim, 2, dtype=torch.float64, device=device) / self.head_dim)
+        pos = torch.arange(offset, offset + n, dtype=torch.float64, device=device)
+        angles = pos[:, None] * inv_freq[None, :]  # (n, D/2)
+        angles = torch.cat([angles, angles], dim=-1)  # (n, D)
+        return angles.cos().to(dtype), angles.sin().to(dtype)
 
     def forward(self, x: Tensor) -> Tensor:
         """Rotate ``x`` of shape (B, H, N, D) by its positions along N; math in fp32, result in x's dtype."""
         n = x.shape[-2]
-        cos, sin = self.cos_sin(n, x.device, torch.float32)  # (N, D)
+        cos, sin = self.cos_sin(n, x.device, torch.float32, self.position_offset)  # (N, D)
         xf = x.float()
         x1, x2 = xf.chunk(2, dim=-1)
         rotated = torch.cat([-x2, x1], dim=-1)  # "rotate half": (x1, x2) -> (-x2, x1)
@@ -282,9 +291,6 @@ def attention_factory(attention: AttentionSpec, context: dict | None = None) -> 
     )
 
 
-_attention_factory = attention_factory  # the earlier private name, still imported by audio/model.py
-
-
 class TransformerEncoder(nn.Module):
     """A stack of pre-norm :class:`TransformerBlock`\\ s with optional positions and a final LayerNorm.
 
@@ -333,16 +339,17 @@ class TransformerEncoder(nn.Module):
             for rate in rates
         )
         self.norm = nn.LayerNorm(dim, eps=1e-6) if final_norm else nn.Identity()
+        self.position_offset = 0  # absolute position of x[:, 0] (set by core_attn.streaming.position_offset)
 
     def forward(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
         """(B, N, C) -> (B, N, C); ``key_padding_mask`` (B, N) bool, True = padding key to ignore."""
         if x.dim() != 3 or x.shape[-1] != self.dim:
             raise ValueError(f"x must have shape (B, N, C={self.dim}); got {tuple(x.shape)}")
-        n = x.shape[1]
+        n, first = x.shape[1], self.position_offset
         if self.pos_embed is not None:
-            if n > self.max_len:
-                raise ValueError(f"input length N={n} exceeds max_len={self.max_len} of the learned positions")
-            x = x + self.pos_embed[:, :n]
+            if first + n > self.max_len:
+                raise ValueError(f"input length N={first + n} exceeds max_len={self.max_len} of the learned positions")
+            x = x + self.pos_embed[:, first:first + n]
         x = self.pos_drop(x)
         for block in self.blocks:
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():

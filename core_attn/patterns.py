@@ -22,12 +22,15 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import Tensor
 
-from core_attn._checks import check_int
+from core_attn.validation import check_int
+
+if TYPE_CHECKING:  # annotations only: core_attn.attention.base imports this module
+    from core_attn.attention.base import PatternAttention
 
 MaskFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -69,7 +72,13 @@ class Part:
         return None if self.q_pos.dim() != 1 else self.q_pos[self.q_pos >= 0]
 
 
-def _padded_arange(n: int, block: int, device=None) -> Tensor:
+def padded_arange(n: int, block: int, device=None) -> Tensor:
+    """Positions ``0 .. n-1`` padded with ``-1`` to a whole number of ``block``-sized blocks: the ``q_pos`` /
+    ``k_pos`` layout of a :class:`Part` (a negative position is a padding slot).
+
+    Returns:
+        A (ceil(n / block) * block,) int64 tensor.
+    """
     length = math.ceil(n / block) * block
     pos = torch.arange(length, device=device)
     return torch.where(pos < n, pos, -1)
@@ -191,7 +200,7 @@ class BlockLocal(Component):
 
     def parts(self, n, device=None):
         bs = self.block_size
-        pos = _padded_arange(n, bs, device)
+        pos = padded_arange(n, bs, device)
         nb = pos.numel() // bs
         kv = _band_index(nb, bs, self.half * bs, self.half * bs, device)
         return [Part(pos, pos, _trim(kv), bs, bs, self.mask, identity_q=True, identity_k=True)]
@@ -250,10 +259,10 @@ class Global(Component):
         bq = max(8, min(self.block, 1 << math.ceil(math.log2(max(len(g), 1)))))
         g_pad = torch.cat([g, g.new_full(((-len(g)) % bq,), -1)])
         bk = 128
-        all_pos = _padded_arange(n, bk, device)
+        all_pos = padded_arange(n, bk, device)
         rows_kv = torch.arange(all_pos.numel() // bk, device=device).expand(g_pad.numel() // bq, -1)
         rows = Part(g_pad, all_pos, rows_kv.contiguous(), bq, bk, lambda i, j: Global._is_global(table, i) & (j == j), identity_k=True)
-        q_all = _padded_arange(n, 128, device)
+        q_all = padded_arange(n, 128, device)
         cols_kv = torch.arange(g_pad.numel() // bq, device=device).expand(q_all.numel() // 128, -1)
         cols = Part(q_all, g_pad, cols_kv.contiguous(), 128, bq, lambda i, j: Global._is_global(table, j) & (i == i), identity_q=True)
         return [rows, cols]
@@ -332,7 +341,7 @@ class RandomBlocks(Component):
         if self.r == 0:
             return []
         bs = self.block_size
-        pos = _padded_arange(n, bs, device)
+        pos = padded_arange(n, bs, device)
         return [Part(pos, pos, self.table(n, device), bs, bs, self.mask_fn(n, device), identity_q=True,
                      identity_k=True)]
 
@@ -379,7 +388,7 @@ class BlockDiagonal(Component):
         return torch.div(i, self.size, rounding_mode="floor") == torch.div(j, self.size, rounding_mode="floor")
 
     def parts(self, n, device=None):
-        pos = _padded_arange(n, self.size, device)
+        pos = padded_arange(n, self.size, device)
         kv = torch.arange(pos.numel() // self.size, device=device)[:, None]
         return [Part(pos, pos, kv, self.size, self.size, self.mask, identity_q=True, identity_k=True)]
 
@@ -406,7 +415,7 @@ class Summary(Component):
         bk = 64
         cols = torch.cat([cols, cols.new_full(((-len(cols)) % bk,), -1)])
         bq = 128
-        q = _padded_arange(n, bq, device)
+        q = padded_arange(n, bq, device)
         kv = torch.arange(cols.numel() // bk, device=device).expand(q.numel() // bq, -1).contiguous()
         return [Part(q, cols, kv, bq, bk, self.mask, identity_q=True)]
 
@@ -484,7 +493,7 @@ class Pattern:
                 m = m | f(i, j)
             return m
 
-        pos = _padded_arange(n, block, device)
+        pos = padded_arange(n, block, device)
         part = Part(pos, pos, kv, block, block, covered, identity_q=True, identity_k=True, exact=True)
         return part, [c for c, _ in found]
 
@@ -516,3 +525,43 @@ class Pattern:
     def __repr__(self) -> str:
         inner = " | ".join(repr(c) for c in self.components)
         return f"Pattern({inner}{', causal' if self.is_causal else ''})"
+
+
+def count_pairs(attn: PatternAttention, n: int, *, chunk_elements: int = 1 << 24) -> tuple[int, int]:
+    """Visible (query, key) pairs of a pattern variant at length ``n``, and the pairs its blocks compute.
+
+    ``attn`` is a :class:`core_attn.attention.base.PatternAttention` (anything with ``pattern(n)`` and
+    ``parts(n, device)``); the benchmark harness and the apps' benchmarks count a variant's pairs with it.
+
+    Enumerates ``attn.parts(n)`` block by block like :func:`core_attn.kernels.pattern_attention`: each
+    part's mask is evaluated on its visited blocks only, pairs owned by earlier parts are excluded, and
+    causality is honoured, so no N x N mask is built. Per head; equals ``attn.dense_mask(n).sum()``.
+
+    Returns:
+        ``(visible, computed)``: ``computed`` counts every slot of every block the kernel multiplies
+        (``kv_index`` columns x block_q x block_k, padding and -1 slots included).
+    """
+    pattern = attn.pattern(n)
+    parts = attn.parts(n, "cpu")
+    visible = computed = 0
+    for p, part in enumerate(parts):
+        if part.q_pos.dim() != 1 or part.k_pos.dim() != 1:
+            raise ValueError("count_pairs needs positions shared by batch and heads (1-D q_pos/k_pos)")
+        earlier = [pp.mask for pp in parts[:p]]
+        bq, bk = part.block_q, part.block_k
+        q_blocks = part.q_pos.view(-1, bq)  # (nqb, bq)
+        k_blocks = part.k_pos.view(-1, bk)  # (nkb, bk)
+        kv = part.kv_index  # (nqb, C)
+        computed += kv.numel() * bq * bk
+        step = max(1, chunk_elements // max(1, bq * kv.shape[1] * bk))
+        for s in range(0, kv.shape[0], step):
+            idx = kv[s:s + step]
+            kp = torch.where((idx >= 0)[..., None], k_blocks[idx.clamp(min=0)], -1).flatten(-2)  # (c, C*bk)
+            i, j = q_blocks[s:s + step, :, None], kp[:, None, :]  # (c, bq, 1), (c, 1, C*bk)
+            m = part.mask(i, j) & (i >= 0) & (j >= 0)
+            for em in earlier:  # each pair belongs to the first part that visits it
+                m = m & ~em(i, j)
+            if pattern.is_causal:
+                m = m & (j <= i)
+            visible += int(m.sum())
+    return visible, computed

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from core_attn._checks import did_you_mean
+from core_attn.validation import did_you_mean
 
 _REGISTRY: dict[str, type] = {}
 

@@ -18,10 +18,10 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from core_attn._checks import check_int
 from core_attn.attention.base import AttentionBase, PatternAttention
 from core_attn.errors import run_main
 from core_attn.registry import build_attention, get_attention_class, list_attention
+from core_attn.validation import check_int
 
 MAX_N = 8192  # the picture materialises an (n, n) mask
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core_attn._checks import check_choice
+from core_attn.validation import check_choice
 from genomics.io import DataError, Record, Skipped, handle, open_text
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from core_attn._checks import check_float, check_int
+from core_attn.validation import check_float, check_int
 
 
 def _codes(x: np.ndarray, order: int, num_symbols: int) -> tuple[np.ndarray, np.ndarray]:
@@ -207,12 +207,25 @@ _BASE = np.full(256, 4, dtype=np.int64)  # A C G T -> 0..3, anything else (N, IU
 for _i, _b in enumerate("ACGT"):
     _BASE[ord(_b)] = _i
 _START = 0 * 25 + 3 * 5 + 2  # ATG in base-5 codon codes
+START_SETS = (("ATG",), ("ATG", "GTG", "TTG"))  # ATG only; the starts of the bacterial code (NCBI table 11)
 _STOPS = np.array([3 * 25 + 0 * 5 + 0, 3 * 25 + 0 * 5 + 2, 3 * 25 + 2 * 5 + 0])  # TAA, TAG, TGA
 
 
-def _strand_orfs(bases: np.ndarray) -> np.ndarray:
-    """(n, 3) rows (start, end, codons) of the ORFs of one strand's base codes: from the first ATG after
-    an in-frame stop (or the frame's start) to the next stop, stop included; ``end`` excluded."""
+def _codon_codes(codons: Sequence[str]) -> np.ndarray:
+    """Base-5 codes of codons such as ``ATG``; ``ValueError`` naming a codon that is not 3 of A, C, G, T."""
+    out = []
+    for c in codons:
+        if len(c) != 3 or any(b not in "ACGT" for b in c.upper()):
+            raise ValueError(f"start codon {c!r} is not three of A, C, G, T")
+        out.append(int(sum(_BASE[ord(b)] * 5 ** (2 - i) for i, b in enumerate(c.upper()))))
+    return np.array(out, dtype=np.int64)
+
+
+def _strand_orfs(bases: np.ndarray, starts: np.ndarray | None = None) -> np.ndarray:
+    """(n, 3) rows (start, end, codons) of the ORFs of one strand's base codes: from the first start codon
+    (``starts``, base-5 codes; default ATG) after an in-frame stop (or the frame's start) to the next stop,
+    stop included; ``end`` excluded."""
+    starts = np.array([_START]) if starts is None else starts
     if len(bases) < 3:
         return np.zeros((0, 3), dtype=np.int64)
     code = bases[:-2] * 25 + bases[1:-1] * 5 + bases[2:]  # the codon starting at each position
@@ -222,7 +235,7 @@ def _strand_orfs(bases: np.ndarray) -> np.ndarray:
         stops = np.flatnonzero(np.isin(c, _STOPS))
         if stops.size == 0:
             continue
-        first_start = np.where(c == _START, np.arange(len(c)), len(c))
+        first_start = np.where(np.isin(c, starts), np.arange(len(c)), len(c))
         first_start = np.minimum.accumulate(first_start[::-1])[::-1]  # the first ATG at or after each codon
         begin = first_start[np.concatenate([[0], stops[:-1] + 1])]  # ... after the previous stop
         ok = begin < stops
@@ -231,15 +244,17 @@ def _strand_orfs(bases: np.ndarray) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros((0, 3), dtype=np.int64)
 
 
-def open_reading_frames(seq: str, *, strand: bool = False) -> np.ndarray:
+def open_reading_frames(seq: str, *, strand: bool = False, starts: Sequence[str] = ("ATG",)) -> np.ndarray:
     """The open reading frames of a DNA sequence on both strands, as (n, 3) int64 rows ``(start, end,
     codons)``: 0-based forward-strand coordinates, ``end`` excluded, the stop codon included in the
     interval and in ``codons`` (the ATG too). An ORF runs from the first ATG after an in-frame stop to
     the next stop; one without a stop before the sequence ends is left out. N and other codes start or
-    stop nothing. With ``strand=True`` a fourth column holds the strand, ``1`` or ``-1``."""
+    stop nothing. With ``strand=True`` a fourth column holds the strand, ``1`` or ``-1``. ``starts``: the
+    codons an ORF may start with (``("ATG", "GTG", "TTG")``: the bacterial code's)."""
     bases = _BASE[np.frombuffer(seq.upper().encode("latin-1"), dtype=np.uint8)]
-    forward = _strand_orfs(bases)
-    rc = _strand_orfs(np.where(bases < 4, 3 - bases, 4)[::-1])  # A<->T, C<->G, read backwards
+    codes = _codon_codes(starts)
+    forward = _strand_orfs(bases, codes)
+    rc = _strand_orfs(np.where(bases < 4, 3 - bases, 4)[::-1], codes)  # A<->T, C<->G, read backwards
     n = len(bases)
     reverse = np.stack([n - rc[:, 1], n - rc[:, 0], rc[:, 2]], axis=1)
     if strand:
@@ -311,15 +326,25 @@ DECODE_MIN_PROBS = tuple(round(0.3 + 0.05 * i, 2) for i in range(13))  # 0.30 ..
 
 @dataclass(frozen=True)
 class OrfDecoder:
-    """Per-base annotation constrained to open reading frames (:func:`open_reading_frames`): keep every
-    ORF of at least ``long_codons`` codons, and an ORF of ``min_codons`` .. ``long_codons`` codons when the
-    model's mean probability over its bases is at least ``min_prob``; a base is coding when a kept ORF
-    covers it. ``long_codons=None``: only the model decides. Coding sequences start at ATG and end at an
-    in-frame stop, which a per-base classifier does not know; the decoder gives its calls those edges."""
+    """Per-base annotation constrained to open reading frames (:func:`open_reading_frames` with the start
+    codons ``starts``): keep every ORF of at least ``long_codons`` codons, and an ORF of ``min_codons`` ..
+    ``long_codons`` codons when the model's mean probability over its bases is at least ``min_prob``; a
+    base is coding when a kept ORF covers it. ``long_codons=None``: only the model decides. Coding
+    sequences start at a start codon and end at an in-frame stop, which a per-base classifier does not
+    know; the decoder gives its calls those edges."""
 
     min_codons: int
     long_codons: int | None
     min_prob: float
+    starts: tuple[str, ...] = ("ATG",)
+
+    def __post_init__(self):
+        object.__setattr__(self, "starts", tuple(self.starts))  # a list from a checkpoint
+        _codon_codes(self.starts)
+
+    def orfs(self, seq: str, *, strand: bool = False) -> np.ndarray:
+        """The open reading frames of ``seq`` this decoder reads (its start codons)."""
+        return open_reading_frames(seq, strand=strand, starts=self.starts)
 
     def keep(self, orfs: np.ndarray, prob: np.ndarray) -> np.ndarray:
         """The rows of ``orfs`` (``open_reading_frames`` rows of one sequence) the decoder keeps, given the
@@ -335,12 +360,13 @@ class OrfDecoder:
         """(L,) uint8 coding calls of ``seq`` from its (L,) per-base probabilities ``prob``."""
         if len(prob) != len(seq):
             raise ValueError(f"ORF decoding needs one probability per base; got {len(prob)} for {len(seq)} bases")
-        orfs = open_reading_frames(seq) if orfs is None else orfs
+        orfs = self.orfs(seq) if orfs is None else orfs
         return orf_mask(len(seq), self.keep(orfs, prob)[:, :3].astype(np.int64), min_codons=1)
 
     def as_dict(self) -> dict[str, Any]:
         """The decoder's settings (what a checkpoint stores)."""
-        return {"min_codons": self.min_codons, "long_codons": self.long_codons, "min_prob": self.min_prob}
+        return {"min_codons": self.min_codons, "long_codons": self.long_codons, "min_prob": self.min_prob,
+                "starts": list(self.starts)}
 
 
 def mean_over(values: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
@@ -362,26 +388,28 @@ class DecoderSelection:
 def select_orf_decoder(seqs: Sequence[str], probs: Sequence[np.ndarray], labels: Sequence[np.ndarray], *,
                        min_codons: Sequence[int] = DECODE_MIN_CODONS,
                        long_codons: Sequence[int | None] = DECODE_LONG_CODONS,
-                       min_probs: Sequence[float] = DECODE_MIN_PROBS) -> DecoderSelection:
+                       min_probs: Sequence[float] = DECODE_MIN_PROBS,
+                       start_sets: Sequence[Sequence[str]] = START_SETS) -> DecoderSelection:
     """The :class:`OrfDecoder` of best per-base MCC on ``seqs`` (validation sequences, their per-base model
-    probabilities and labels) over the grid ``min_codons x long_codons x min_probs`` (settings with
-    ``long_codons <= min_codons`` are skipped: every ORF would be kept). Ties: the first in grid order."""
+    probabilities and labels) over the grid ``start_sets x min_codons x long_codons x min_probs`` (settings
+    with ``long_codons <= min_codons`` are skipped: every ORF would be kept). Ties: the first in grid order."""
     if not seqs or not (len(seqs) == len(probs) == len(labels)):
         raise ValueError(f"select_orf_decoder needs a probability and a label array per sequence, at least one; got "
                          f"{len(seqs)} sequences, {len(probs)} probability arrays, {len(labels)} label arrays")
-    orfs = [open_reading_frames(s) for s in seqs]
     truth = np.concatenate(labels)
     best: DecoderSelection | None = None
     tried = 0
-    for lo in min_codons:
-        for hi in long_codons:
-            if hi is not None and hi <= lo:
-                continue
-            for t in min_probs:
-                dec = OrfDecoder(int(lo), None if hi is None else int(hi), float(t))
-                pred = np.concatenate([dec.decode(s, p, o) for s, p, o in zip(seqs, probs, orfs)])
-                mcc, tried = binary_mcc(pred, truth), tried + 1
-                if best is None or mcc > best.val_mcc:
-                    best = DecoderSelection(dec, mcc, 0)
+    for starts in start_sets:
+        orfs = [open_reading_frames(s, starts=starts) for s in seqs]
+        for lo in min_codons:
+            for hi in long_codons:
+                if hi is not None and hi <= lo:
+                    continue
+                for t in min_probs:
+                    dec = OrfDecoder(int(lo), None if hi is None else int(hi), float(t), tuple(starts))
+                    pred = np.concatenate([dec.decode(s, p, o) for s, p, o in zip(seqs, probs, orfs)])
+                    mcc, tried = binary_mcc(pred, truth), tried + 1
+                    if best is None or mcc > best.val_mcc:
+                        best = DecoderSelection(dec, mcc, 0)
     best.tried = tried
     return best

@@ -22,14 +22,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from torchmetrics.functional.classification import multiclass_f1_score
 
-from core_attn._checks import check_choice, check_float, check_int
 from core_attn.errors import run_main
+from core_attn.training.bases import TaskDataModule
+from core_attn.validation import check_choice, check_float, check_int
 from genomics import prepare as prep
 from genomics.annotation import FEATURES, label_records
 from genomics.baselines import KmerNaiveBayes, select_markov, select_orf_length, unigram_log_probs
@@ -53,7 +53,7 @@ def resolve_path(dataset: str, path: str | None, data_dir: str) -> Path:
     return prep.dataset_path(dataset, data_dir)
 
 
-class _GenomicsDataModule(pl.LightningDataModule):
+class _GenomicsDataModule(TaskDataModule):
     """Loaders over ``self.datasets[split]`` (set by ``setup``), shared by the genomics data modules."""
 
     def __init__(self):
@@ -70,20 +70,8 @@ class _GenomicsDataModule(pl.LightningDataModule):
                              f"set data.num_outputs={expected_outputs}")
 
     def _loader(self, split: str) -> DataLoader:
-        if split not in self.datasets:
-            self.setup("fit" if split in ("train", "val") else "test")
-        h = self.hparams
-        return DataLoader(self.datasets[split], batch_size=h.batch_size, shuffle=split == "train",
-                          num_workers=h.num_workers, persistent_workers=h.num_workers > 0, drop_last=False)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train")
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
+        return self.loader(split, batch_size=self.hparams.batch_size, num_workers=self.hparams.num_workers,
+                           drop_last=False, pin_memory=False)
 
 
 # -- genomes -----------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from core_attn._checks import check_choice, check_float, check_int
+from core_attn.validation import check_choice, check_float, check_int
 from genomics.tokenizers import MASK, PAD, DNATokenizer
 
 IGNORE = -100  # cross-entropy's ignore_index

@@ -9,16 +9,15 @@ open-reading-frame MCC).
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import hydra
-import torch
 from omegaconf import DictConfig, open_dict
 
 from core_attn.training import evaluate
-from core_attn.training.callbacks import CONFIG_KEY
+from core_attn.training.cli import CONF_DIR
 from core_attn.training.cli import run as cli_run
+from core_attn.training.runtime import load_run_config
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +40,7 @@ def report(metrics: dict[str, Any]) -> None:
 
 def stored_config(ckpt_path: str) -> dict[str, Any]:
     """The run config the runtime stored in a checkpoint (empty when there is none)."""
-    if not ckpt_path or not Path(ckpt_path).is_file():
-        raise FileNotFoundError(f"ckpt_path={ckpt_path!r}: no such checkpoint file (pass ckpt_path=<path to a .ckpt>)")
-    return torch.load(ckpt_path, map_location="cpu", weights_only=False).get(CONFIG_KEY) or {}
+    return load_run_config(ckpt_path)
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -58,7 +55,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
-@hydra.main(config_path="../conf", config_name="genomics_eval", version_base="1.3")
+@hydra.main(config_path=str(CONF_DIR), config_name="genomics_eval", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     """Returns the test metric."""
     return run(cfg).get("metric")

@@ -19,10 +19,10 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from core_attn._checks import check_int
-from core_attn.training.callbacks import CONFIG_KEY
-from core_attn.training.cli import run
-from core_attn.training.export import SUFFIX, export_model, set_attention_backend
+from core_attn.training.cli import CONF_DIR, run
+from core_attn.training.export import artefact_path, checkpoint_network, export_model
+from core_attn.training.runtime import load_run_config
+from core_attn.validation import check_int
 from genomics.module import GenomicsModule
 from genomics.tokenizers import SPECIALS
 
@@ -30,8 +30,7 @@ from genomics.tokenizers import SPECIALS
 def stored_length(ckpt_path: str | Path) -> int | None:
     """The training input length stored in the checkpoint's run config (``data.window`` for genomes,
     ``data.max_len`` for records), or ``None`` when it stores none."""
-    stored = torch.load(ckpt_path, map_location="cpu", weights_only=False).get(CONFIG_KEY) or {}
-    data = stored.get("data") or {}
+    data = load_run_config(ckpt_path).get("data") or {}
     return data.get("window") or data.get("max_len")
 
 
@@ -51,12 +50,7 @@ def export(*, ckpt_path: str, format: str, out: str | None = None, length: int |
         atol: the largest |artefact - eager| accepted.
         attention_backend: replaces the pattern variants' backend before export (``dense`` traces).
     """
-    if not ckpt_path or not Path(ckpt_path).is_file():
-        raise FileNotFoundError(f"ckpt_path={ckpt_path!r}: no such checkpoint file (pass ckpt_path=<path to a .ckpt>)")
-    module = GenomicsModule.load_from_checkpoint(ckpt_path, map_location="cpu")
-    net = module.net.eval()
-    if attention_backend is not None:
-        set_attention_backend(net, attention_backend)
+    module, net = checkpoint_network(GenomicsModule, ckpt_path, attention_backend=attention_backend)
     if length is None:
         length = stored_length(ckpt_path)
         if length is None:
@@ -67,13 +61,13 @@ def export(*, ckpt_path: str, format: str, out: str | None = None, length: int |
         raise ValueError(f"length={length} is not a multiple of the model's patch_size={net.patch_size}")
     gen = torch.Generator().manual_seed(seed)
     tokens = torch.randint(len(SPECIALS), net.vocab_size, (batch_size, length), generator=gen)  # (B, L) symbols
-    path = Path(out) if out else Path(ckpt_path).with_suffix(SUFFIX.get(format, ".bin"))
+    path = artefact_path(ckpt_path, format, out)
     diff = export_model(net, tokens, format, path, atol=atol)
     return {"path": str(path), "format": format, "max_abs_diff": diff, "input_shape": list(tokens.shape),
             "task": type(module).__name__}
 
 
-@hydra.main(config_path="../conf", config_name="genomics_export", version_base="1.3")
+@hydra.main(config_path=str(CONF_DIR), config_name="genomics_export", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     result = export(ckpt_path=cfg.ckpt_path, format=cfg.format, out=cfg.out, length=cfg.length,
                     batch_size=cfg.batch_size, seed=cfg.seed, atol=cfg.atol, attention_backend=cfg.attention_backend)

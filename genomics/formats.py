@@ -2,7 +2,7 @@
 
 Coordinates: per-base arrays are indexed from 0; bedGraph and BED write 0-based half-open intervals
 (``start`` included, ``end`` excluded), GFF3 1-based inclusive ones (``start + 1 .. end``). Writers take
-an open text handle (``core_attn.training.train.open_atomic``) and one record at a time, so a genome of
+an open text handle (``core_attn.training.atomic.open_atomic``) and one record at a time, so a genome of
 millions of bases is written in slices and never held as one string.
 
 - bedGraph (UCSC): ``track type=bedGraph ...`` then ``chrom start end value``; a value per ``bin`` bases
@@ -19,7 +19,7 @@ from typing import TextIO
 
 import numpy as np
 
-from core_attn._checks import check_float, check_int
+from core_attn.validation import check_float, check_int
 
 GFF3_HEADER = "##gff-version 3\n"
 SOURCE = "longattn"
@@ -69,29 +69,64 @@ def write_bedgraph_header(f: TextIO, name: str, description: str) -> None:
     f.write(f'track type=bedGraph name="{name}" description="{description}"\n')
 
 
+class BedGraphWriter:
+    """The :func:`runs` of one record's values arriving in pieces: ``write`` each piece in order, then
+    ``close``; the lines equal :func:`write_bedgraph`'s over the whole array (a run crossing a piece boundary
+    is merged, a bin split across pieces is averaged whole). Holds one run and less than one bin."""
+
+    def __init__(self, f: TextIO, chrom: str, *, offset: int = 0, bin: int = 1, digits: int = 3):
+        self.f, self.chrom, self.digits = f, chrom, check_int("digits", digits, min_value=0, max_value=12)
+        self.bin = check_int("bin", bin, min_value=1)
+        self.pos = offset  # base of the first value not yet turned into runs
+        self.carry = np.zeros(0)  # values of an incomplete bin
+        self.pending: tuple[int, int, float] | None = None  # the last run: the next piece may extend it
+        self.lines = 0
+
+    def write(self, values: np.ndarray) -> None:
+        """Add the next values (they follow the previous ones)."""
+        values = np.concatenate([self.carry, np.asarray(values, dtype=np.float64)])
+        whole = len(values) // self.bin * self.bin
+        self._runs(values[:whole])
+        self.carry = values[whole:]
+
+    def close(self) -> int:
+        """Flush the last (possibly shorter) bin and run; returns the lines written."""
+        self._runs(self.carry)
+        self.carry = np.zeros(0)
+        if self.pending is not None:
+            self.lines += _write_lines(self.f, self.chrom, [self.pending[0]], [self.pending[1]], [self.pending[2]],
+                                       self.digits)
+            self.pending = None
+        return self.lines
+
+    def _runs(self, values: np.ndarray) -> None:
+        if len(values) == 0:
+            return
+        starts, ends, vals = runs(values, bin=self.bin, digits=self.digits)
+        starts, ends = starts + self.pos, ends + self.pos
+        self.pos += len(values)
+        if self.pending is not None and vals[0] == self.pending[2]:
+            starts[0] = self.pending[0]
+        elif self.pending is not None:
+            self.lines += _write_lines(self.f, self.chrom, [self.pending[0]], [self.pending[1]], [self.pending[2]],
+                                       self.digits)
+        self.pending = (int(starts[-1]), int(ends[-1]), float(vals[-1]))
+        self.lines += _write_lines(self.f, self.chrom, starts[:-1].tolist(), ends[:-1].tolist(), vals[:-1].tolist(),
+                                   self.digits)
+
+
 def write_bedgraph(f: TextIO, chrom: str, values: np.ndarray, *, offset: int = 0, bin: int = 1, digits: int = 3,
                    chunk: int = 1 << 16) -> int:
     """Write the :func:`runs` of ``values`` (``values[0]`` is base ``offset`` of ``chrom``); returns the lines.
 
-    ``values`` is read ``chunk`` positions at a time (rounded down to whole bins), a run that reaches the end
-    of a slice continuing into the next, so the temporary arrays stay small for a chromosome of any length.
+    ``values`` is read ``chunk`` positions at a time (:class:`BedGraphWriter`), so the temporary arrays stay
+    small for a chromosome of any length.
     """
     check_int("chunk", chunk, min_value=1)
-    step = max(bin, chunk // bin * bin)
-    pending: tuple[int, int, float] | None = None  # the last run so far: the next slice may extend it
-    lines = 0
-    for s in range(0, len(values), step):
-        starts, ends, vals = runs(values[s:s + step], bin=bin, digits=digits)
-        starts, ends = starts + (offset + s), ends + (offset + s)
-        if pending is not None and vals[0] == pending[2]:
-            starts[0] = pending[0]
-        elif pending is not None:
-            lines += _write_lines(f, chrom, [pending[0]], [pending[1]], [pending[2]], digits)
-        pending = (int(starts[-1]), int(ends[-1]), float(vals[-1]))
-        lines += _write_lines(f, chrom, starts[:-1].tolist(), ends[:-1].tolist(), vals[:-1].tolist(), digits)
-    if pending is not None:
-        lines += _write_lines(f, chrom, [pending[0]], [pending[1]], [pending[2]], digits)
-    return lines
+    writer = BedGraphWriter(f, chrom, offset=offset, bin=bin, digits=digits)
+    for s in range(0, len(values), chunk):
+        writer.write(values[s:s + chunk])
+    return writer.close()
 
 
 def _write_lines(f: TextIO, chrom: str, starts: list, ends: list, vals: list, digits: int) -> int:

@@ -16,11 +16,11 @@ without the relative.)
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
+from core_attn.training.atomic import open_atomic
 from genomics.baselines import kmer_codes
 
 CACHE_VERSION = 1  # bump when retrieval or alignment changes: old caches are then not reused
@@ -132,9 +132,8 @@ def save_homologs(path, homologs: dict[str, list[tuple[int, np.ndarray] | None]]
         maps = [np.zeros(0, np.int32) if h is None else h[1] for h in hits]
         arrays[f"{split}_lengths"] = np.array([len(m) for m in maps], dtype=np.int64)
         arrays[f"{split}_maps"] = np.concatenate(maps) if maps else np.zeros(0, np.int32)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    with open_atomic(path, "wb") as f:
+        np.savez(f, **arrays)
 
 
 def load_homologs(path) -> dict[str, list[tuple[int, np.ndarray] | None]]:

@@ -12,6 +12,13 @@ runs under ``torch.inference_mode`` in one forward pass (attention over the whol
 position-wise layers ``infer.chunk`` positions at a time, which bounds their memory); the result (bits per base, the Markov
 baseline on the same bases for ``region=test``, seconds, peak memory) is printed and written to
 ``<run dir>/metrics.json``.
+
+``infer.mode=stream`` runs the model over each sequence ``infer.step`` bases at a time with the halo its
+receptive field needs (:meth:`genomics.model.SequenceTransformer.stream`): the same bits as one pass, in
+memory that does not grow with the sequence (local attention without global tokens; other variants are
+refused with the reason). ``infer.fasta=<file>`` scores the records of a FASTA instead of the data
+region, and ``infer.bedgraph=true`` writes the bits of every base to ``<run dir>/<name>.bits.bedgraph``
+as they are computed (base 0 of a record has no context and no value).
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -28,17 +37,23 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from core_attn._checks import check_choice
-from core_attn.training.callbacks import CONFIG_KEY, peak_memory_mb, reset_peak_memory
-from core_attn.training.cli import run
-from core_attn.training.train import variant_name, write_json_atomic
+from core_attn.training.atomic import write_json_atomic
+from core_attn.training.callbacks import peak_memory_mb, reset_peak_memory
+from core_attn.training.cli import CONF_DIR, run
+from core_attn.training.runtime import load_run_config
+from core_attn.training.train import variant_name
+from core_attn.validation import check_choice
+from core_attn.training.atomic import open_atomic
 from genomics.data import GenomeDataModule
+from genomics.formats import BedGraphWriter
+from genomics.io import iter_records
 from genomics.module import CausalLM
 from genomics.tokenizers import SPECIALS
 
 log = logging.getLogger(__name__)
 REGIONS = ("test", "genome")
 PRECISIONS = ("32", "bf16")
+MODES = ("one_pass", "stream")
 
 
 def sequences(dm: GenomeDataModule, region: str, length: int | None) -> list[np.ndarray]:
@@ -73,10 +88,31 @@ def score(module: CausalLM, tokens: np.ndarray, precision: str, chunk: int | Non
     return float(nll) / math.log(2.0), targets.numel()
 
 
+@torch.inference_mode()
+def score_stream(module: CausalLM, tokens: np.ndarray, precision: str, step: int,
+                 on_bits: Callable[[np.ndarray], None] | None = None) -> tuple[float, int]:
+    """:func:`score` computed ``step`` positions at a time (:meth:`SequenceTransformer.stream`), the input read
+    in pieces of ``step`` tokens; ``on_bits`` receives the bits of bases 1 .. L-1 in order, piece by piece."""
+    n = len(tokens) - 1  # inputs 0 .. L-2 predict bases 1 .. L-1
+    chunks = (torch.from_numpy(tokens[s:min(s + step, n)].astype(np.int64))[None] for s in range(0, n, step))
+    total, done = 0.0, 0
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        for out in module.net.stream(chunks, step=step):
+            m = out.shape[1]
+            logp = torch.log_softmax(out[0, :, len(SPECIALS):].float(), dim=-1)  # (m, S)
+            target = torch.from_numpy(tokens[done + 1:done + 1 + m].astype(np.int64)) - len(SPECIALS)
+            bits = -logp.gather(-1, target[:, None])[:, 0] / math.log(2.0)
+            total += float(bits.sum())
+            if on_bits is not None:
+                on_bits(bits.numpy())
+            done += m
+    return total, n
+
+
 def _load(cfg: DictConfig) -> tuple[CausalLM, GenomeDataModule, dict[str, Any]]:
     icfg = cfg.infer
     if icfg.ckpt_path:
-        stored = torch.load(icfg.ckpt_path, map_location="cpu", weights_only=False).get(CONFIG_KEY) or {}
+        stored = load_run_config(icfg.ckpt_path)
         module = CausalLM.load_from_checkpoint(icfg.ckpt_path, map_location="cpu")
         data_cfg = stored.get("data") if icfg.stored_data and stored.get("data") else cfg.data
         attention = stored.get("attention")
@@ -100,19 +136,38 @@ def infer(cfg: DictConfig) -> dict[str, Any]:
     if icfg.threads:
         torch.set_num_threads(int(icfg.threads))
     torch.manual_seed(cfg.seed or 0)
+    mode = check_choice("infer.mode", icfg.get("mode", "one_pass"), MODES)
+    if icfg.get("bedgraph") and mode != "stream":
+        raise ValueError("infer.bedgraph=true writes bits as they are computed: it needs infer.mode=stream")
     module, dm, info = _load(cfg)
-    seqs = sequences(dm, region, icfg.length)
+    named = _fasta_records(icfg.fasta, dm, icfg.length) if icfg.get("fasta") else \
+        [(f"{region}_{i}", s) for i, s in enumerate(sequences(dm, region, icfg.length))]
+    out_dir = Path(cfg.paths.output_dir)
+    bedgraph = out_dir / f"{_prefix(icfg.fasta or region)}.bits.bedgraph" if icfg.get("bedgraph") else None
     reset_peak_memory()
-    bits, count, t0 = 0.0, 0, time.perf_counter()
-    for s in seqs:
-        b, c = score(module, s, precision, icfg.chunk)
-        bits, count = bits + b, count + c
+    bits, count, longest, t0 = 0.0, 0, 0, time.perf_counter()
+    with ExitStack() as stack:  # the bedGraph is moved into place only when every sequence went through
+        track = stack.enter_context(open_atomic(bedgraph)) if bedgraph is not None else None
+        if track is not None:
+            track.write('track type=bedGraph name="bits" description="-log2 p(base | preceding bases), longattn"\n')
+        for name, s in named:
+            writer = BedGraphWriter(track, name, offset=1) if track is not None else None
+            if mode == "stream":
+                b, c = score_stream(module, s, precision, int(icfg.step), writer.write if writer else None)
+            else:
+                b, c = score(module, s, precision, icfg.chunk)
+            if writer is not None:
+                writer.close()
+            bits, count, longest = bits + b, count + c, max(longest, len(s))
     seconds = time.perf_counter() - t0
-    metrics: dict[str, Any] = {"status": "ok", "app": cfg.get("app"), **info, "region": region,
-                               "precision": precision, "chunk": icfg.chunk, "sequences": len(seqs), "longest": max(map(len, seqs)),
+    metrics: dict[str, Any] = {"status": "ok", "app": cfg.get("app"), **info, "region": region, "mode": mode,
+                               **({"fasta": str(icfg.fasta)} if icfg.get("fasta") else {}),
+                               **({"step": int(icfg.step)} if mode == "stream" else {}),
+                               **({"bedgraph": str(bedgraph)} if bedgraph is not None else {}),
+                               "precision": precision, "chunk": icfg.chunk, "sequences": len(named), "longest": longest,
                                "bases": count, "bpb": bits / count, "seconds": round(seconds, 2),
                                "trained": bool(icfg.ckpt_path), "threads": torch.get_num_threads(), **peak_memory_mb()}
-    if region == "test" and icfg.length is None and icfg.baseline:
+    if region == "test" and icfg.length is None and icfg.baseline and not icfg.get("fasta"):
         base = dm.markov_baseline()
         metrics.update(markov_bpb=base["test_bpb"], markov_order=base["order"])
     metrics["peak_memory_mb"] = metrics["cuda_peak_memory_mb"] or metrics["peak_rss_mb"]
@@ -122,7 +177,33 @@ def infer(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
-@hydra.main(config_path="../conf", config_name="genomics_infer", version_base="1.3")
+def _prefix(name: str) -> str:
+    """``genome.fa.gz`` -> ``genome``; a region name stays as it is."""
+    base = Path(str(name)).name
+    for suffix in (".gz", ".fa", ".fasta", ".fna", ".fas"):
+        base = base[:-len(suffix)] if base.lower().endswith(suffix) and len(base) > len(suffix) else base
+    return base
+
+
+def _fasta_records(path: str, dm: GenomeDataModule, length: int | None) -> list[tuple[str, np.ndarray]]:
+    """(id, tokens) of the records of a FASTA with the model's tokenizer (at most ``length`` bases in all)."""
+    if not Path(str(path)).is_file():
+        raise FileNotFoundError(f"infer.fasta={str(path)!r}: no such file (pass infer.fasta=<a FASTA / FASTA.gz>)")
+    out, left = [], None if length is None else int(length)
+    for rec in iter_records(path, dm.tokenizer):
+        tokens = rec.tokens if left is None else rec.tokens[:left]
+        if len(tokens) > 1:
+            out.append((rec.id, tokens))
+        if left is not None:
+            left -= len(tokens)
+            if left <= 1:
+                break
+    if not out:
+        raise ValueError(f"infer.fasta={str(path)!r} holds no record of at least 2 bases to score")
+    return out
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="genomics_infer", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     """Returns bits per base."""
     return infer(cfg).get("bpb")

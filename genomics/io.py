@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from Bio import SeqIO
 
-from core_attn._checks import check_choice
+from core_attn.validation import check_choice
 from genomics.tokenizers import DNATokenizer, InvalidCharacterError, Tokenizer
 
 log = logging.getLogger(__name__)

@@ -13,14 +13,15 @@ record counts, as in a convolutional classifier's global max pooling). The causa
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from core_attn._checks import check_choice, check_float, check_int
 from core_attn.layers import TransformerEncoder
+from core_attn.streaming import Reach, check_step, position_offset, receptive_field, stream
+from core_attn.validation import check_choice, check_float, check_int
 from genomics import orf
 from genomics.tokenizers import PAD
 
@@ -153,6 +154,35 @@ class SequenceTransformer(nn.Module):
             h = self.out_norm(up + self.local(base).transpose(1, 2))
             h = F.gelu(h)
         return self.head(h)  # (B, L, num_outputs)
+
+    def stream_reach(self) -> Reach:
+        """How many bases before and after a base its output reads (the stem convolution's and every block's
+        attention window added up); ``ValueError`` naming the part when some output reads the whole input."""
+        if self.patch_size != 1 or self.pool != "none":
+            raise ValueError(f"streaming needs a per-base model (model.patch_size=1, model.pool=none); this one has "
+                             f"patch_size={self.patch_size}, pool={self.pool}")
+        if self.orf is not None:
+            raise ValueError("model.orf_features=true cannot be streamed exactly: a base's reading-frame feature "
+                             "depends on the next in-frame stop codon, any distance away")
+        reach = receptive_field(self.encoder)
+        if self.stem is not None:
+            k = self.stem.kernel_size[0]
+            reach = reach + (Reach(k - 1, 0) if self.stem_causal else Reach(k // 2, k // 2))
+        return reach
+
+    @torch.inference_mode()
+    def stream(self, chunks: Iterable[Tensor], *, step: int = 65536) -> Iterator[Tensor]:
+        """Per-base outputs of one long unpadded input arriving in chunks of (B, n_i) token ids: yields
+        (B, step, num_outputs) pieces (the last shorter) equal to :meth:`forward` over the whole input, in
+        memory that holds ``step`` plus the receptive field (:meth:`stream_reach`), not the input."""
+        reach = self.stream_reach()
+        check_step(self.encoder, step)
+
+        def forward(tokens: Tensor, offset: int) -> Tensor:
+            with position_offset(self, offset):
+                return self(tokens)
+
+        yield from stream(forward, chunks, reach=reach, step=step, dim=1)
 
     @torch.inference_mode()
     def forward_long(self, tokens: Tensor, *, chunk: int = 65536) -> Tensor:

@@ -16,7 +16,6 @@ import logging
 import math
 from typing import Any
 
-import lightning.pytorch as pl
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -26,9 +25,10 @@ from torchmetrics import MaxMetric, MeanMetric, MinMetric
 from torchmetrics.classification import (BinaryF1Score, BinaryMatthewsCorrCoef, MulticlassAccuracy,
                                          MulticlassF1Score)
 
-from core_attn._checks import check_choice
-from core_attn.training.callbacks import CONFIG_KEY
-from core_attn.training.optim import configure_optimizers
+from core_attn.attention.adaptive_span import total_span_loss
+from core_attn.training.bases import TaskModule
+from core_attn.training.runtime import load_run_config
+from core_attn.validation import check_choice
 from genomics.baselines import OrfDecoder, binary_mcc, select_orf_decoder
 from genomics.datasets import IGNORE, GenomeTiles, Segment
 from genomics.tokenizers import SPECIALS
@@ -42,7 +42,7 @@ ORF_DECODER_KEY = "orf_decoder"  # where a TokenClassifier checkpoint keeps the 
 DECODES = ("argmax", "orf")
 
 
-class GenomicsModule(pl.LightningModule):
+class GenomicsModule(TaskModule):
     """The base of the task modules: builds the network from its config, optimizer and scheduler from
     ``_partial_`` configs. ``GenomicsModule.load_from_checkpoint(path)`` returns the task's subclass named
     in the checkpoint's stored run config (so one evaluation config serves every task)."""
@@ -59,7 +59,7 @@ class GenomicsModule(pl.LightningModule):
     def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs):  # noqa: D102 - Lightning's signature
         if cls is not GenomicsModule:
             return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
-        stored = torch.load(checkpoint_path, map_location="cpu", weights_only=False).get(CONFIG_KEY) or {}
+        stored = load_run_config(checkpoint_path)
         target = (stored.get("module") or {}).get("_target_")
         sub = get_class(target) if target else None
         if sub is None or not issubclass(sub, GenomicsModule):
@@ -71,7 +71,7 @@ class GenomicsModule(pl.LightningModule):
         return self.net(tokens, pad)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        return self._step(batch, "train")
+        return self._step(batch, "train") + total_span_loss(self.net)  # 0 unless attention=adaptive_span
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._step(batch, "val")
@@ -97,10 +97,6 @@ class GenomicsModule(pl.LightningModule):
     def _datamodule(self):
         trainer = self._trainer
         return getattr(trainer, "datamodule", None) if trainer is not None else None
-
-    def configure_optimizers(self) -> Any:
-        return configure_optimizers(self.net, self.hparams.optimizer, self.hparams.scheduler,
-                                    self.trainer.estimated_stepping_batches)
 
 
 def _scored_nll(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
@@ -363,7 +359,7 @@ class TokenClassifier(GenomicsModule):
                    "test/mcc_argmax": binary_mcc(np.concatenate(probs) >= 0.5, truth),
                    "test/decode_min_codons": float(d.min_codons),
                    "test/decode_long_codons": float(d.long_codons or 0),
-                   "test/decode_min_prob": d.min_prob}
+                   "test/decode_min_prob": d.min_prob, "test/decode_start_codons": float(len(d.starts))}
         for name, value in metrics.items():
             self.log(name, value, prog_bar=name == "test/mcc")
 

@@ -45,12 +45,13 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from core_attn._checks import check_choice, check_float, check_int
-from core_attn.training.callbacks import CONFIG_KEY, peak_memory_mb, reset_peak_memory
-from core_attn.training.cli import positional_overrides, run
-from core_attn.training.train import open_atomic, write_json_atomic
+from core_attn.training.atomic import open_atomic, write_json_atomic
+from core_attn.training.callbacks import peak_memory_mb, reset_peak_memory
+from core_attn.training.cli import CONF_DIR, positional_overrides, run
+from core_attn.training.runtime import load_checkpoint, run_config
+from core_attn.validation import check_choice, check_float, check_int
 from genomics import formats
-from genomics.baselines import OrfDecoder, open_reading_frames
+from genomics.baselines import OrfDecoder
 from genomics.datasets import RecordCrops
 from genomics.io import ON_ERROR, Skipped, iter_records
 from genomics.module import CLASS_NAMES_KEY, GenomicsModule, per_base
@@ -69,15 +70,9 @@ def load(ckpt_path: str | Path) -> tuple[GenomicsModule, str, dict[str, Any], li
         FileNotFoundError: no such file.
         ValueError: not a checkpoint, a checkpoint of another app, or of a genomics task without predictions.
     """
-    path = Path(str(ckpt_path)) if ckpt_path else None
-    if path is None or not path.is_file():
-        raise FileNotFoundError(f"ckpt_path={str(ckpt_path)!r}: no such checkpoint file "
-                                "(pass ckpt_path=<path to a .ckpt>)")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # torch raises several types (UnpicklingError, RuntimeError, EOFError, ...)
-        raise ValueError(f"ckpt_path={str(path)!r} is not a PyTorch checkpoint: {type(e).__name__}: {e}") from e
-    stored = (ckpt.get(CONFIG_KEY) or {}) if isinstance(ckpt, dict) else {}
+    ckpt = load_checkpoint(ckpt_path)
+    stored = run_config(ckpt)
+    path = Path(str(ckpt_path))
     target = str((stored.get("module") or {}).get("_target_") or "")
     module_name = target.rsplit(".", 1)[-1]
     allowed = ", ".join(f"genomics.module.{name}" for name in TASKS)
@@ -254,7 +249,7 @@ def _write_tracks(handles: dict, module: GenomicsModule, records, *, task: str, 
         if decoder is None:
             starts, ends, scores = formats.threshold_features(values, threshold=threshold, min_length=min_length)
         else:  # rows (start, end, codons, strand, mean p), in genome order
-            kept = decoder.keep(open_reading_frames(tokenizer.decode(rec.tokens), strand=True), values)
+            kept = decoder.keep(decoder.orfs(tokenizer.decode(rec.tokens), strand=True), values)
             kept = kept[np.lexsort((kept[:, 1], kept[:, 0]))]
             starts, ends, strands = (kept[:, j].astype(np.int64) for j in (0, 1, 3))
             scores = kept[:, 4]
@@ -310,7 +305,7 @@ def fasta_overrides(argv: list[str]) -> list[str]:
 
 
 # an absolute path: Hydra resolves a relative one against the package when main() is called in-process
-@hydra.main(config_path=str(Path(__file__).resolve().parents[1] / "conf"), config_name="genomics_predict",
+@hydra.main(config_path=str(CONF_DIR), config_name="genomics_predict",
             version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
     result = predict(fasta=cfg.fasta, ckpt_path=cfg.ckpt_path, out_dir=cfg.out_dir or cfg.paths.output_dir,

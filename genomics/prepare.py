@@ -16,8 +16,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from core_attn._checks import did_you_mean
 from core_attn.errors import ToolError
+from core_attn.training.atomic import open_atomic
+from core_attn.validation import did_you_mean
 
 log = logging.getLogger(__name__)
 
@@ -153,10 +154,8 @@ def prepare(name: str, data_dir: str | Path, *, force: bool = False) -> Path:
         if got != ds.sha256:
             raise RuntimeError(f"checksum mismatch for {ds.member} from {debs[-1].name}: sha256 {got}, expected "
                                f"{ds.sha256}; the packaged data changed, refusing to use it")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp_dest = dest.with_name(dest.name + ".part")
-        shutil.copyfile(src, tmp_dest)
-        tmp_dest.replace(dest)
+        with open(src, "rb") as fin, open_atomic(dest, "wb") as fout:
+            shutil.copyfileobj(fin, fout)
     log.info("prepared %s: %s (sha256 verified)", name, dest)
     return dest
 

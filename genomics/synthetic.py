@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from core_attn._checks import check_int
+from core_attn.training.atomic import open_atomic
+from core_attn.validation import check_int
 
 BASES = np.array(list("ACGT"))
 CODONS = ["".join(c) for c in itertools.product("ACGT", repeat=3)]
@@ -137,10 +138,6 @@ def write_labelled(path: str | Path, *, num_classes: int = 4, per_class: int = 1
 
 def _write(path: str | Path, writer) -> Path:
     """Write through a temporary file and rename, so an interrupted run never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    with open(tmp, "w") as f:
+    with open_atomic(path) as f:
         writer(f)
-    tmp.replace(path)
-    return path
+    return Path(path)

@@ -14,7 +14,7 @@ import itertools
 
 import numpy as np
 
-from core_attn._checks import check_choice, check_int
+from core_attn.validation import check_choice, check_int
 
 SPECIALS = ("[PAD]", "[MASK]", "[CLS]", "[SEP]")
 PAD, MASK, CLS, SEP = range(4)

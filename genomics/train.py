@@ -12,12 +12,12 @@ import hydra
 from omegaconf import DictConfig
 
 from core_attn.training import sweep_objective, train
-from core_attn.training.cli import run
+from core_attn.training.cli import CONF_DIR, run
 from genomics.evaluate import report
 from genomics.module import check_task
 
 
-@hydra.main(config_path="../conf", config_name="genomics", version_base="1.3")
+@hydra.main(config_path=str(CONF_DIR), config_name="genomics", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     """Returns the objective for Hydra sweepers: ``optimized_metric`` (e.g. ``val/acc_best``), or the test
     metric when it is null (:func:`core_attn.training.sweep_objective`)."""

@@ -75,10 +75,11 @@ def train_job(spec: dict) -> dict:
     from hydra import compose, initialize_config_dir
 
     from core_attn.training import train
+    from core_attn.training.cli import CONF_DIR
 
     overrides = [f"attention={spec['variant']}", f"seed={spec['seed']}", *WORKER_OVERRIDES, *spec["overrides"],
                  f"paths.output_dir={spec['output_dir']}"]
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("vision", overrides=overrides)
     m = train(cfg)
     return {"status": m.get("status", "ok"), "test_acc": m.get("metric"), "train_samples_per_s": m.get("train_samples_per_s"),
@@ -130,7 +131,7 @@ def run_accuracy(variants: list[str], overrides: list[str], rundir: Path, *, see
 def variant_kwargs(variant: str, window: int, block_size: int) -> dict:
     """The benchmark budget of each variant: local ``window`` each side; bigbird ``block_size`` blocks,
     3 window + 2 global + 3 random (the issue's configuration)."""
-    from core_attn._checks import check_choice
+    from core_attn.validation import check_choice
 
     check_choice("variant", variant, STEP_VARIANTS)
     return {"dense": {}, "local": {"window": window},
@@ -153,7 +154,7 @@ def step_flops(n: int, pairs: int, *, dim: int, depth: int, mlp_ratio: float, pa
 def visible_pairs(attn, n: int) -> int:
     """(query, key) pairs per head the variant computes at length ``n`` (exactly, from its pattern)."""
     from core_attn.attention.base import PatternAttention
-    from core_attn.bench import count_pairs
+    from core_attn.patterns import count_pairs
 
     if isinstance(attn, PatternAttention):
         return count_pairs(attn, n)[0]

@@ -15,14 +15,15 @@ from collections import Counter
 from pathlib import Path
 from typing import NamedTuple
 
-import lightning.pytorch as pl
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from core_attn._checks import check_choice, check_float, check_int
+from core_attn.training.atomic import open_atomic
+from core_attn.training.bases import TaskDataModule
+from core_attn.validation import check_choice, check_float, check_int
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +71,8 @@ def _fashion_raw_files(fashion_root: Path, cache_dir: Path) -> Path:
         if src is None:
             raise FileNotFoundError(f"Fashion-MNIST file {name}[.gz] not found in {fashion_root} "
                                     f"(data.fashion_root); {FASHION_HINT}")
-        raw.mkdir(parents=True, exist_ok=True)
-        tmp = raw / (name + ".part")
-        with (gzip.open(src) if src.suffix == ".gz" else open(src, "rb")) as fin, open(tmp, "wb") as fout:
+        with (gzip.open(src) if src.suffix == ".gz" else open(src, "rb")) as fin, open_atomic(raw / name, "wb") as fout:
             shutil.copyfileobj(fin, fout)
-        tmp.replace(raw / name)
     return cache_dir
 
 
@@ -198,30 +196,17 @@ class MegaMNISTDataset(Dataset):
         return self.render(layout), layout.label
 
 
-class SplitDataModule(pl.LightningDataModule):
+class SplitDataModule(TaskDataModule):
     """Serves ``self.datasets[split]`` (filled by ``setup``) with ``hparams.batch_size`` and
     ``hparams.num_workers``; the training split is shuffled and drops a last partial batch."""
 
-    datasets: dict[str, Dataset]
-
     def _loader(self, split: str) -> DataLoader:
-        self.setup()
-        dataset, batch_size = self.datasets[split], self.hparams.batch_size
+        batch_size = self.hparams.batch_size
         # training drops a last partial batch (as timm's loaders do): a batch of one image would stop
         # BatchNorm (model.pool_norm=batch), and the optimizer steps all see full batches
-        drop_last = split == "train" and len(dataset) >= batch_size
-        return DataLoader(dataset, batch_size=batch_size, shuffle=split == "train", drop_last=drop_last,
-                          num_workers=self.hparams.num_workers, persistent_workers=self.hparams.num_workers > 0,
-                          pin_memory=torch.cuda.is_available())
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train")
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
+        drop_last = split == "train" and len(self.dataset(split)) >= batch_size
+        return self.loader(split, batch_size=batch_size, num_workers=self.hparams.num_workers, drop_last=drop_last,
+                           pin_memory=torch.cuda.is_available())
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("test")
@@ -596,7 +581,7 @@ def labelled_images(folder: str | Path, classes: list[str]) -> list[tuple[Path, 
     Class folders are matched by name against ``classes`` (a model's classes, in label order): a folder
     with fewer classes is fine, a class folder that is not one of them raises ``ValueError`` naming it.
     """
-    from core_attn._checks import did_you_mean
+    from core_attn.validation import did_you_mean
 
     folder = Path(folder)
     if not folder.is_dir():

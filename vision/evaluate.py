@@ -29,11 +29,13 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 
-from core_attn._checks import check_choice
 from core_attn.training import evaluate
-from core_attn.training.callbacks import CLASS_NAMES_KEY, CONFIG_KEY
-from core_attn.training.cli import run
-from core_attn.training.train import eval_data_config, write_bytes_atomic, write_text_atomic
+from core_attn.training.atomic import write_bytes_atomic, write_text_atomic
+from core_attn.training.callbacks import CLASS_NAMES_KEY
+from core_attn.training.cli import CONF_DIR, run
+from core_attn.training.runtime import load_checkpoint, run_config
+from core_attn.training.train import eval_data_config
+from core_attn.validation import check_choice
 from vision.data import ImageFolderDataModule, ImageFolderDataset, image_mode, labelled_images, readable_images
 
 SPLIT_CHOICES = ("auto", "all", "train", "val", "test")
@@ -145,7 +147,7 @@ def checkpoint_class_names(checkpoint: dict[str, Any]) -> list[str] | None:
     (the class folders of its training folder while that exists); ``None`` when neither is known."""
     if checkpoint.get(CLASS_NAMES_KEY):
         return list(checkpoint[CLASS_NAMES_KEY])
-    data = (checkpoint.get(CONFIG_KEY) or {}).get("data")
+    data = run_config(checkpoint).get("data")
     names = instantiate(data, _convert_="all").class_names() if data is not None else None
     return list(names) if names else None
 
@@ -191,10 +193,8 @@ def evaluate_vision(cfg: DictConfig) -> dict[str, Any]:
     """Test ``cfg.ckpt_path`` on the images ``cfg.split`` of the data picks; write metrics.json and the
     confusion matrix (CSV and PNG) into ``cfg.paths.output_dir``; return the metrics."""
     ckpt = cfg.get("ckpt_path")
-    if not ckpt or not Path(ckpt).is_file():
-        raise FileNotFoundError(f"ckpt_path={ckpt!r}: no such checkpoint file (pass ckpt_path=<path to a .ckpt>)")
-    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
-    stored = checkpoint.get(CONFIG_KEY) or {}
+    checkpoint = load_checkpoint(ckpt)
+    stored = run_config(checkpoint)
     data = eval_data_config(cfg, stored)
     if data is None:
         raise ValueError(f"{ckpt} stores no data config; choose the data with data=<option> (e.g. data=mega_mnist)")
@@ -224,7 +224,7 @@ def data_overrides(argv: list[str]) -> list[str]:
     return ["++" + a if a.startswith("data.") and "=" in a else a for a in argv]
 
 
-@hydra.main(config_path=str(Path(__file__).resolve().parents[1] / "conf"), config_name="vision_eval",
+@hydra.main(config_path=str(CONF_DIR), config_name="vision_eval",
             version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> float | None:
     return evaluate_vision(cfg).get("metric")

@@ -10,15 +10,14 @@ SDPA with its dense mask (needed for TorchScript, which cannot save the block-sp
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import hydra
 import torch
 from omegaconf import DictConfig
 
-from core_attn.training.cli import run
-from core_attn.training.export import SUFFIX, export_model, set_attention_backend
+from core_attn.training.cli import CONF_DIR, run
+from core_attn.training.export import artefact_path, checkpoint_network, export_model
 from vision.module import ImageClassifier
 
 
@@ -45,20 +44,15 @@ def export(*, ckpt_path: str, format: str, out: str | None = None, batch_size: i
     ``out`` defaults to the checkpoint's path with the format's suffix (``.pt2``, ``.pt``, ``.onnx``);
     ``attention_backend`` (``dense``, ``blocked``, ...) replaces the pattern variants' backend before export.
     """
-    if not ckpt_path or not Path(ckpt_path).is_file():
-        raise FileNotFoundError(f"ckpt_path={ckpt_path!r}: no such checkpoint file (pass ckpt_path=<path to a .ckpt>)")
-    module = ImageClassifier.load_from_checkpoint(ckpt_path, map_location="cpu")
-    net = module.net.eval()
-    if attention_backend is not None:
-        set_attention_backend(net, attention_backend)
+    module, net = checkpoint_network(ImageClassifier, ckpt_path, attention_backend=attention_backend)
     c, h, w = input_shape(module.hparams.model)
     x = torch.randn(batch_size, c, h, w, generator=torch.Generator().manual_seed(seed))
-    path = Path(out) if out else Path(ckpt_path).with_suffix(SUFFIX.get(format, ".bin"))
+    path = artefact_path(ckpt_path, format, out)
     diff = export_model(net, x, format, path, atol=atol)
     return {"path": str(path), "format": format, "max_abs_diff": diff, "input_shape": list(x.shape)}
 
 
-@hydra.main(config_path="../conf", config_name="vision_export", version_base="1.3")
+@hydra.main(config_path=str(CONF_DIR), config_name="vision_export", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     result = export(ckpt_path=cfg.ckpt_path, format=cfg.format, out=cfg.out, batch_size=cfg.batch_size,
                     seed=cfg.seed, atol=cfg.atol, attention_backend=cfg.attention_backend)

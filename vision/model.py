@@ -14,9 +14,9 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from core_attn._checks import check_choice, check_int
 from core_attn.attention.base import AttentionBase
 from core_attn.layers import TransformerEncoder
+from core_attn.validation import check_choice, check_int
 
 
 def _pair(size: int | Sequence[int], name: str) -> tuple[int, int]:

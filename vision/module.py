@@ -5,17 +5,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
 from hydra.utils import instantiate
 from torch import Tensor, nn
 from torchmetrics import MaxMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from core_attn.training.optim import configure_optimizers
+from core_attn.attention.adaptive_span import total_span_loss
+from core_attn.training.bases import TaskModule
 
 
-class ImageClassifier(pl.LightningModule):
+class ImageClassifier(TaskModule):
     """Trains any image model with cross-entropy; logs ``{train,val,test}/{loss,acc}`` and ``val/acc_best``.
 
     Its hyper-parameters are plain configs (saved with ``save_hyperparameters``), so
@@ -62,7 +62,7 @@ class ImageClassifier(pl.LightningModule):
         return loss
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
-        return self._step(batch, "train", self.train_acc)
+        return self._step(batch, "train", self.train_acc) + total_span_loss(self.net)  # 0 unless adaptive_span
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "val", self.val_acc)
@@ -80,7 +80,3 @@ class ImageClassifier(pl.LightningModule):
         """Class probabilities (B, num_classes)."""
         x = batch[0] if isinstance(batch, (list, tuple)) else batch
         return torch.softmax(self(x), dim=-1)
-
-    def configure_optimizers(self) -> Any:
-        return configure_optimizers(self.net, self.hparams.optimizer, self.hparams.scheduler,
-                                    self.trainer.estimated_stepping_batches)

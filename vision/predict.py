@@ -41,11 +41,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from core_attn._checks import check_int
 from core_attn.attention.base import AttentionBase, PatternAttention
-from core_attn.training.callbacks import CONFIG_KEY
-from core_attn.training.cli import positional_overrides, run
-from core_attn.training.train import write_text_atomic
+from core_attn.training.atomic import write_text_atomic
+from core_attn.training.cli import CONF_DIR, positional_overrides, run
+from core_attn.training.runtime import load_checkpoint, run_config
+from core_attn.validation import check_int
 from vision.data import IMG_EXTENSIONS, image_mode
 from vision.module import ImageClassifier
 
@@ -57,15 +57,13 @@ QUERY_CHUNK_ELEMENTS = 1 << 23  # score elements per chunk of the dense recomput
 # -- inputs ----------------------------------------------------------------------------------------
 def load_checkpoint_model(ckpt_path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """The network of a vision checkpoint (eval mode) and the run config stored in it (``{}`` if none)."""
-    if not ckpt_path or not Path(ckpt_path).is_file():
-        raise FileNotFoundError(f"ckpt_path={str(ckpt_path)!r}: no such checkpoint file (pass ckpt_path=<path to a .ckpt>)")
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    ckpt = load_checkpoint(ckpt_path)
     if "hyper_parameters" not in ckpt or "state_dict" not in ckpt:
         raise ValueError(f"ckpt_path={str(ckpt_path)!r} is not a Lightning checkpoint of the vision app "
                          "(no hyper_parameters/state_dict)")
     module = ImageClassifier(**ckpt["hyper_parameters"])
     module.load_state_dict(ckpt["state_dict"])
-    return module.net.eval(), ckpt.get(CONFIG_KEY) or {}
+    return module.net.eval(), run_config(ckpt)
 
 
 def read_image(path: str | Path):
@@ -367,7 +365,7 @@ def image_overrides(argv: list[str]) -> list[str]:
 
 
 # an absolute path: Hydra resolves a relative one against the package when main() is called in-process
-@hydra.main(config_path=str(Path(__file__).resolve().parents[1] / "conf"), config_name="vision_predict",
+@hydra.main(config_path=str(CONF_DIR), config_name="vision_predict",
             version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
     if Path(cfg.image).is_dir():

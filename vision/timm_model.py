@@ -29,10 +29,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from core_attn._checks import did_you_mean
 from core_attn.attention.base import AttentionBase, PatternAttention
 from core_attn.layers import attention_factory
 from core_attn.registry import build_attention
+from core_attn.validation import did_you_mean
 
 log = logging.getLogger(__name__)
 

@@ -12,6 +12,8 @@ from core_attn.attention.nystrom import NystromAttention
 from core_attn.attention.lsh import LSHAttention
 from core_attn.attention.hierarchical import HierarchicalAttention
 from core_attn.attention.perceiver import PerceiverAttention
+from core_attn.attention.adaptive_span import AdaptiveSpanAttention
+from core_attn.attention.topk import TopKAttention
 
 __all__ = [
     "AttentionBase",
@@ -27,4 +29,6 @@ __all__ = [
     "LSHAttention",
     "HierarchicalAttention",
     "PerceiverAttention",
+    "AdaptiveSpanAttention",
+    "TopKAttention",
 ]

@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from core_attn._checks import check_choice
 from core_attn.patterns import Pattern
+from core_attn.validation import check_choice
 
 BACKENDS = ("auto", "blocked", "flex", "dense")
 

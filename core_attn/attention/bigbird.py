@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import math
 
-from core_attn._checks import check_int
 from core_attn.attention.base import PatternAttention
 from core_attn.patterns import BlockLocal, Global, Pattern, RandomBlocks
 from core_attn.registry import register_attention
+from core_attn.validation import check_int
 
 
 @register_attention("bigbird")

@@ -11,11 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from core_attn._checks import check_int
 from core_attn.attention.base import AttentionBase, autocast_inputs, check_qkv
 from core_attn.kernels import pattern_attention
 from core_attn.patterns import BlockDiagonal, Pattern
 from core_attn.registry import register_attention
+from core_attn.validation import check_int
 
 
 def _summary_softmax(q: Tensor, k: Tensor, v: Tensor, visible: Tensor) -> Tensor:

@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from core_attn._checks import check_choice, check_float, check_int
 from core_attn.attention.base import AttentionBase, autocast_inputs, check_qkv
 from core_attn.registry import register_attention
+from core_attn.validation import check_choice, check_float, check_int
 
 FEATURE_MAPS = ("elu", "favor")
 

@@ -10,9 +10,9 @@ import math
 import torch
 from torch import Tensor, nn
 
-from core_attn._checks import check_int
 from core_attn.attention.base import AttentionBase, autocast_inputs, check_qkv
 from core_attn.registry import register_attention
+from core_attn.validation import check_int
 
 
 @register_attention("linformer")

@@ -14,11 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from core_attn._checks import check_int
 from core_attn.attention.base import AttentionBase, autocast_inputs, check_qkv
 from core_attn.kernels import block_sparse_attention, merge_partials
 from core_attn.patterns import Part
 from core_attn.registry import register_attention
+from core_attn.validation import check_int
 
 # Elements of one chunk of rotated vectors while hashing (no_grad, so peak memory stays bounded).
 _HASH_ELEMENTS = 1 << 22

@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from core_attn._checks import check_int
 from core_attn.attention.base import AttentionBase, autocast_inputs, check_qkv
 from core_attn.kernels import block_sparse_attention
-from core_attn.patterns import Part, _padded_arange
+from core_attn.patterns import Part, padded_arange
 from core_attn.registry import register_attention
+from core_attn.validation import check_int
 
 _BLOCK = 128  # kernel block for the long side (inputs); the latents form one block
 
@@ -28,7 +28,7 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, key_pad: Tensor | None = None) -> T
     (recompute backward, so no (Lq, Lk) probabilities are kept); ``key_pad`` (B, Lk + 1) hides keys."""
     lq, lk = q.shape[2], k.shape[2]
     bq, bk = min(_BLOCK, lq), min(_BLOCK, lk)
-    q_pos, k_pos = _padded_arange(lq, bq, q.device), _padded_arange(lk, bk, q.device)
+    q_pos, k_pos = padded_arange(lq, bq, q.device), padded_arange(lk, bk, q.device)
     kv_index = torch.arange(k_pos.numel() // bk, device=q.device).expand(q_pos.numel() // bq, -1).contiguous()
     part = Part(q_pos, k_pos, kv_index, bq, bk, _all_pairs)
     pad_q, pad_k = q_pos.numel() - lq, k_pos.numel() - lk

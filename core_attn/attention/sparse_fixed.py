@@ -6,11 +6,11 @@ arXiv:1904.10509 (the union of its two fixed heads in one head).
 
 from __future__ import annotations
 
-from core_attn._checks import check_int
 from core_attn.attention.base import PatternAttention
 from core_attn.attention.sparse_strided import default_stride
 from core_attn.patterns import BlockDiagonal, Pattern, Summary
 from core_attn.registry import register_attention
+from core_attn.validation import check_int
 
 
 @register_attention("sparse_fixed")

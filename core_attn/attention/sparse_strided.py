@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import math
 
-from core_attn._checks import check_int
 from core_attn.attention.base import PatternAttention
 from core_attn.patterns import Local, Pattern, Strided
 from core_attn.registry import register_attention
+from core_attn.validation import check_int
 
 
 def default_stride(n: int) -> int:

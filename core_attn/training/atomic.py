@@ -17,6 +17,7 @@ import fcntl
 import json
 import os
 import re
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -83,6 +84,29 @@ def open_atomic(path: str | Path, mode: str = "w", *, fsync: bool = False) -> It
         raise
     if fsync:
         _fsync_dir(path.parent)
+
+
+@contextmanager
+def temporary_dir_beside(path: str | Path) -> Iterator[Path]:
+    """A new empty folder ``.<name>.<random>.tmp`` in ``path``'s folder, deleted with whatever is left in it when
+    the block ends: a place to build a folder, or several files, that are then ``os.replace``-d to ``path`` (the
+    same filesystem, so each rename is atomic). It gets the permissions ``mkdir`` would give, not ``mkdtemp``'s
+    private ``0o700``, so a folder renamed into place stays readable by the group.
+
+    Args:
+        path: the file or folder the contents will replace (its folder is created).
+
+    Yields:
+        The temporary folder.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        tmp.chmod(0o777 & ~_umask())
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

@@ -173,7 +173,7 @@ class PreciseBatchNorm(pl.Callback):
     """
 
     def __init__(self, *, num_samples: int = 512):
-        from core_attn._checks import check_int
+        from core_attn.validation import check_int
 
         self.num_samples = check_int("num_samples", num_samples, min_value=1)
 

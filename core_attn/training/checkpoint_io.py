@@ -77,7 +77,7 @@ class PeriodicCheckpoint(pl.Callback):
     """
 
     def __init__(self, *, every_n_steps: int | None = None, every_minutes: float | None = 10.0):
-        from core_attn._checks import check_float, check_int
+        from core_attn.validation import check_float, check_int
 
         self.every_n_steps = None if every_n_steps is None else check_int("every_n_steps", every_n_steps, min_value=1)
         self.every_seconds = None if every_minutes is None else 60 * check_float(

@@ -24,11 +24,19 @@ from pathlib import Path
 from core_attn.errors import EXIT_USER_ERROR, FULL_ERROR_ENV, entry_package, origin, print_error, take_debug_flag
 from core_attn.errors import user_error_message as _own_message
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+def _conf_dir() -> Path:
+    """The Hydra configs beside the packages: ``longattn_conf/`` in an installed wheel (pyproject.toml ships
+    the top-level ``conf/`` under that name), ``conf/`` in a checkout (editable install)."""
+    root = Path(__file__).resolve().parents[2]
+    return root / "longattn_conf" if (root / "longattn_conf").is_dir() else root / "conf"
+
+
+CONF_DIR = _conf_dir()  # every entry point's ``@hydra.main(config_path=str(CONF_DIR))``
 _WE_SET = "CORE_ATTN_CLI_SET_FULL_ERROR"  # HYDRA_FULL_ERROR=1 came from run(), not from the user (inherited
                                           # by the processes a run starts, e.g. DDP ranks)
 
-__all__ = ["EXIT_USER_ERROR", "override_hints", "run", "user_error_message"]
+__all__ = ["CONF_DIR", "EXIT_USER_ERROR", "override_hints", "run", "user_error_message"]
 
 
 def run(main: Callable[[], object], config_name: str, conf_dir: Path | str = CONF_DIR) -> None:

@@ -19,16 +19,17 @@ and the reason (:func:`untraceable_reasons`).
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from core_attn._checks import check_choice
 from core_attn.attention.base import BACKENDS, AttentionBase, PatternAttention
+from core_attn.training.atomic import temporary_dir_beside
+from core_attn.training.runtime import check_checkpoint_path
+from core_attn.validation import check_choice
 
 FORMATS = ("exported", "torchscript", "onnx")
 SUFFIX = {"exported": ".pt2", "torchscript": ".pt", "onnx": ".onnx"}
@@ -73,6 +74,30 @@ def set_attention_backend(model: nn.Module, backend: str) -> int:
     for m in layers:
         m.backend = backend
     return len(layers)
+
+
+def checkpoint_network(module_cls: type, ckpt_path: str | Path, *, attention_backend: str | None = None,
+                       overrides: Mapping[str, Any] | None = None) -> tuple[Any, nn.Module]:
+    """The LightningModule of the checkpoint ``ckpt_path`` (on the CPU) and its network ``.net`` in eval mode:
+    what an app's ``export`` starts from.
+
+    Args:
+        module_cls: the LightningModule class (its ``load_from_checkpoint`` reads the file).
+        ckpt_path: the checkpoint (``FileNotFoundError`` naming it when there is no such file).
+        attention_backend: replaces the pattern variants' backend (:func:`set_attention_backend`); ``None``: kept.
+        overrides: saved hyper-parameters to replace.
+    """
+    module = module_cls.load_from_checkpoint(str(check_checkpoint_path(ckpt_path)), map_location="cpu",
+                                             **(overrides or {}))
+    net = module.net.eval()
+    if attention_backend is not None:
+        set_attention_backend(net, attention_backend)
+    return module, net
+
+
+def artefact_path(ckpt_path: str | Path, format: str, out: str | Path | None = None) -> Path:
+    """``out``, or by default the checkpoint's path with the format's suffix (``.pt2``, ``.pt``, ``.onnx``)."""
+    return Path(out) if out else Path(ckpt_path).with_suffix(SUFFIX.get(format, ".bin"))
 
 
 def _trace(model: nn.Module, x: Tensor, format: str, path: Path, dynamic_dims: Sequence[int]) -> None:
@@ -149,8 +174,7 @@ def export_model(model: nn.Module, example_input: Tensor, format: str, path: str
     model.eval()
     with torch.no_grad():
         expected = model(example_input)  # also fills shape-keyed plan caches, so they trace as constants
-        tmp_dir = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
-        try:
+        with temporary_dir_beside(path) as tmp_dir:
             # the final file name: ONNX refers to its external data file by name
             _write(model, example_input, format, tmp_dir / path.name, dynamic_dims)
             run = load_exported(tmp_dir / path.name, format)
@@ -178,8 +202,6 @@ def export_model(model: nn.Module, example_input: Tensor, format: str, path: str
                 if extra != main:
                     os.replace(extra, path.parent / extra.name)
             os.replace(main, path)
-        finally:
-            shutil.rmtree(tmp_dir, ignore_errors=True)
     return diff
 
 

@@ -19,7 +19,8 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from core_attn.training.train import variant_name, write_json_atomic, write_text_atomic
+from core_attn.training.atomic import write_json_atomic, write_text_atomic
+from core_attn.training.train import variant_name
 
 log = logging.getLogger(__name__)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,22 +20,20 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from core_attn.training.atomic import (  # noqa: F401 - the apps import these writers from here
-    open_atomic,
+from core_attn.training.atomic import (
     remove_stale_tmp,
-    write_bytes_atomic,
     write_json_atomic,
-    write_text_atomic,
 )
 from core_attn.training.callbacks import (
-    CONFIG_KEY,
     ConfigInCheckpoint,
     ThroughputMonitor,
     peak_memory_mb,
     reset_peak_memory,
 )
 from core_attn.training.checkpoint_io import checkpoint_dir
+from core_attn.training.finetune import check_init_path, init_weights
 from core_attn.training.offload import offloading_callbacks
+from core_attn.training.runtime import check_checkpoint_path, load_run_config
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +111,23 @@ def instantiate_loggers(logger_cfg: DictConfig | None) -> list[Any]:
     return out
 
 
+def check_trainer_device(trainer_cfg: DictConfig) -> None:
+    """One line instead of Lightning's deep error when the trainer config needs what this machine lacks:
+    ``trainer=gpu``, ``ddp`` or ``fsdp`` (``accelerator: gpu``) without a CUDA GPU, or SyncBatchNorm on CPU
+    processes (DDP refuses it there)."""
+    accelerator, cuda = str(trainer_cfg.get("accelerator", "auto")), torch.cuda.is_available()
+    if accelerator in ("gpu", "cuda") and not cuda:
+        raise ValueError(f"trainer.accelerator={accelerator} needs a CUDA GPU and torch finds none on this machine "
+                         "(trainer=gpu, ddp and fsdp train on GPUs); use trainer=cpu, or trainer=ddp_cpu for "
+                         "data-parallel CPU processes")
+    if trainer_cfg.get("sync_batchnorm") and (accelerator == "cpu" or (accelerator == "auto" and not cuda)):
+        raise ValueError(f"trainer.sync_batchnorm=true needs GPUs (DDP refuses SyncBatchNorm on CPU) and "
+                         f"trainer.accelerator={accelerator} trains on CPU; use trainer=ddp_cpu, or "
+                         "trainer.sync_batchnorm=false")
+
+
 def _make_trainer(cfg: DictConfig, callbacks: list[pl.Callback]) -> pl.Trainer:
+    check_trainer_device(cfg.trainer)
     loggers = instantiate_loggers(cfg.get("logger"))
     if not loggers:  # LearningRateMonitor raises without a logger; it has nothing to log to anyway
         from lightning.pytorch.callbacks import LearningRateMonitor
@@ -145,9 +160,39 @@ def _resume_path(cfg: DictConfig, trainer: pl.Trainer, output_dir: Path) -> str 
             "directory with hydra.run.dir=<that run's dir> (or pass ckpt_path=<path to a .ckpt>, or "
             "ckpt_path=auto to start fresh when there is nothing to resume)"
         )
-    if not Path(ckpt).is_file():
-        raise FileNotFoundError(f"ckpt_path={ckpt!r}: no such checkpoint file")
-    return str(ckpt)
+    return str(check_checkpoint_path(ckpt))
+
+
+APPS = ("vision", "audio", "genomics")  # an option ``<app>_<name>`` of a shared config group belongs to that app
+
+
+def _owner(option: str) -> str | None:
+    """The app an option name ``<app>_<name>`` belongs to; ``None`` for a shared option."""
+    prefix, sep, _ = option.partition("_")
+    return prefix if sep and prefix in APPS else None
+
+
+def check_app_choices(app: str | None, choices: Mapping[str, Any], conf_dir: str | Path | None = None) -> None:
+    """An app composes only its own options of the shared config groups: an option named after another app
+    (``experiment=audio_flite`` under ``vision.train``) raises ``ValueError`` naming the key, the option, its app
+    and the options of that group this app may use. Options without an app prefix are shared and always allowed.
+
+    Args:
+        app: the running app (``cfg.app``); ``None``: nothing is checked.
+        choices: config group -> chosen option (Hydra's ``runtime.choices``).
+        conf_dir: the config folder whose groups are listed in the message (default: the project's ``conf/``).
+    """
+    if not app:
+        return
+    for group, option in choices.items():
+        owner = _owner(option) if isinstance(option, str) and not group.startswith("hydra") else None
+        if owner is not None and owner != app:
+            from core_attn.training.cli import CONF_DIR
+
+            folder = Path(conf_dir or CONF_DIR) / group
+            allowed = sorted(f.stem for f in folder.glob("*.yaml") if _owner(f.stem) in (None, app))
+            raise ValueError(f"{group}={option} is a config of the {owner} app, not of {app}: {app}.train takes "
+                             f"{group}= one of {allowed}; run python -m {owner}.train {group}={option} for that app")
 
 
 def check_resume_app(cfg: DictConfig) -> None:
@@ -158,14 +203,7 @@ def check_resume_app(cfg: DictConfig) -> None:
     ckpt, app = cfg.get("ckpt_path"), cfg.get("app")
     if ckpt in (None, "last", "auto") or not Path(ckpt).is_file():
         return
-    try:
-        try:  # mmap: only the stored config is read, not the weights
-            saved = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)
-        except RuntimeError:  # not in torch.save's zip format
-            saved = torch.load(ckpt, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise ValueError(f"ckpt_path={ckpt!r} is not a PyTorch checkpoint: {type(e).__name__}: {e}") from e
-    other = (saved.get(CONFIG_KEY) or {}).get("app") if isinstance(saved, dict) else None
+    other = load_run_config(ckpt).get("app")
     if app and other and other != app:
         raise ValueError(f"ckpt_path={ckpt!r} is a checkpoint of the {other} app, not of {app}: resume it with "
                          f"python -m {other}.train, or give a checkpoint of {app}.train")
@@ -197,7 +235,7 @@ def sweep_objective(metrics: dict[str, Any], name: str | None) -> float | None:
         value = source.get(name)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-    from core_attn._checks import did_you_mean
+    from core_attn.validation import did_you_mean
 
     available = sorted({*(metrics.get("final") or {}), *(metrics.get("test") or {}),
                         *(k for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool))})
@@ -263,7 +301,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     :class:`core_attn.training.offload.ActivationOffloading`).
     """
     apply_extras(cfg)
+    if HydraConfig.initialized():
+        check_app_choices(cfg.get("app"), HydraConfig.get().runtime.choices)
     check_resume_app(cfg)
+    if cfg.get("init_from"):
+        check_init_path(cfg.init_from)  # before the data is prepared
     output_dir = Path(cfg.paths.output_dir)
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
@@ -286,6 +328,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     metrics: dict[str, Any] = {"status": "ok", "app": cfg.get("app"), "variant": variant_name(cfg.get("attention")),
                                "overrides": task_overrides(), "seed": cfg.get("seed"), **_count_params(module)}
     ckpt_for_test = _resume_path(cfg, trainer, output_dir)
+    if cfg.get("init_from") and ckpt_for_test is None:  # a resumed run has its own weights
+        init_weights(module, cfg.init_from, app=cfg.get("app"))
+        metrics["init_from"] = str(cfg.init_from)
     if cfg.get("train", True):
         t0 = time.perf_counter()
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_for_test)
@@ -363,11 +408,9 @@ def evaluate(cfg: DictConfig, *, datamodule: pl.LightningDataModule | None = Non
     """
     apply_extras(cfg)
     ckpt = cfg.get("ckpt_path")
-    if not ckpt or not Path(ckpt).is_file():
-        raise FileNotFoundError(f"ckpt_path={ckpt!r}: no such checkpoint file (pass ckpt_path=<path to a .ckpt>)")
+    stored = load_run_config(ckpt)  # FileNotFoundError naming ckpt_path
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
-    stored = torch.load(ckpt, map_location="cpu", weights_only=False).get(CONFIG_KEY) or {}
     module_cls = get_class(cfg.module._target_)
     module = module_cls.load_from_checkpoint(ckpt, map_location="cpu", **module_overrides(cfg))
     if datamodule is None:

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from core_attn import bench, build_attention
-from core_attn.bench import (BUDGETS, Config, attention_kwargs, count_pairs, is_linear, main, parse_args,
-                             resolve_variants, run_cases, spawn_worker, useful_flops, worker_main)
+from core_attn.bench import (BUDGETS, Config, attention_kwargs, is_linear, main, parse_args, resolve_variants,
+                             run_cases, spawn_worker, useful_flops, worker_main)
 from core_attn.bench_report import COLUMNS, add_comparisons, check_targets
+from core_attn.patterns import count_pairs
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -1,10 +1,10 @@
-"""core_attn._checks: the messages every config typo surfaces as."""
+"""core_attn.validation: the messages every config typo surfaces as."""
 
 from __future__ import annotations
 
 import pytest
 
-from core_attn._checks import check_choice, check_float, check_int, check_range
+from core_attn.validation import check_choice, check_float, check_int, check_range
 
 
 def test_choice_int_float():

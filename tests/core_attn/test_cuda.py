@@ -112,7 +112,7 @@ def test_approximate_variant_on_cuda_equals_the_same_module_on_cpu(name, kw, min
     cpu = core_attn.build_attention(name, **kw)
     gpu = copy.deepcopy(cpu).to(CUDA)
     n = max(min_n, 64)
-    h, d = (kw["num_heads"], kw["head_dim"]) if name == "perceiver" else (3, 16)
+    h, d = (kw["num_heads"], kw["head_dim"]) if name == "perceiver" else (kw.get("num_heads", 3), 16)
     q, k, v, kpm = _inputs(2, h, n, d, padded=True)
     g = torch.randn(2, h, n, d)
     for a, r in zip(_run(gpu, q, k, v, kpm, g, CUDA), _run(cpu, q, k, v, kpm, g, "cpu")):

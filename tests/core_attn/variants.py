@@ -28,6 +28,11 @@ SETTINGS = {
     "nystrom": [({"num_landmarks": 8}, 8)],
     "hierarchical": [({"segment_size": 8}, 1), ({"segment_size": 8, "causal": True}, 1)],
     "perceiver": [({"num_latents": 8, "num_heads": 2, "head_dim": 8}, 1)],
+    "adaptive_span": [
+        ({"num_heads": 3, "max_span": 24, "ramp": 4, "span_init": 0.4, "block_size": 8}, 1),
+        ({"num_heads": 3, "max_span": 40, "ramp": 8, "span_init": 0.6, "causal": True}, 1),
+    ],
+    "topk": [({"top_k": 5, "block_size": 16}, 1), ({"top_k": 9, "causal": True, "block_size": 7}, 1)],
 }
 
 # (name, kwargs) of every exact pattern variant's settings, as pytest params with ids "<name>-<i>".

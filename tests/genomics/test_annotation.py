@@ -210,6 +210,13 @@ def test_orf_strand_column_and_decoder_keeps_by_length_or_model():
     assert kept.shape == (1, 5) and kept[0, 3] == -1 and kept[0, 4] == pytest.approx(0.9)
     with pytest.raises(ValueError, match="one probability per base; got 3 for 170 bases"):
         OrfDecoder(10, None, 0.8).decode(seq, prob[:3])
+    # alternative start codons (the bacterial code): an ORF may begin at GTG or TTG
+    gtg = "CC" + "GTG" + "GCC" * 40 + "TAA" + "CC"
+    assert not open_reading_frames(gtg).size
+    assert (2, 2 + 126, 42) in {tuple(r) for r in open_reading_frames(gtg, starts=("ATG", "GTG", "TTG")).tolist()}
+    assert OrfDecoder(10, 40, 0.9, ["ATG", "GTG"]).decode(gtg, np.zeros(len(gtg))).sum() == 126
+    with pytest.raises(ValueError, match=r"start codon 'ATGA' is not three of A, C, G, T"):
+        OrfDecoder(10, 40, 0.9, ("ATGA",))
 
 
 def test_decoder_chosen_on_validation_beats_thresholds_on_noisy_probabilities():

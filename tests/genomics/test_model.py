@@ -127,3 +127,27 @@ def test_sequence_longer_than_learned_positions():
                                          r"\(learned positions\); crop it .* or use model\.positions=rotary"):
         net(torch.zeros(1, 36, dtype=torch.long))
     assert _net(positions="rotary", max_len=32)(torch.zeros(1, 36, dtype=torch.long)).shape == (1, 36, 9)
+
+
+@pytest.mark.parametrize("causal, step", [(True, 64), (True, 101), (False, 77)])
+def test_stream_equals_one_pass_per_base(causal, step):
+    torch.manual_seed(0)
+    net = SequenceTransformer(vocab_size=9, num_outputs=9, dim=16, depth=2, num_heads=2, stem_kernel=9,
+                              attention=lambda: build_attention("local", window=8, causal=causal)).eval()
+    assert net.stream_reach() == ((8 + 8 + 8, 0) if causal else (8 + 8 + 4, 8 + 8 + 4))
+    tokens = torch.randint(4, 9, (1, 1001))
+    with torch.no_grad():
+        want = net(tokens)
+    pieces = [tokens[:, i:i + 150] for i in range(0, 1001, 150)]
+    got = torch.cat(list(net.stream(pieces, step=step)), dim=1)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_stream_refuses_what_reads_the_whole_input():
+    local = lambda: build_attention("local", window=8, causal=True)  # noqa: E731
+    with pytest.raises(ValueError, match=r"model.orf_features=true cannot be streamed exactly"):
+        SequenceTransformer(vocab_size=9, num_outputs=2, dim=16, depth=1, num_heads=2, attention=local,
+                            orf_features=True).stream_reach()
+    with pytest.raises(ValueError, match=r"streaming needs a per-base model \(model.patch_size=1, model.pool=none\)"):
+        SequenceTransformer(vocab_size=9, num_outputs=2, dim=16, depth=1, num_heads=2, attention=local,
+                            patch_size=4).stream_reach()

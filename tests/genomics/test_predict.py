@@ -19,7 +19,7 @@ from core_attn.training import train
 from core_attn.training.callbacks import CONFIG_KEY
 from genomics import formats
 from genomics import predict as gp
-from genomics.baselines import OrfDecoder, open_reading_frames
+from genomics.baselines import OrfDecoder
 from genomics.infer import score
 from genomics.io import DataError
 from genomics.synthetic import genome_sequence
@@ -245,7 +245,7 @@ def test_annotate_writes_gff3_bed_and_probability_bedgraph(annotate_ckpt, tmp_pa
 def test_annotate_orf_decode_writes_the_kept_reading_frames_with_strand(annotate_ckpt, tmp_path, monkeypatch,
                                                                        capsys):
     stored = torch.load(annotate_ckpt, map_location="cpu", weights_only=False)["orf_decoder"]
-    assert set(stored) == {"min_codons", "long_codons", "min_prob"}  # chosen on validation, saved
+    assert set(stored) == {"min_codons", "long_codons", "min_prob", "starts"}  # chosen on validation, saved
     fa = write_fasta(tmp_path / "contigs.fasta", RECORDS)
     args = [str(fa), f"ckpt_path={annotate_ckpt}", f"out_dir={tmp_path}", "window=64", "probabilities=true", "digits=12"]
     _run(monkeypatch, capsys, tmp_path, *args)  # the checkpoint's decoder: the default
@@ -256,14 +256,14 @@ def test_annotate_orf_decode_writes_the_kept_reading_frames_with_strand(annotate
     decoder = OrfDecoder(**stored)
     for seqid, seq in seqs.items():
         mine = [f for f in features if f[0] == seqid]
-        orfs = open_reading_frames(seq, strand=True)
+        orfs = decoder.orfs(seq, strand=True)
         kept = decoder.keep(orfs, np.concatenate([np.full(e - s, v) for c, s, e, v in prob
                                                    if formats.gff3_seqid(c) == seqid]))
         assert len(mine) == len(kept)
         for f in mine:
             start, end = int(f[3]) - 1, int(f[4])
             cds = seq[start:end] if f[6] == "+" else seq[start:end].translate(comp)[::-1]
-            assert cds[:3] == "ATG" and cds[-3:] in ("TAA", "TAG", "TGA") and len(cds) % 3 == 0
+            assert cds[:3] in decoder.starts and cds[-3:] in ("TAA", "TAG", "TGA") and len(cds) % 3 == 0
             assert len(cds) // 3 >= decoder.min_codons
             assert f[7] == "0"
     strands = {f[6] for f in features}

@@ -55,6 +55,41 @@ def test_infer_untrained_whole_genome_prefix_bf16(data_dir, genome, tmp_path):
     assert not out["trained"] and out["bases"] == 4999 and out["longest"] == 5000 and "markov_bpb" not in out
 
 
+def test_infer_stream_equals_one_pass_and_writes_bits_as_bedgraph(data_dir, genome, tmp_path):
+    from tests.genomics.conftest import write_fasta
+
+    from Bio import SeqIO
+
+    seq = str(SeqIO.read(genome, "genbank").seq)
+    fa = write_fasta(tmp_path / "contigs.fa", [("c1 long", seq[:2501]), ("c2", seq[2501:2900])])
+    common = [*_lm(genome), "infer.region=genome", "infer.chunk=null", f"infer.fasta={fa}"]
+    one = infer(_cfg("genomics_infer", common, data_dir, tmp_path / "one"))
+    streamed = infer(_cfg("genomics_infer", [*common, "infer.mode=stream", "infer.step=97", "infer.bedgraph=true"],
+                          data_dir, tmp_path / "stream"))
+    assert one["sequences"] == streamed["sequences"] == 2 and one["bases"] == streamed["bases"] == 2500 + 398
+    assert streamed["bpb"] == pytest.approx(one["bpb"], rel=1e-6)
+    lines = (tmp_path / "stream/contigs.bits.bedgraph").read_text().splitlines()
+    assert lines[0].startswith("track type=bedGraph")
+    rows = [line.split("\t") for line in lines[1:]]
+    for chrom, first, last in (("c1", 1, 2501), ("c2", 1, 399)):
+        mine = [(int(a), int(b), float(v)) for c, a, b, v in rows if c == chrom]
+        assert mine[0][0] == first and mine[-1][1] == last
+        assert all(x[1] == y[0] for x, y in zip(mine, mine[1:]))
+    covered = sum(int(b) - int(a) for _, a, b, _ in rows)
+    total = sum((int(b) - int(a)) * float(v) for _, a, b, v in rows)  # values rounded to 3 decimals
+    assert covered == streamed["bases"] and total / covered == pytest.approx(one["bpb"], abs=1e-3)
+    with pytest.raises(ValueError, match=r"infer.bedgraph=true writes bits as they are computed: it needs "
+                                         r"infer.mode=stream"):
+        infer(_cfg("genomics_infer", [*common, "infer.bedgraph=true"], data_dir, tmp_path / "bad"))
+    with pytest.raises(ValueError, match=r"infer.mode='chunked' is not allowed"):
+        infer(_cfg("genomics_infer", [*common, "infer.mode=chunked"], data_dir, tmp_path / "bad"))
+    with pytest.raises(ValueError, match=r"block 0: attention=dense cannot be streamed exactly"):
+        dense = [o for o in common if not o.startswith("attention.")]
+        infer(_cfg("genomics_infer", [*dense, "infer.mode=stream", "attention=dense"], data_dir, tmp_path / "bad"))
+    with pytest.raises(FileNotFoundError, match=r"infer.fasta='.*nope.fa': no such file"):
+        infer(_cfg("genomics_infer", [*_lm(genome), f"infer.fasta={tmp_path / 'nope.fa'}"], data_dir, tmp_path / "bad"))
+
+
 def test_annotation_trains(data_dir, genome, tmp_path):
     metrics = train(_cfg("genomics", ["experiment=genomics_annotate", "data.dataset=path", f"data.path={genome}",
                                       "data.window=1024", "data.train_samples=2", "attention.window=8",

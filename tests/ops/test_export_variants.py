@@ -22,6 +22,7 @@ SMALL = {  # tiny hyper-parameters for N=32
     "linformer": dict(k=8, max_seq_len=32), "local": dict(window=4), "lsh": dict(bucket_size=4, n_hashes=2),
     "nystrom": dict(num_landmarks=4), "perceiver": dict(num_latents=4, num_heads=2, head_dim=8),
     "sparse_fixed": dict(stride=4), "sparse_strided": dict(stride=4),
+    "adaptive_span": dict(num_heads=2, max_span=8, ramp=4, span_init=0.5), "topk": dict(top_k=8, block_size=16),
 }
 BLOCK_SPARSE = {"local", "bigbird", "sparse_fixed", "sparse_strided", "hierarchical", "lsh", "perceiver"}
 DATA_DEPENDENT = {"lsh", "perceiver"}

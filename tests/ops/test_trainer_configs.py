@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.strategies import FSDPStrategy
 from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
+from core_attn.errors import EXIT_USER_ERROR
 from core_attn.layers import TransformerBlock
+from core_attn.training.train import check_trainer_device
 from tests.training.tiny import TINY, compose_config
 
 
@@ -24,3 +32,33 @@ def test_ddp_cpu_turns_sync_batchnorm_off(tmp_path):
     cfg = compose_config("vision", [*TINY, "trainer=ddp_cpu"], tmp_path)
     assert (cfg.trainer.strategy, cfg.trainer.accelerator, cfg.trainer.devices) == ("ddp", "cpu", 2)
     assert cfg.trainer.sync_batchnorm is False  # SyncBatchNorm raises on CPU modules
+
+
+@pytest.mark.parametrize("trainer", ["gpu", "ddp", "fsdp"])
+def test_gpu_trainers_say_they_need_a_gpu(trainer, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = compose_config("vision", [*TINY, f"trainer={trainer}"], tmp_path)
+    with pytest.raises(ValueError, match=r"trainer.accelerator=gpu needs a CUDA GPU .* use trainer=cpu, or trainer=ddp_cpu"):
+        check_trainer_device(cfg.trainer)
+
+
+def test_sync_batchnorm_on_cpu_names_ddp_cpu(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = compose_config("vision", [*TINY, "trainer=ddp", "trainer.accelerator=cpu"], tmp_path)
+    with pytest.raises(ValueError, match=r"trainer.sync_batchnorm=true needs GPUs .* use trainer=ddp_cpu"):
+        check_trainer_device(cfg.trainer)
+    for ok in (["trainer=ddp_cpu"], ["trainer=cpu"], ["trainer=ddp", "trainer.accelerator=cpu",
+                                                      "trainer.sync_batchnorm=false"]):
+        check_trainer_device(compose_config("vision", [*TINY, *ok], tmp_path).trainer)
+
+
+def test_gpu_trainer_without_gpu_is_one_line(tmp_path):
+    """Through the command line: exit 2 and one line, not Lightning's traceback."""
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "vision.train", "trainer=gpu"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == EXIT_USER_ERROR, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and proc.stderr.strip().splitlines()[-1] == (
+        "vision.train: error: trainer.accelerator=gpu needs a CUDA GPU and torch finds none on this machine "
+        "(trainer=gpu, ddp and fsdp train on GPUs); use trainer=cpu, or trainer=ddp_cpu for data-parallel CPU "
+        "processes"), proc.stderr[-2000:]

@@ -18,7 +18,8 @@ from core_attn.training.callbacks import ThroughputMonitor, _batch_size
 from core_attn.training.optim import configure_optimizers, param_groups_weight_decay
 from core_attn.training.schedulers import WarmupCosineLR
 from core_attn.training.summary import SweepSummary, write_summary
-from core_attn.training.train import variant_name, write_json_atomic
+from core_attn.training.atomic import write_json_atomic
+from core_attn.training.train import variant_name
 
 
 def _lrs(sched: WarmupCosineLR, steps: int) -> list[float]:

@@ -1,4 +1,5 @@
-"""Argument checks that produce helpful ``ValueError`` messages.
+"""Argument checks that produce helpful ``ValueError`` messages: the public validation helpers of ``core_attn``,
+used by the attention variants, the runtime and the apps alike.
 
 Every message names the parameter, the value received and what was allowed, so a typo in a
 Hydra config surfaces as one readable line instead of a deep stack trace.
@@ -9,6 +10,8 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable, Sequence
 from typing import Any
+
+__all__ = ["check_choice", "check_float", "check_int", "check_range", "did_you_mean"]
 
 
 def did_you_mean(value: str, allowed: Iterable[str]) -> str:

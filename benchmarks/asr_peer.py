@@ -1,0 +1,193 @@
+"""Our speech model beside an offline peer recogniser (CMU PocketSphinx) on the same clips, one table.
+
+    pip install -e '.[peer]'                                   # pocketsphinx 5.x (en-us model in the wheel)
+    python benchmarks/asr_peer.py data/audio/asterisk/test.jsonl
+    python benchmarks/asr_peer.py data/audio/asterisk/test.jsonl --ckpt outputs/audio/.../checkpoints/best.ckpt \
+        --out benchmarks/results/asr_peer_asterisk.md
+
+Every clip of the manifest (a JSONL manifest, :func:`audio.data.read_manifest`) is transcribed by each
+recogniser; references and hypotheses go through the same normalisation (:func:`audio.text.normalize_text`)
+and the same scoring (:func:`audio.decoding.error_rates`: corpus WER and CER). Each recogniser runs in its
+own child process, so its peak resident memory is its own (VmHWM); the real-time factor is decoding time over
+audio time, loading excluded. Our model decodes as its checkpoint says (decoder, lexicon, test warps),
+as ``python -m audio.evaluate`` does; ``--option decoder=greedy`` and the like replace those settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RECOGNISERS = ("pocketsphinx", "model")
+
+
+def _clips(manifest: str) -> list[dict]:
+    from audio.data import read_manifest
+
+    return [{"audio": s.audio, "text": s.text, "offset": s.offset, "duration": s.duration}
+            for s in read_manifest(manifest)]
+
+
+def _wave(clip: dict, rate: int):
+    """Float32 mono samples of a clip at ``rate`` (numpy; torch only when it must resample)."""
+    import numpy as np
+    import soundfile as sf
+
+    with sf.SoundFile(clip["audio"]) as f:
+        f.seek(round(clip["offset"] * f.samplerate))
+        n = -1 if clip["duration"] is None else round(clip["duration"] * f.samplerate)
+        wave, got = f.read(n, dtype="float32", always_2d=True).mean(axis=1), f.samplerate
+    if got != rate:
+        import torch
+        import torchaudio.functional as AF
+
+        wave = AF.resample(torch.from_numpy(np.ascontiguousarray(wave)), got, rate).numpy()
+    return wave
+
+
+def run_pocketsphinx(clips: list[dict]) -> tuple[list[str], float]:
+    """PocketSphinx's en-us acoustic model, language model and dictionary, one utterance per clip."""
+    import numpy as np
+    from pocketsphinx import Decoder
+
+    decoder = Decoder(samprate=16000)
+    hyps, seconds = [], 0.0
+    for clip in clips:
+        pcm = (np.clip(_wave(clip, 16000), -1, 1) * 32767).astype(np.int16).tobytes()
+        t0 = time.perf_counter()
+        decoder.start_utt()
+        decoder.process_raw(pcm, full_utt=True)
+        decoder.end_utt()
+        hyp = decoder.hyp()
+        seconds += time.perf_counter() - t0
+        hyps.append(hyp.hypstr if hyp is not None else "")
+    return hyps, seconds
+
+
+def run_model(clips: list[dict], ckpt: str, options: dict) -> tuple[list[str], float]:
+    """Our checkpoint, decoded per clip with its own decoder and test warps (as its test split is)."""
+    import torch
+
+    from audio.decoding import scored_texts
+    from audio.transcribe import load_recognizer, log_probs_of
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
+    warps = options.pop("warps", None)
+    recognizer = load_recognizer(ckpt, **options)
+    model, tok = recognizer.net, recognizer.tokenizer
+    decoder = recognizer.make_test_decoder()
+    warps = [float(w) for w in str(warps).split(",")] if warps else (recognizer.test_warps or [1.0])
+    hyps, seconds = [], 0.0
+    for clip in clips:
+        wave = torch.from_numpy(_wave(clip, model.features.sample_rate))
+        t0 = time.perf_counter()
+        best = ("", float("-inf"))
+        for w in warps:
+            with torch.inference_mode():
+                feats, _ = model.features(wave[None], warp=torch.tensor([w]) if w != 1.0 else None)
+                lp = log_probs_of(model, feats[0])
+            best = max(best, scored_texts(decoder, lp[None], torch.tensor([len(lp)]), tok)[0], key=lambda h: h[1])
+        seconds += time.perf_counter() - t0
+        hyps.append(best[0])
+    return hyps, seconds
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MB: Linux's VmHWM, which (unlike ``ru_maxrss``) does not count
+    the parent's pages a child held between fork and exec."""
+    try:
+        line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM:"))
+        return int(line.split()[1]) / 1024
+    except (OSError, StopIteration):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def child(args: argparse.Namespace) -> None:
+    """``--child NAME``: transcribe the clips in ``--clips`` with one recogniser, write JSON to ``--result``."""
+    clips = json.loads(Path(args.clips).read_text())
+    options = dict(o.split("=", 1) for o in args.option)
+    hyps, seconds = run_pocketsphinx(clips) if args.child == "pocketsphinx" else run_model(clips, args.ckpt, options)
+    Path(args.result).write_text(json.dumps({"hyps": hyps, "seconds": seconds, "peak_rss_mb": round(peak_rss_mb(), 1)}))
+
+
+def measure(name: str, clips_file: Path, args: argparse.Namespace, workdir: Path) -> dict:
+    """Run one recogniser in a child process: its hypotheses, decoding seconds and peak RSS (MB)."""
+    result = workdir / f"{name}.json"
+    cmd = [sys.executable, __file__, args.manifest, "--child", name, "--clips", str(clips_file),
+           "--result", str(result), *(["--ckpt", args.ckpt] if args.ckpt else []),
+           *(x for o in args.option for x in ("--option", o))]
+    proc = subprocess.run(cmd, cwd=ROOT, check=False, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
+    if proc.returncode != 0:
+        raise SystemExit(f"{name} failed (exit {proc.returncode}): {' '.join(cmd)}")
+    return json.loads(result.read_text())
+
+
+def table(rows: dict[str, dict], clips: int, minutes: float, manifest: str) -> str:
+    lines = [f"{clips} clips, {minutes:.2f} min of audio from `{manifest}`", "",
+             "| recogniser | WER % | CER % | real-time factor | peak RSS (MB) |", "|---|---|---|---|---|"]
+    for name, r in rows.items():
+        lines.append(f"| {name} | {100 * r['wer']:.2f} | {100 * r['cer']:.2f} | {r['rtf']:.3f} | {r['peak_rss_mb']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                epilog="Example: python benchmarks/asr_peer.py data/audio/asterisk/test.jsonl --ckpt last.ckpt")
+    p.add_argument("manifest", help="a JSONL manifest: every clip in it is transcribed (e.g. the test split)")
+    p.add_argument("--ckpt", default=None, help="our model's training checkpoint; without it only the peer is run")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="our model's decoding settings, e.g. decoder=greedy, lexicon=words.txt, warps=1.0 (repeatable)")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads of each recogniser (default: 2)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N clips (a quick look)")
+    p.add_argument("--out", default=None, help="also write the table (.md) and a .json beside it")
+    p.add_argument("--child", choices=RECOGNISERS, help=argparse.SUPPRESS)
+    p.add_argument("--clips", help=argparse.SUPPRESS)
+    p.add_argument("--result", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    sys.path.insert(0, str(ROOT))  # run as a script from anywhere
+    if args.child:
+        child(args)
+        return 0
+    from audio.decoding import error_rates
+    from audio.text import normalize_text
+
+    clips = _clips(args.manifest)[:args.limit]
+    refs = [normalize_text(c["text"]) for c in clips]
+    with tempfile.TemporaryDirectory(prefix="asr_peer-") as tmp:
+        clips_file = Path(tmp) / "clips.json"
+        clips_file.write_text(json.dumps(clips))
+        seconds = sum(len(_wave(c, 16000)) for c in clips) / 16000
+        rows = {}
+        for name in ("pocketsphinx", "model") if args.ckpt else ("pocketsphinx",):
+            r = measure(name, clips_file, args, Path(tmp))
+            hyps = [normalize_text(h) for h in r["hyps"]]
+            rows[name if name != "model" else f"ours ({Path(args.ckpt).name})"] = {
+                **error_rates(hyps, refs), "rtf": r["seconds"] / seconds, "peak_rss_mb": r["peak_rss_mb"],
+                "examples": [{"ref": a, "hyp": b} for a, b in list(zip(refs, hyps))[:5]]}
+    text = table(rows, len(clips), seconds / 60, args.manifest)
+    print(text)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".md").write_text(text + f"\n`python benchmarks/asr_peer.py {' '.join(sys.argv[1:])}`\n")
+        out.with_suffix(".json").write_text(json.dumps({"clips": len(clips), "minutes": seconds / 60,
+                                                        "manifest": args.manifest, "threads": args.threads,
+                                                        "rows": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
