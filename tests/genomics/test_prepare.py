@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from core_attn.training import debian
 from genomics import prepare as prep
 from genomics.data import main
 
@@ -35,7 +36,7 @@ def fake_apt(tmp_path, monkeypatch):
         deb = _fake_package(tmp_path, payload)
         monkeypatch.setitem(prep.DEBIAN, "fake", prep.DebianDataset("fake-data", "usr/share/fake/data.fa", "data.fa",
                                                                     sha, "a test set"))
-        real_run = prep._run
+        real_run = debian.run_tool
 
         def run(cmd, *, cwd, what, hint=""):
             if cmd[:2] == ["apt-get", "download"]:
@@ -43,8 +44,8 @@ def fake_apt(tmp_path, monkeypatch):
                 return
             real_run(cmd, cwd=cwd, what=what, hint=hint)
 
-        monkeypatch.setattr(prep, "_run", run)
-        monkeypatch.setattr(prep.shutil, "which", lambda tool: "/usr/bin/" + tool)
+        monkeypatch.setattr(debian, "run_tool", run)
+        monkeypatch.setattr(debian.shutil, "which", lambda tool: "/usr/bin/" + tool)
 
     return install
 
