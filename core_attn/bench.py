@@ -14,7 +14,7 @@ of it. Peers (HF Longformer and BigBird, the ``local-attention`` package, compil
 :mod:`core_attn.bench_peers`) run when their packages are installed (the ``bench`` extra).
 
 Outputs: a console table; ``<outdir>/<tag>.csv`` and ``.md``; ``<tag>_time.png`` and ``<tag>_memory.png``
-(log-log, one line per variant); with ``--check-targets``, PASS/FAIL lines for the issue's targets.
+(log-log, one line per variant); with ``--check-targets``, PASS/FAIL lines for the performance targets.
 
 Example:
     python -m core_attn.bench --variants local,bigbird,dense,peers --lengths 1k,4k,16k --threads 2
@@ -28,7 +28,6 @@ import contextlib
 import gc
 import inspect
 import json
-import math
 import os
 import re
 import resource
@@ -101,51 +100,18 @@ def attention_pairs(attn, n: int) -> tuple[int | None, int | None]:
 def useful_flops(name: str, kwargs: dict, n: int, pairs: int | None) -> float | None:
     """Forward FLOPs the layer needs at length ``n`` (backward counts 2x, so fwd+bwd is 3x).
 
-    Projections: 4 maps (q, k, v, out) of 2 N d^2 each. Attention, per head, summed over heads:
-    exact and dense variants: 4 D per visible pair (QK^T and PV); ``linear`` (non-causal form): phi(K)^T V
-    and phi(Q) (KV), 4 N m D, plus 4 N m for the normaliser, with m = D (elu) or the feature count (favor,
-    plus 4 N D m for the features); ``lsh``: each round's 2 x bucket_size keys per query (an upper bound:
-    keys found twice are counted once by the variant) plus hashing q and k, 2 N D (num_buckets / 2) each;
-    ``linformer``: 8 N k D (project K and V, scores, PV); ``nystrom``: 8 N m D + 2 N m^2 + 2 m^2 D +
-    48 m^3 (Xiong et al. 2021 with 6 pseudo-inverse iterations); ``perceiver``: 4 D per pair of its three
-    dense attentions, M N (encode) + layers M^2 (process) + N M (decode); ``hierarchical``: 4 D per pair
-    of N s (within segments) + (N / s)^2 (between summaries); ``adaptive_span``: 4 D per pair of positive
-    mask weight, ``ceil(z + R) - 1`` keys each side (before the query only when causal) plus the query's own,
-    z = span_init x max_span; ``topk``: scoring every pair to select (2 D N^2) plus PV over the k kept keys
-    (2 N k D). Others: ``None`` (reported "n/a").
+    Projections: 4 maps (q, k, v, out) of 2 N d^2 each. Attention, summed over heads: 4 D per visible
+    pair for pattern and dense variants (``pairs``), else the variant's own FLOP model
+    (:meth:`~core_attn.attention.base.AttentionBase.flops_per_head` at ``kwargs``); ``None`` (reported
+    "n/a") for a variant without one or a name not registered.
     """
-    d = HEAD_DIM
     proj = 4 * 2.0 * n * DIM * DIM
     if pairs is not None:
-        return proj + 4.0 * d * pairs * HEADS
-    if name == "linear":
-        favor = kwargs.get("feature_map", "elu") == "favor"
-        m = kwargs.get("num_features", 256) if favor else d
-        per_head = 4.0 * n * m * d + 4.0 * n * m + (4.0 * n * d * m if favor else 0.0)
-    elif name == "lsh":
-        bs, r = kwargs.get("bucket_size", 64), kwargs.get("n_hashes", 2)
-        nb = kwargs.get("num_buckets") or 2 * math.ceil(n / bs)
-        per_head = r * (4.0 * d * n * 2 * bs + 2 * 2.0 * n * d * (nb // 2))
-    elif name == "linformer" and "k" in kwargs:
-        per_head = 8.0 * n * kwargs["k"] * d
-    elif name == "nystrom" and "num_landmarks" in kwargs:
-        m = kwargs["num_landmarks"]
-        per_head = 8.0 * n * m * d + 2.0 * n * m * m + 2.0 * m * m * d + 48.0 * m ** 3
-    elif name == "perceiver" and "num_latents" in kwargs:
-        m = kwargs["num_latents"]
-        per_head = 4.0 * d * (2 * n * m + kwargs.get("latent_layers", 1) * m * m)
-    elif name == "hierarchical" and "segment_size" in kwargs:
-        s = kwargs["segment_size"]
-        per_head = 4.0 * d * (n * s + math.ceil(n / s) ** 2)
-    elif name == "adaptive_span" and "max_span" in kwargs:
-        z = kwargs.get("span_init", 0.0) * kwargs["max_span"]
-        side = min(n - 1, math.ceil(z + kwargs.get("ramp", 32)) - 1)
-        per_head = 4.0 * d * n * (side * (1 if kwargs.get("causal", False) else 2) + 1)
-    elif name == "topk" and "top_k" in kwargs:
-        per_head = 2.0 * d * n * n + 2.0 * d * n * min(n, kwargs["top_k"])
-    else:
+        return proj + 4.0 * HEAD_DIM * pairs * HEADS
+    if name not in list_attention():
         return None
-    return proj + per_head * HEADS
+    per_head = get_attention_class(name).flops_per_head(n, HEAD_DIM, kwargs)
+    return None if per_head is None else proj + per_head * HEADS
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -508,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="kill a worker past this RSS (default: 80%% of the memory available at start)")
     p.add_argument("--no-gemm", action="store_true", help="skip the GEMM peak (no %% of peak column)")
     p.add_argument("--no-plots", action="store_true")
-    p.add_argument("--check-targets", action="store_true", help="print PASS/FAIL for the issue's targets")
+    p.add_argument("--check-targets", action="store_true", help="print PASS/FAIL for the performance targets")
     p.add_argument("--quick", action="store_true", help="tiny run for tests: N=512,1024, 1 repeat, small GEMM")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     return p

@@ -7,32 +7,43 @@ The bottom of the benchmark harness: :mod:`core_attn.bench` (the runner and its 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterator, MutableMapping
+
+from core_attn import attention as _attention  # noqa: F401  (registers the variants)
+from core_attn.registry import get_attention_class, list_attention
 
 DIM, HEADS = 512, 8
 HEAD_DIM = DIM // HEADS
 
-# The pattern budget of every variant, from --window w (256: local sees 2w + 1 = 513 keys per query).
-# Exact patterns: local (w each side); bigbird with 64-token blocks (3 window + 2 global + 3 random = 8
-# blocks = 512 keys); sparse_* keep their default stride sqrt(N). Approximations, sized to a
-# comparable number of keys or summaries per query: lsh with 2 rounds x (own + previous chunk of w / 2)
-# = 2w slots; linformer k = w; hierarchical segments of w; perceiver w latents; nystrom the paper's 64
-# landmarks; linear elu features (m = head dim); adaptive_span at its largest spans (max_span w: w + ramp
-# - 1 keys each side), topk 2w keys. Registered variants not listed run with their defaults.
-BUDGETS = {
-    "local": lambda w: {"window": w},
-    "bigbird": lambda w: {"block_size": 64, "num_window_blocks": 3, "num_global_blocks": 2, "num_random_blocks": 3},
-    "sparse_strided": lambda w: {},
-    "sparse_fixed": lambda w: {},
-    "dense": lambda w: {},
-    "lsh": lambda w: {"bucket_size": max(1, w // 2), "n_hashes": 2},
-    "linear": lambda w: {"feature_map": "elu"},
-    "linformer": lambda w: {"k": w},
-    "nystrom": lambda w: {"num_landmarks": 64},
-    "hierarchical": lambda w: {"segment_size": w},
-    "perceiver": lambda w: {"num_latents": w},
-    "adaptive_span": lambda w: {"max_span": w, "span_init": 1.0},
-    "topk": lambda w: {"top_k": 2 * w},
-}
+
+class _Budgets(MutableMapping):
+    """``name -> (window -> hyper-parameters)``: each registered variant's ``bench_settings`` (the pattern
+    budget from ``--window w``, 256: local sees 2w + 1 = 513 keys per query; approximations are sized to a
+    comparable number of keys or summaries per query), plus names set here for variants not registered yet
+    (the benchmark reports them "not registered")."""
+
+    def __init__(self) -> None:
+        self._pending: dict[str, Callable[[int], dict]] = {}
+
+    def __getitem__(self, name: str) -> Callable[[int], dict]:
+        if name not in self._pending and name in list_attention():
+            return get_attention_class(name).bench_settings
+        return self._pending[name]  # KeyError: neither registered nor pending
+
+    def __setitem__(self, name: str, budget: Callable[[int], dict]) -> None:
+        self._pending[name] = budget
+
+    def __delitem__(self, name: str) -> None:
+        del self._pending[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list_attention() + [v for v in self._pending if v not in list_attention()])
+
+    def __len__(self) -> int:
+        return len(list(iter(self)))
+
+
+BUDGETS = _Budgets()
 
 
 def is_linear(complexity: str) -> bool:

@@ -62,3 +62,21 @@ def build_attention(name: str, **kwargs: Any):
                 f"attention {name!r} got unknown hyper-parameter {bad[0]!r}; accepted: {params}.{hint}"
             ) from None
         raise e
+
+
+def variant_table() -> str:
+    """The Markdown table of every registered variant that README.md shows under "Variants", read from
+    each class: ``summary``, ``exactness`` (or yes / approximate from ``exact``), ``time_complexity`` and
+    ``memory_complexity``. ``python -m core_attn.attention`` prints it."""
+    rows = ["| key | family | exact? | time (training) | memory (training) |", "|---|---|---|---|---|"]
+    for name in list_attention():
+        cls = _REGISTRY[name]
+        exact = cls.exactness or ("yes" if cls.exact else "approximate")
+        rows.append(f"| `{name}` | {cls.summary} | {exact} | {_math(cls.time_complexity)} | "
+                    f"{_math(cls.memory_complexity)} |")
+    return "\n".join(rows) + "\n"
+
+
+def _math(complexity: str) -> str:
+    """``O(N sqrt N + (N/s)^2)`` as README writes it: ``O(N √N + (N/s)²)``."""
+    return complexity.replace("sqrt ", "√").replace("^2", "²").replace("^3", "³")

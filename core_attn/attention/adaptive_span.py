@@ -120,6 +120,22 @@ class AdaptiveSpanAttention(AttentionBase):
     # band 287: 1299 / 1241 ms; blocks of 16 were 2-4x slower (small matmuls)
     time_complexity = "O(N (z+R))"
     memory_complexity = "O(N (z+R))"
+    summary = "learned per-head span, soft ramp mask (Adaptive Span)"
+    exactness = "yes (its soft-masked softmax)"
+
+    @classmethod
+    def bench_settings(cls, window: int) -> dict:
+        return {"max_span": window, "span_init": 1.0}  # the largest spans: window + ramp - 1 keys each side
+
+    @classmethod
+    def flops_per_head(cls, n: int, head_dim: int, settings: dict) -> float | None:
+        """4 D per pair of positive mask weight: ``ceil(z + R) - 1`` keys each side (before the query only
+        when causal) plus the query's own, z = span_init x max_span."""
+        if "max_span" not in settings:
+            return None
+        z = settings.get("span_init", 0.0) * settings["max_span"]
+        side = min(n - 1, math.ceil(z + settings.get("ramp", 32)) - 1)
+        return 4.0 * head_dim * n * (side * (1 if settings.get("causal", False) else 2) + 1)
 
     def __init__(self, *, num_heads: int, max_span: int = 256, ramp: int = 32, span_init: float = 0.0,
                  span_penalty: float = 0.0, causal: bool = False, block_size: int | None = None):

@@ -47,16 +47,36 @@ def autocast_inputs(*tensors: Tensor) -> tuple[Tensor, ...]:
 class AttentionBase(nn.Module):
     """Every variant: ``forward(q, k, v, key_padding_mask=None) -> out``.
 
-    Class attributes (used by the docs table and the benchmark):
+    Class attributes and class methods (README's variant table and ``python -m core_attn.bench`` read
+    them, so a new variant is its file and its ``conf/attention/<name>.yaml``):
         name: the registry key.
+        summary: one line for the table's "family" column (the method and the paper).
         exact: True when the variant computes exact softmax attention over a sparsity pattern.
+        exactness: the table's "exact?" cell when "yes" / "approximate" (from ``exact``) says too little.
         time_complexity / memory_complexity: in N for training (forward + backward).
+        bench_settings(window): hyper-parameters at the benchmark's pattern budget ``--window``.
+        flops_per_head(n, head_dim, settings): the forward FLOP model of the attention itself.
     """
 
     name: str = "?"
+    summary: str = ""
     exact: bool = False
+    exactness: str = ""
     time_complexity: str = "O(N^2)"
     memory_complexity: str = "O(N^2)"
+
+    @classmethod
+    def bench_settings(cls, window: int) -> dict:
+        """Hyper-parameters the benchmark builds this variant with at pattern budget ``window`` (its
+        ``--window``: local sees 2 window + 1 keys per query); ``{}`` runs the defaults."""
+        return {}
+
+    @classmethod
+    def flops_per_head(cls, n: int, head_dim: int, settings: dict) -> float | None:
+        """Forward FLOPs of one head's attention at length ``n`` built with ``settings`` (projections
+        excluded); ``None`` when not modelled (the benchmark reports "n/a"). Pattern variants and
+        ``dense`` need none: the benchmark counts 4 ``head_dim`` per visible (query, key) pair."""
+        return None
 
     def __init__(self, *, causal: bool = False):
         super().__init__()

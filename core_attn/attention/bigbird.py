@@ -37,6 +37,12 @@ class BigBirdAttention(PatternAttention):
 
     time_complexity = "O(N b (w + g + r))"
     memory_complexity = "O(N b (w + g + r))"
+    summary = "window + global + random blocks (BigBird)"
+
+    @classmethod
+    def bench_settings(cls, window: int) -> dict:
+        # 64-token blocks, 3 window + 2 global + 3 random = 8 blocks = 512 keys per query
+        return {"block_size": 64, "num_window_blocks": 3, "num_global_blocks": 2, "num_random_blocks": 3}
 
     def __init__(self, *, block_size: int = 64, num_window_blocks: int = 3, num_global_blocks: int = 2,
                  num_random_blocks: int = 3, seed: int = 0, causal: bool = False, backend: str = "auto"):

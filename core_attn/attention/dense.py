@@ -26,6 +26,7 @@ class DenseAttention(AttentionBase):
     exact = True
     time_complexity = "O(N^2)"
     memory_complexity = "O(N) fused, O(N^2) with a padding mask"
+    summary = "softmax attention, torch SDPA (baseline)"
 
     def __init__(self, *, causal: bool = False, dropout: float = 0.0):
         super().__init__(causal=causal)

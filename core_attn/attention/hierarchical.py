@@ -62,6 +62,19 @@ class HierarchicalAttention(AttentionBase):
     exact = False
     time_complexity = "O(N s + (N/s)^2)"
     memory_complexity = "O(N s + (N/s)^2)"
+    summary = "within segments + across segment summaries"
+
+    @classmethod
+    def bench_settings(cls, window: int) -> dict:
+        return {"segment_size": window}
+
+    @classmethod
+    def flops_per_head(cls, n: int, head_dim: int, settings: dict) -> float | None:
+        """4 D per pair of N s (within segments) + (N / s)^2 (between summaries)."""
+        if "segment_size" not in settings:
+            return None
+        s = settings["segment_size"]
+        return 4.0 * head_dim * (n * s + math.ceil(n / s) ** 2)
 
     def __init__(self, *, segment_size: int = 128, causal: bool = False):
         super().__init__(causal=causal)

@@ -107,6 +107,19 @@ class LinearAttention(AttentionBase):
     exact = False
     time_complexity = "O(N m d)"
     memory_complexity = "O(N m)"
+    summary = "kernelised: elu+1, Performer FAVOR+"
+
+    @classmethod
+    def bench_settings(cls, window: int) -> dict:
+        return {"feature_map": "elu"}  # m = head dim features
+
+    @classmethod
+    def flops_per_head(cls, n: int, head_dim: int, settings: dict) -> float | None:
+        """Non-causal form: phi(K)^T V and phi(Q) (KV), 4 N m D, plus 4 N m for the normaliser, with m = D
+        (elu) or the feature count (favor, plus 4 N D m for the features)."""
+        favor = settings.get("feature_map", "elu") == "favor"
+        m = settings.get("num_features", 256) if favor else head_dim
+        return 4.0 * n * m * head_dim + 4.0 * n * m + (4.0 * n * head_dim * m if favor else 0.0)
 
     def __init__(self, *, feature_map: str = "elu", num_features: int = 256, seed: int = 0, causal: bool = False,
                  chunk_size: int = 64, eps: float = 1e-12):

@@ -50,6 +50,16 @@ class LinformerAttention(AttentionBase):
     exact = False
     time_complexity = "O(N k d)"
     memory_complexity = "O(N k)"
+    summary = "low-rank projection of keys/values (Linformer)"
+
+    @classmethod
+    def bench_settings(cls, window: int) -> dict:
+        return {"k": window}
+
+    @classmethod
+    def flops_per_head(cls, n: int, head_dim: int, settings: dict) -> float | None:
+        """8 N k D: project K and V, scores, PV."""
+        return 8.0 * n * settings["k"] * head_dim if "k" in settings else None
 
     def __init__(self, *, max_seq_len: int, k: int = 256, share_kv: bool = False, causal: bool = False):
         super().__init__(causal=causal)

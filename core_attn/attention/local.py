@@ -33,6 +33,11 @@ class LocalAttention(PatternAttention):
 
     time_complexity = "O(N w)"
     memory_complexity = "O(N w)"
+    summary = "sliding window, dilation, global tokens (Longformer)"
+
+    @classmethod
+    def bench_settings(cls, window: int) -> dict:
+        return {"window": window}  # 2 window + 1 keys per query
 
     def __init__(self, *, window: int = 256, window_left: int | None = None, window_right: int | None = None,
                  dilation: int = 1, global_tokens: Sequence[int] = (), causal: bool = False,

@@ -116,6 +116,19 @@ class LSHAttention(AttentionBase):
     exact = False
     time_complexity = "O(r N log N + r^2 N b)"
     memory_complexity = "O(r N b)"
+    summary = "LSH buckets (Reformer)"
+
+    @classmethod
+    def bench_settings(cls, window: int) -> dict:
+        return {"bucket_size": max(1, window // 2), "n_hashes": 2}  # 2 rounds x (own + previous chunk) = 2 window slots
+
+    @classmethod
+    def flops_per_head(cls, n: int, head_dim: int, settings: dict) -> float | None:
+        """Each round's 2 x bucket_size keys per query (an upper bound: keys found twice are counted once)
+        plus hashing q and k, 2 N D (num_buckets / 2) each."""
+        bs, r = settings.get("bucket_size", 64), settings.get("n_hashes", 2)
+        nb = settings.get("num_buckets") or 2 * math.ceil(n / bs)
+        return r * (4.0 * head_dim * n * 2 * bs + 2 * 2.0 * n * head_dim * (nb // 2))
 
     def __init__(self, *, bucket_size: int = 64, n_hashes: int = 2, num_buckets: int | None = None,
                  seed: int = 0, causal: bool = False, shared_qk: bool = False):

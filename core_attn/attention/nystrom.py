@@ -114,6 +114,19 @@ class NystromAttention(AttentionBase):
     exact = False
     time_complexity = "O(N m d + m^3)"
     memory_complexity = "O(N m + m^2)"
+    summary = "Nyström landmarks (Nyströmformer)"
+
+    @classmethod
+    def bench_settings(cls, window: int) -> dict:
+        return {"num_landmarks": 64}  # the paper's 64, whatever the window
+
+    @classmethod
+    def flops_per_head(cls, n: int, head_dim: int, settings: dict) -> float | None:
+        """8 N m D + 2 N m^2 + 2 m^2 D + 48 m^3 (Xiong et al. 2021 with 6 pseudo-inverse iterations)."""
+        if "num_landmarks" not in settings:
+            return None
+        m = settings["num_landmarks"]
+        return 8.0 * n * m * head_dim + 2.0 * n * m * m + 2.0 * m * m * head_dim + 48.0 * m ** 3
 
     def __init__(self, *, num_landmarks: int = 64, pinv: str = "iterative", pinv_iterations: int = 6,
                  conv_kernel: int | None = None, num_heads: int | None = None, causal: bool = False):

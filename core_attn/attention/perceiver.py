@@ -68,6 +68,19 @@ class PerceiverAttention(AttentionBase):
     exact = False
     time_complexity = "O(N M + M^2)"
     memory_complexity = "O(N M + M^2)"
+    summary = "latent bottleneck (Perceiver IO)"
+
+    @classmethod
+    def bench_settings(cls, window: int) -> dict:
+        return {"num_latents": window}
+
+    @classmethod
+    def flops_per_head(cls, n: int, head_dim: int, settings: dict) -> float | None:
+        """4 D per pair of its three dense attentions: M N (encode) + layers M^2 (process) + N M (decode)."""
+        if "num_latents" not in settings:
+            return None
+        m = settings["num_latents"]
+        return 4.0 * head_dim * (2 * n * m + settings.get("latent_layers", 1) * m * m)
 
     def __init__(self, *, num_heads: int, head_dim: int, num_latents: int = 64, latent_layers: int = 1,
                  causal: bool = False):

@@ -29,6 +29,7 @@ class SparseFixedAttention(PatternAttention):
 
     time_complexity = "O(N sqrt N)"
     memory_complexity = "O(N sqrt N)"
+    summary = "fixed pattern (Sparse Transformer)"
 
     def __init__(self, *, stride: int | None = None, num_summary: int = 1, causal: bool = False,
                  backend: str = "auto"):

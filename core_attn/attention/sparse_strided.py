@@ -35,6 +35,7 @@ class SparseStridedAttention(PatternAttention):
 
     time_complexity = "O(N sqrt N)"
     memory_complexity = "O(N sqrt N)"
+    summary = "strided pattern (Sparse Transformer)"
 
     def __init__(self, *, stride: int | None = None, causal: bool = False, backend: str = "auto"):
         super().__init__(causal=causal, backend=backend)

@@ -113,6 +113,19 @@ class TopKAttention(AttentionBase):
     exact = True  # exactly softmax over each row's top-k scores
     time_complexity = "O(N^2)"
     memory_complexity = "O(N k)"
+    summary = "each query keeps its k best-scoring keys (content-based)"
+    exactness = "yes (softmax over the top k)"
+
+    @classmethod
+    def bench_settings(cls, window: int) -> dict:
+        return {"top_k": 2 * window}
+
+    @classmethod
+    def flops_per_head(cls, n: int, head_dim: int, settings: dict) -> float | None:
+        """Scoring every pair to select (2 D N^2) plus PV over the k kept keys (2 N k D)."""
+        if "top_k" not in settings:
+            return None
+        return 2.0 * head_dim * n * n + 2.0 * head_dim * n * min(n, settings["top_k"])
 
     def __init__(self, *, top_k: int = 64, causal: bool = False, block_size: int = 128):
         super().__init__(causal=causal)
