@@ -11,6 +11,7 @@ decoder's token time steps. WER and CER are torchmetrics' (Levenshtein distance 
 
 from __future__ import annotations
 
+import re
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,11 +20,12 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from audio.text import CharTokenizer, normalize_text
+from audio.text import VOCAB, CharTokenizer, normalize_text
 from core_attn.validation import check_choice, check_float, check_int
 
 BEAM_HINT = "beam search needs the flashlight-text package: `pip install flashlight-text` (or use decoder=greedy)"
 DECODERS = ("greedy", "beam", "lexicon")
+WORD_LIST_PEER = "pocketsphinx"  # word_list=pocketsphinx: the CMU dictionary in the pocketsphinx wheel
 
 
 @dataclass
@@ -103,14 +105,47 @@ def lexicon_words(texts: Sequence[str]) -> list[str]:
 
 
 def read_lexicon(path: str | Path) -> list[str]:
-    """Words from a file: one per line, its first field (so a flashlight lexicon ``word w o r d |`` works too)."""
+    """Words from a file: one per line, its first field (so a flashlight lexicon ``word w o r d |`` works too);
+    a JSONL manifest (``.jsonl``, :func:`audio.data.read_manifest`) gives the words of its transcripts."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"lexicon={str(path)!r}: no such file (one word per line)")
+    if path.suffix == ".jsonl":
+        from audio.data import read_manifest
+
+        return lexicon_words([seg.text for seg in read_manifest(path)])
     words = [line.split()[0] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if not lexicon_words(words):
         raise ValueError(f"lexicon={str(path)!r} has no words (expected one word per line)")
     return lexicon_words(words)
+
+
+def pocketsphinx_dictionary() -> Path:
+    """The CMU pronouncing dictionary inside the ``pocketsphinx`` wheel (``cmudict-en-us.dict``, about 135,000
+    English words), a general word list that ships offline."""
+    try:
+        import pocketsphinx
+    except ImportError as e:
+        raise ImportError(f"word_list={WORD_LIST_PEER!r} reads the dictionary of the pocketsphinx wheel, which is not "
+                          "installed: `pip install -e '.[peer]'` (or give word_list=<a file, one word per line>)") from e
+    return Path(pocketsphinx.get_model_path()) / "en-us" / "cmudict-en-us.dict"
+
+
+def read_word_list(source: str | Path) -> list[str]:
+    """The words of a general word list that the vocabulary can spell, lower-cased and sorted: ``source`` is
+    a file (one word per line, first field; pronunciation variants ``word(2)`` count once) or ``pocketsphinx``
+    (:func:`pocketsphinx_dictionary`). Words with other characters (``a.m.``, ``ad-hoc``) are left out."""
+    path = pocketsphinx_dictionary() if str(source) == WORD_LIST_PEER else Path(source)
+    if not path.is_file():
+        raise FileNotFoundError(f"word_list={str(source)!r}: no such file (one word per line, or "
+                                f"{WORD_LIST_PEER!r} for the dictionary of the pocketsphinx wheel)")
+    spelt = set(VOCAB[2:])  # apostrophe and a-z: a word never holds a space
+    words = {re.sub(r"\(\d+\)$", "", line.split()[0]).lower()
+             for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()}
+    words = sorted(w for w in words if w and set(w) <= spelt)
+    if not words:
+        raise ValueError(f"word_list={str(source)!r} has no words spelt in a-z and apostrophe (one word per line)")
+    return words
 
 
 def write_lexicon(words: Sequence[str], path: str | Path, tokenizer: CharTokenizer) -> None:

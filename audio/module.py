@@ -12,7 +12,15 @@ from torch import Tensor, nn
 from torchmetrics import MinMetric
 from torchmetrics.text import CharErrorRate, WordErrorRate
 
-from audio.decoding import DECODERS, greedy_texts, lexicon_words, make_decoder, read_lexicon, scored_texts
+from audio.decoding import (
+    DECODERS,
+    greedy_texts,
+    lexicon_words,
+    make_decoder,
+    read_lexicon,
+    read_word_list,
+    scored_texts,
+)
 from audio.text import VOCAB, CharTokenizer, normalize_text
 from core_attn.attention.adaptive_span import total_span_loss
 from core_attn.training.bases import TaskModule
@@ -33,9 +41,11 @@ class SpeechRecognizer(TaskModule):
 
     Validation decodes greedily (the acoustic model alone picks the best checkpoint); the test decodes with
     ``decoder``: ``greedy``, ``beam`` (lexicon-free beam search) or ``lexicon`` (beam search that only spells
-    words of the lexicon). The lexicon is the words of ``lexicon`` (a file, one word per line) or else
-    of the training transcripts (the datamodule's ``segments("train")``); it is saved in the checkpoint
-    (``checkpoint["lexicon"]``), so evaluation and ``audio.transcribe`` use the same words. With
+    words of the lexicon). The lexicon is the words of ``lexicon`` (a file, one word per line, or a JSONL
+    manifest's transcripts) or else of the training transcripts (the datamodule's ``segments("train")``); it is
+    saved in the checkpoint (``checkpoint["lexicon"]``), so evaluation and ``audio.transcribe`` use the same
+    words. ``word_list`` adds the words of a general word list to it at decoding time (:meth:`decoding_words`;
+    the checkpoint keeps the hyper-parameter, not the words). With
     ``test_warps``, each test utterance is decoded with its frequency axis scaled by each factor and the
     hypothesis the decoder scores best is kept: test-time vocal tract length normalisation, the warp chosen
     by maximum likelihood as in Lee & Rose (1996), per utterance. The
@@ -49,12 +59,14 @@ class SpeechRecognizer(TaskModule):
         decoder: test decoding, ``greedy``, ``beam`` or ``lexicon``.
         beam_size: beam width of ``beam`` and ``lexicon``.
         lexicon: a word list file for ``lexicon`` decoding; ``None``: the words of the training transcripts.
+        word_list: a general word list added to the lexicon (:func:`audio.decoding.read_word_list`): a file,
+            or ``pocketsphinx`` for the CMU dictionary of the pocketsphinx wheel; ``None``: none.
         test_warps: frequency axis factors tried per test utterance (``None`` or ``[1.0]``: none).
     """
 
     def __init__(self, *, model: dict[str, Any], optimizer: dict[str, Any], scheduler: dict[str, Any] | None = None,
                  decoder: str = "greedy", beam_size: int = 16, lexicon: str | None = None,
-                 test_warps: list[float] | None = None):
+                 word_list: str | None = None, test_warps: list[float] | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.net: nn.Module = instantiate(model)
@@ -67,6 +79,7 @@ class SpeechRecognizer(TaskModule):
         # trained elsewhere with module.lexicon=<file>) falls back to them, and fails only if they are absent
         self._lexicon_file = lexicon if lexicon and not Path(lexicon).is_file() else None
         self.words: list[str] | None = read_lexicon(lexicon) if lexicon and not self._lexicon_file else None
+        self.extra_words: list[str] | None = read_word_list(word_list) if word_list else None
         self.test_decoder = None  # built when the test starts (the lexicon may come from the data)
         self.test_warps = [check_float("test_warps", w, min_value=0.5, max_value=2.0) for w in (test_warps or [])]
         self.wer = nn.ModuleDict({s: WordErrorRate() for s in ("val", "test")})
@@ -92,10 +105,17 @@ class SpeechRecognizer(TaskModule):
             self.words = lexicon_words([seg.text for seg in datamodule.segments("train")]) or None
         return self.words
 
+    def decoding_words(self, datamodule: Any = None) -> list[str] | None:
+        """The words lexicon decoding spells: :meth:`find_lexicon`'s plus those of ``word_list``."""
+        words = self.find_lexicon(datamodule)
+        if not self.extra_words:
+            return words
+        return sorted(set(words or ()) | set(self.extra_words))
+
     def make_test_decoder(self, datamodule: Any = None):
-        """The test decoder (``None`` for greedy); ``lexicon`` finds its words with :meth:`find_lexicon`."""
+        """The test decoder (``None`` for greedy); ``lexicon`` spells the words of :meth:`decoding_words`."""
         kind = self.hparams.decoder
-        words = self.find_lexicon(datamodule) if kind == "lexicon" else None
+        words = self.decoding_words(datamodule) if kind == "lexicon" else None
         return make_decoder(kind, self.tokenizer, beam_size=self.hparams.beam_size, words=words)
 
     def setup(self, stage: str) -> None:
@@ -106,9 +126,10 @@ class SpeechRecognizer(TaskModule):
         datamodule = self.trainer.datamodule
         self.test_decoder = self.make_test_decoder(datamodule)
         if self.hparams.decoder == "lexicon" and hasattr(datamodule, "segments"):
-            rate = oov_rate(self.words, [seg.text for seg in datamodule.segments("test")])
+            words = self.decoding_words(datamodule)
+            rate = oov_rate(words, [seg.text for seg in datamodule.segments("test")])
             log.info("lexicon decoding: %d words; %.2f%% of the test words are outside the lexicon (never "
-                     "recognised; module.lexicon=<word list> to widen it)", len(self.words), 100 * rate)
+                     "recognised; module.word_list=pocketsphinx or <a file> to widen it)", len(words), 100 * rate)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["lexicon"] = self.words

@@ -10,7 +10,8 @@ length under a linear attention variant such as the default local window). ``mod
 runs overlapping windows (``chunk_seconds`` long, ``overlap_seconds`` dropped at inner edges) and
 concatenates their frame posteriors, for comparison. Word times come from the CTC alignment.
 ``decoder=auto`` (the default) is lexicon beam search when the checkpoint carries a lexicon (the words of
-its training transcripts, as its test used), else greedy. ``warps`` (default: the checkpoint's
+its training transcripts, as its test used), else greedy; ``lexicon=<file or .jsonl manifest>`` replaces
+those words and ``word_list=pocketsphinx`` (or a file, one word per line) adds a general word list. ``warps`` (default: the checkpoint's
 ``test_warps``) are frequency warps tried on the first ``warp_seconds`` of the recording; the one the
 decoder scores best is used for the whole recording (vocal tract length normalisation per recording).
 """
@@ -35,7 +36,7 @@ from core_attn.validation import check_choice, did_you_mean
 
 FORMATS = ("txt", "json", "srt")
 OPTIONS = {"ckpt_path": str, "mode": str, "chunk_seconds": float, "overlap_seconds": float, "decoder": str,
-           "beam_size": int, "lexicon": str, "warps": str, "warp_seconds": float, "threads": int,
+           "beam_size": int, "lexicon": str, "word_list": str, "warps": str, "warp_seconds": float, "threads": int,
            "block_seconds": float}
 
 
@@ -158,7 +159,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict]:
     parser.add_argument("--output", default=None, help="write here instead of stdout (one input only)")
     args = parser.parse_intermixed_args(argv)
     opts: dict = {"mode": "full", "chunk_seconds": 20.0, "overlap_seconds": 2.0, "decoder": "auto",
-                  "beam_size": 128, "lexicon": None, "warps": None, "warp_seconds": 60.0, "threads": None,
+                  "beam_size": 128, "lexicon": None, "word_list": None, "warps": None, "warp_seconds": 60.0, "threads": None,
                   "block_seconds": 30.0, "ckpt_path": None}
     files = []
     for item in args.inputs:
@@ -196,14 +197,16 @@ def main(argv: list[str] | None = None) -> int:
     args, opts = parse_args(sys.argv[1:] if argv is None else argv)
     if opts["threads"]:
         torch.set_num_threads(opts["threads"])
-    recognizer = load_recognizer(opts["ckpt_path"], decoder="greedy", lexicon=opts["lexicon"])
+    given = {"word_list": opts["word_list"]} if opts["word_list"] else {}  # else the checkpoint's
+    recognizer = load_recognizer(opts["ckpt_path"], decoder="greedy", lexicon=opts["lexicon"], **given)
     model = recognizer.net
+    words = recognizer.decoding_words()
     if opts["decoder"] == "auto":
-        opts["decoder"] = "lexicon" if recognizer.words else "greedy"
-    if opts["decoder"] == "lexicon" and not recognizer.words:
+        opts["decoder"] = "lexicon" if words else "greedy"
+    if opts["decoder"] == "lexicon" and not words:
         raise SystemExit(f"decoder=lexicon: {opts['ckpt_path']} carries no lexicon (trained before checkpoints kept "
                          "their training words); give lexicon=<a file, one word per line> or decoder=greedy")
-    decoder = make_decoder(opts["decoder"], CharTokenizer(), beam_size=opts["beam_size"], words=recognizer.words)
+    decoder = make_decoder(opts["decoder"], CharTokenizer(), beam_size=opts["beam_size"], words=words)
     warps = recognizer.test_warps if opts["warps"] is None else opts["warps"]
     for path in args.files:
         out, stats = transcribe(model, path, mode=opts["mode"], chunk_seconds=opts["chunk_seconds"],

@@ -10,7 +10,9 @@ recogniser; references and hypotheses go through the same normalisation (:func:`
 and the same scoring (:func:`audio.decoding.error_rates`: corpus WER and CER). Each recogniser runs in its
 own child process, so its peak resident memory is its own (VmHWM); the real-time factor is decoding time over
 audio time, loading excluded. Our model decodes as its checkpoint says (decoder, lexicon, test warps),
-as ``python -m audio.evaluate`` does; ``--option decoder=greedy`` and the like replace those settings.
+as ``python -m audio.evaluate`` does; ``--option decoder=greedy`` and the like replace those settings
+(``--option word_list=pocketsphinx`` adds the CMU dictionary's words to the lexicon). With lexicon
+decoding, the table also gives the lexicon's size and the share of the test words outside it.
 """
 
 from __future__ import annotations
@@ -71,11 +73,13 @@ def run_pocketsphinx(clips: list[dict]) -> tuple[list[str], float]:
     return hyps, seconds
 
 
-def run_model(clips: list[dict], ckpt: str, options: dict) -> tuple[list[str], float]:
-    """Our checkpoint, decoded per clip with its own decoder and test warps (as its test split is)."""
+def run_model(clips: list[dict], ckpt: str, options: dict) -> tuple[list[str], float, dict]:
+    """Our checkpoint, decoded per clip with its own decoder and test warps (as its test split is); the third
+    value, for lexicon decoding, is the lexicon's size and the share of the clips' words outside it."""
     import torch
 
     from audio.decoding import scored_texts
+    from audio.module import oov_rate
     from audio.transcribe import load_recognizer, log_probs_of
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
@@ -83,6 +87,10 @@ def run_model(clips: list[dict], ckpt: str, options: dict) -> tuple[list[str], f
     recognizer = load_recognizer(ckpt, **options)
     model, tok = recognizer.net, recognizer.tokenizer
     decoder = recognizer.make_test_decoder()
+    lexicon = {}
+    if recognizer.hparams.decoder == "lexicon":
+        words = recognizer.decoding_words()
+        lexicon = {"lexicon_words": len(words), "oov": oov_rate(words, [c["text"] for c in clips])}
     warps = [float(w) for w in str(warps).split(",")] if warps else (recognizer.test_warps or [1.0])
     hyps, seconds = [], 0.0
     for clip in clips:
@@ -96,7 +104,7 @@ def run_model(clips: list[dict], ckpt: str, options: dict) -> tuple[list[str], f
             best = max(best, scored_texts(decoder, lp[None], torch.tensor([len(lp)]), tok)[0], key=lambda h: h[1])
         seconds += time.perf_counter() - t0
         hyps.append(best[0])
-    return hyps, seconds
+    return hyps, seconds, lexicon
 
 
 def peak_rss_mb() -> float:
@@ -115,8 +123,10 @@ def child(args: argparse.Namespace) -> None:
     """``--child NAME``: transcribe the clips in ``--clips`` with one recogniser, write JSON to ``--result``."""
     clips = json.loads(Path(args.clips).read_text())
     options = dict(o.split("=", 1) for o in args.option)
-    hyps, seconds = run_pocketsphinx(clips) if args.child == "pocketsphinx" else run_model(clips, args.ckpt, options)
-    Path(args.result).write_text(json.dumps({"hyps": hyps, "seconds": seconds, "peak_rss_mb": round(peak_rss_mb(), 1)}))
+    hyps, seconds, *lexicon = (run_pocketsphinx(clips) if args.child == "pocketsphinx"
+                               else run_model(clips, args.ckpt, options))
+    Path(args.result).write_text(json.dumps({"hyps": hyps, "seconds": seconds, "peak_rss_mb": round(peak_rss_mb(), 1),
+                                             **(lexicon[0] if lexicon else {})}))
 
 
 def measure(name: str, clips_file: Path, args: argparse.Namespace, workdir: Path) -> dict:
@@ -136,6 +146,8 @@ def table(rows: dict[str, dict], clips: int, minutes: float, manifest: str) -> s
              "| recogniser | WER % | CER % | real-time factor | peak RSS (MB) |", "|---|---|---|---|---|"]
     for name, r in rows.items():
         lines.append(f"| {name} | {100 * r['wer']:.2f} | {100 * r['cer']:.2f} | {r['rtf']:.3f} | {r['peak_rss_mb']:.0f} |")
+    lines += [f"\n{name}: lexicon decoding over {r['lexicon_words']} words; {100 * r['oov']:.2f}% of the test words "
+              "are outside the lexicon" for name, r in rows.items() if "oov" in r]
     return "\n".join(lines) + "\n"
 
 
@@ -145,7 +157,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("manifest", help="a JSONL manifest: every clip in it is transcribed (e.g. the test split)")
     p.add_argument("--ckpt", default=None, help="our model's training checkpoint; without it only the peer is run")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                   help="our model's decoding settings, e.g. decoder=greedy, lexicon=words.txt, warps=1.0 (repeatable)")
+                   help="our model's decoding settings, e.g. decoder=greedy, lexicon=words.txt (or train.jsonl), "
+                        "word_list=pocketsphinx, warps=1.0 (repeatable)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads of each recogniser (default: 2)")
     p.add_argument("--limit", type=int, default=None, help="only the first N clips (a quick look)")
     p.add_argument("--out", default=None, help="also write the table (.md) and a .json beside it")
@@ -176,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             hyps = [normalize_text(h) for h in r["hyps"]]
             rows[name if name != "model" else f"ours ({Path(args.ckpt).name})"] = {
                 **error_rates(hyps, refs), "rtf": r["seconds"] / seconds, "peak_rss_mb": r["peak_rss_mb"],
+                **{k: r[k] for k in ("lexicon_words", "oov") if k in r},
                 "examples": [{"ref": a, "hyp": b} for a, b in list(zip(refs, hyps))[:5]]}
     text = table(rows, len(clips), seconds / 60, args.manifest)
     print(text)
