@@ -195,7 +195,7 @@ class ConcatCollate:
     start of a sentence). The decisions are a pure function of ``seed`` and the batch's transcripts (the
     same after a resume). Deciding per batch rather than per pair matters for speed: a batch mixing single
     and joined utterances is padded to the joined length (measured: 2.36 s a step against 1.36 s without
-    joins, session 7).
+    joins).
     """
 
     def __init__(self, p: float, pause: tuple[float, float] = (0.3, 1.2), sample_rate: int = 16000, seed: int = 0):

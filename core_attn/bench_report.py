@@ -77,7 +77,7 @@ def bf16_speedups(rows: list[dict]) -> list[dict]:
 
 
 def check_targets(rows: list[dict], cfg, gemm: dict | None) -> list[tuple[str, str]]:
-    """The issue's targets (fp32, 2 threads, N=16384, window 256 each side) that this run covers, as
+    """The performance targets (fp32, 2 threads, N=16384, window 256 each side) that this run covers, as
     ``(PASS|FAIL|N/A|INFO, text)``."""
     ok, n, out = _ok(rows), TARGET_N, []
     where = f"fp32, N={n}"

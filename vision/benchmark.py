@@ -130,7 +130,7 @@ def run_accuracy(variants: list[str], overrides: list[str], rundir: Path, *, see
 # ---------------------------------------------------------------------------------------------------
 def variant_kwargs(variant: str, window: int, block_size: int) -> dict:
     """The benchmark budget of each variant: local ``window`` each side; bigbird ``block_size`` blocks,
-    3 window + 2 global + 3 random (the issue's configuration)."""
+    3 window + 2 global + 3 random (the reference configuration)."""
     from core_attn.validation import check_choice
 
     check_choice("variant", variant, STEP_VARIANTS)
