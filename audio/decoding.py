@@ -84,6 +84,49 @@ def greedy_decode(log_probs: Tensor, tokenizer: CharTokenizer, frame_seconds: fl
     return Transcript(" ".join(w.word for w in words), words)
 
 
+class GreedyStream:
+    """Greedy CTC decoding of log-probabilities that arrive in pieces, words emitted as soon as they are
+    final: a word ends when the next space token starts (nothing later can extend its last letter's run).
+    The words of all :meth:`push` calls and :meth:`finish` are those of :func:`greedy_decode` over the
+    whole sequence, times included."""
+
+    def __init__(self, tokenizer: CharTokenizer, frame_seconds: float):
+        self.tokenizer, self.frame_seconds = tokenizer, frame_seconds
+        self.frames, self.prev = 0, tokenizer.blank  # frames seen; the best class of the last one
+        self.chars: list[str] = []
+        self.first = self.last = 0  # first frame of the open word's first letter, last of its last letter
+
+    def push(self, log_probs: Tensor) -> list[Word]:
+        """(n, V) log-probabilities of the next frames -> the words that became final."""
+        tok, out = self.tokenizer, []
+        for t, i in enumerate(log_probs.argmax(-1).tolist(), self.frames):
+            if i == tok.blank:
+                pass
+            elif i == self.prev:  # the run of the last token goes on (collapse merges it)
+                self.last = t if i != tok.space else self.last
+            elif i == tok.space:
+                out += self._close()
+            else:
+                self.first = t if not self.chars else self.first
+                self.chars.append(tok.vocab[i])
+                self.last = t
+            self.prev = i
+        self.frames += len(log_probs)
+        return out
+
+    def finish(self) -> list[Word]:
+        """The last word, after the last frame."""
+        return self._close()
+
+    def _close(self) -> list[Word]:
+        if not self.chars:
+            return []
+        fs = self.frame_seconds
+        word = Word("".join(self.chars), round(self.first * fs, 3), round((self.last + 1) * fs, 3))
+        self.chars = []
+        return [word]
+
+
 def greedy_texts(log_probs: Tensor, lengths: Tensor, tokenizer: CharTokenizer) -> list[str]:
     """Greedy transcripts of a batch (B, N, V) with valid ``lengths``."""
     best = log_probs.argmax(-1)

@@ -393,22 +393,32 @@ def read_blocks(path: str | Path, block_seconds: float = 30.0) -> Iterator[tuple
             yield torch.from_numpy(np.ascontiguousarray(data.mean(axis=1))), f.samplerate
 
 
-def stream_features(path: str | Path, features: LogMelFeatures, *, block_seconds: float = 30.0,
-                    warps: Sequence[float] | None = None) -> tuple[Tensor, float]:
-    """Features (T, n_mels) of a whole recording computed block by block, and its duration in seconds.
-    With ``warps``: (W, T, n_mels), the features of each frequency warp."""
+def feature_blocks(path: str | Path, features: LogMelFeatures, *, block_seconds: float = 30.0,
+                   warps: Sequence[float] | None = None) -> Iterator[tuple[Tensor, float]]:
+    """The features of a recording as they become complete, one piece per block read ((T_i, n_mels), or
+    (W, T_i, n_mels) with ``warps``; together the whole-recording frames), each with the seconds of audio
+    read so far."""
     resampler: StreamingResampler | None = None
     mel = StreamingLogMel(features, warps)
-    chunks, samples, rate = [], 0, features.sample_rate
+    samples, rate = 0, features.sample_rate
     for block, rate in read_blocks(path, block_seconds):
         if resampler is None:
             resampler = StreamingResampler(rate, features.sample_rate)
         samples += len(block)
-        chunks.append(mel.push(resampler.push(block)))
+        yield mel.push(resampler.push(block)), samples / rate
     if resampler is None:
         raise ValueError(f"{path}: no audio samples")
-    chunks.append(mel.push(resampler.flush()))
+    yield mel.push(resampler.flush()), samples / rate
+
+
+def stream_features(path: str | Path, features: LogMelFeatures, *, block_seconds: float = 30.0,
+                    warps: Sequence[float] | None = None) -> tuple[Tensor, float]:
+    """Features (T, n_mels) of a whole recording computed block by block, and its duration in seconds.
+    With ``warps``: (W, T, n_mels), the features of each frequency warp."""
+    chunks, duration = [], 0.0
+    for feats, duration in feature_blocks(path, features, block_seconds=block_seconds, warps=warps):
+        chunks.append(feats)
     feats = torch.cat(chunks, dim=-2)
     if feats.shape[-2] == 0:
         raise ValueError(f"{path}: shorter than one analysis window ({features.n_fft / features.sample_rate * 1000:.0f} ms)")
-    return feats, samples / rate
+    return feats, duration

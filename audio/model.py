@@ -15,6 +15,7 @@ linear in its length under a linear variant.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,7 @@ from torch.utils.checkpoint import checkpoint
 
 from audio.features import Echo, LogMelFeatures, RandomEqualizer, SpecAugment, VocalTractPerturbation, WaveAugment
 from core_attn.layers import AttentionSpec, MultiheadAttention, attention_factory
+from core_attn.streaming import Reach, check_step, position_offset, receptive_field, stream
 from core_attn.validation import check_choice, check_float, check_int
 
 
@@ -83,6 +85,36 @@ class ConvSubsampling(nn.Module):
             g0, g1 = start // s, min(t_out, (start + chunk) // s)
             outs.append(y[g0 - a // s:g1 - a // s])
         return torch.cat(outs)
+
+    def stream(self, chunks: Iterable[Tensor], *, step: int = 1024) -> Iterator[Tensor]:
+        """(B, T_i, F) feature chunks of one unpadded input -> (B, n_j, dim) pieces, in order, equal to
+        ``forward`` over the whole input; each run covers at most ``step`` outputs.
+
+        Output ``j`` reads frames ``s j - (s - 1) .. s j + (s - 1)`` (``s = factor``; the zero padding of each
+        stride-2 stage sits at ``-1`` and past the end). So outputs ``j0 .. j1 - 1`` are computed from frames
+        ``s (j0 - 1) .. s j1 - 1``: a slice starting at a multiple of ``s`` keeps the stride phase, the frame
+        group before ``j0`` covers its left reach, and its right reach ends inside the slice. Output ``j``
+        is final once frame ``s j + s - 1`` has arrived; the last ones wait for the end of the input."""
+        s, buf, start, done = self.factor, None, 0, 0  # buf: frames start.. (a multiple of s); done: outputs yielded
+
+        def run(stop: int) -> Tensor:  # outputs done .. stop - 1
+            a = max(0, s * (done - 1))
+            y = self(buf[:, a - start:s * stop - start])
+            return y[:, done - a // s:stop - a // s]
+
+        for piece in chunks:
+            buf = piece if buf is None else torch.cat([buf, piece], dim=1)
+            while (ready := min((start + buf.shape[1]) // s, done + step)) > done:
+                yield run(ready)
+                done = ready
+                keep = max(0, s * (done - 1))  # the left reach of the next output
+                buf, start = buf[:, keep - start:], keep
+        if buf is not None:
+            end = -(-(start + buf.shape[1]) // s)  # ceil(T / s): the last outputs read the zero padding past T
+            while done < end:
+                stop = min(end, done + step)
+                yield run(stop)
+                done = stop
 
 
 class FeedForward(nn.Module):
@@ -309,6 +341,41 @@ class ConformerCTC(nn.Module):
         network an exported artefact holds (``audio.export``), free of length-dependent branches."""
         x = self.encoder.forward_subsampled(self.encoder.subsampling(feats), None)
         return self.head(x).float().log_softmax(-1)
+
+    def stream_reach(self) -> Reach:
+        """How many subsampled frames before and after a frame its log-probabilities read: each block's
+        attention window (times dilation) plus its depthwise convolution's half-width, added up (LayerNorm,
+        the feed-forwards and BatchNorm in evaluation act frame by frame). ``ValueError`` naming the block
+        when an output reads the whole input (global tokens, dense or approximate attention)."""
+        reach = receptive_field(self.encoder)
+        for block in self.encoder.blocks:
+            k = block.conv.dw.kernel_size[0]
+            reach = reach + Reach(k // 2, k // 2)
+        return reach
+
+    @torch.inference_mode()
+    def stream(self, chunks: Iterable[Tensor], *, step: int = 8192, subsample_step: int = 1024) -> Iterator[Tensor]:
+        """(B, T_i, F) feature chunks of one unpadded recording -> (B, n_j, vocab) log-probabilities, in
+        order, ``step`` subsampled frames at a time (the last piece shorter), equal to :meth:`log_probs_long`
+        over the whole recording; memory holds ``step`` frames plus the receptive field (:meth:`stream_reach`)
+        of every block, not the recording. Each step recomputes the receptive field on both sides (with the
+        default model, 568 frames: 14% more encoder work at ``step=8192``); the subsampling, whose halo is
+        one frame group, runs ``subsample_step`` outputs at a time (its first convolution's output is the
+        largest tensor). Evaluation mode only (in training, BatchNorm's statistics span the batch and
+        dropout is random)."""
+        if self.training:
+            raise ValueError("streaming runs the network in evaluation mode: call .eval() first (in training, "
+                             "BatchNorm's statistics span the input and dropout is random)")
+        reach = self.stream_reach()
+        check_step(self.encoder, step)
+
+        def forward(x: Tensor, offset: int) -> Tensor:  # (B, n, dim) subsampled frames from offset
+            with position_offset(self.encoder, offset):
+                h = self.encoder.forward_subsampled(x, None)
+            return self.head(h).float().log_softmax(-1)
+
+        frames = self.encoder.subsampling.stream(chunks, step=subsample_step)
+        yield from stream(forward, frames, reach=reach, step=step)
 
     def log_probs_long(self, feats: Tensor, *, subsample_chunk: int = 4096) -> Tensor:
         """(T, F) features of a whole recording -> (N, vocab), in one pass: the subsampling runs in chunks

@@ -3,12 +3,17 @@
     python -m audio.transcribe recording.wav ckpt_path=model.ckpt                  # text on stdout
     python -m audio.transcribe talk.flac ckpt_path=model.ckpt --format srt --output talk.srt
     python -m audio.transcribe talk.flac ckpt_path=model.ckpt --format json mode=chunked decoder=greedy
+    python -m audio.transcribe day.flac ckpt_path=model.ckpt mode=stream          # any length, constant memory
 
 One pass: the file is read and featurised in blocks (:func:`audio.features.stream_features`), the
 subsampling runs in exact chunks, and the encoder sees the whole sequence at once (memory linear in the
 length under a linear attention variant such as the default local window). ``mode=chunked`` instead
 runs overlapping windows (``chunk_seconds`` long, ``overlap_seconds`` dropped at inner edges) and
-concatenates their frame posteriors, for comparison. Word times come from the CTC alignment.
+concatenates their frame posteriors, for comparison. ``mode=stream`` gives the one-pass greedy transcript
+exactly, in memory that does not grow with the length: features, network and greedy decoding run block by
+block, each block of frames with the network's receptive field around it (:meth:`ConformerCTC.stream`;
+models whose attention reads the whole recording, such as a global token, are refused with the block
+named). Word times come from the CTC alignment.
 ``decoder=auto`` (the default) is lexicon beam search when the checkpoint carries a lexicon (the words of
 its training transcripts, as its test used), else greedy; ``lexicon=<file or .jsonl manifest>`` replaces
 those words and ``word_list=pocketsphinx`` (or a file, one word per line) adds a general word list. ``warps`` (default: the checkpoint's
@@ -22,22 +27,24 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
 
-from audio.decoding import DECODERS, Transcript, greedy_decode, make_decoder, scored_texts
-from audio.features import stream_features
+from audio.decoding import DECODERS, GreedyStream, Transcript, greedy_decode, make_decoder, scored_texts
+from audio.features import feature_blocks, stream_features
 from audio.model import ConformerCTC
 from audio.text import CharTokenizer
 from core_attn.errors import run_main
 from core_attn.validation import check_choice, did_you_mean
 
 FORMATS = ("txt", "json", "srt")
+MODES = ("full", "chunked", "stream")
+STREAM_DECODERS = ("auto", "greedy")  # mode=stream decodes online, greedily
 OPTIONS = {"ckpt_path": str, "mode": str, "chunk_seconds": float, "overlap_seconds": float, "decoder": str,
            "beam_size": int, "lexicon": str, "word_list": str, "warps": str, "warp_seconds": float, "threads": int,
-           "block_seconds": float}
+           "block_seconds": float, "step_seconds": float}
 
 
 def load_recognizer(ckpt_path: str | Path, **overrides):
@@ -78,12 +85,27 @@ def choose_warp(model: ConformerCTC, feats: torch.Tensor, warps: Sequence[float]
 
 def transcribe(model: ConformerCTC, path: str | Path, *, mode: str = "full", chunk_seconds: float = 20.0,
                overlap_seconds: float = 2.0, decoder=None, block_seconds: float = 30.0,
-               warps: Sequence[float] | None = None, warp_seconds: float = 60.0) -> tuple[Transcript, dict]:
-    """Transcribe the file ``path``; return the transcript and ``{"duration", "seconds", "real_time_factor"}``
-    (plus ``"warp"``, the one chosen, with ``warps``: the warp the decoder scores best on the first
-    ``warp_seconds`` is used for the whole recording)."""
+               warps: Sequence[float] | None = None, warp_seconds: float = 60.0,
+               step_seconds: float = 300.0) -> tuple[Transcript, dict]:
+    """Transcribe the file ``path`` (``mode``: ``full``, ``chunked`` or ``stream``, the last greedy only:
+    :func:`transcribe_stream`, ``step_seconds`` of output at a time); return the transcript and
+    ``{"duration", "seconds", "real_time_factor"}`` (plus ``"warp"``, the one chosen, with ``warps``: the warp
+    the decoder scores best on the first ``warp_seconds`` is used for the whole recording)."""
     t0 = time.perf_counter()
     warps = [float(w) for w in warps] if warps and list(warps) != [1.0] else None  # [1.0] or none: no warping
+    if check_choice("mode", mode, MODES) == "stream":
+        if decoder is not None:
+            raise ValueError(f"mode=stream decodes greedily as the frames arrive: a {type(decoder).__name__} needs "
+                             f"the whole recording; with mode=stream, decoder is one of {list(STREAM_DECODERS)}")
+        words, extra, duration = [], {}, 0.0
+        step = max(1, round(step_seconds / model.frame_seconds))
+        for piece, duration, extra in transcribe_stream(model, path, block_seconds=block_seconds, warps=warps,
+                                                        warp_seconds=warp_seconds, step=step):
+            words += piece
+        out = Transcript(" ".join(w.word for w in words), words)
+        seconds = time.perf_counter() - t0
+        return out, {"duration": round(duration, 3), "seconds": round(seconds, 3),
+                     "real_time_factor": round(seconds / max(duration, 1e-9), 5), **extra}
     with torch.inference_mode():
         feats, duration = stream_features(path, model.features, block_seconds=block_seconds, warps=warps)
     extra = {}
@@ -99,6 +121,44 @@ def transcribe(model: ConformerCTC, path: str | Path, *, mode: str = "full", chu
     seconds = time.perf_counter() - t0
     return out, {"duration": round(duration, 3), "seconds": round(seconds, 3),
                  "real_time_factor": round(seconds / max(duration, 1e-9), 5), **extra}
+
+
+@torch.inference_mode()
+def transcribe_stream(model: ConformerCTC, path: str | Path, *, block_seconds: float = 30.0,
+                      warps: Sequence[float] | None = None, warp_seconds: float = 60.0,
+                      step: int = 8192) -> Iterator[tuple[list, float, dict]]:
+    """Greedy transcription of ``path`` in memory that does not grow with its length: the file is read in
+    blocks, featurised (:func:`audio.features.feature_blocks`), run through :meth:`ConformerCTC.stream`
+    (``step`` output frames at a time: a word comes out once the ``step`` frames holding it and the
+    receptive field after them have been read) and decoded online (:class:`audio.decoding.GreedyStream`).
+    Yields ``(words that became final, seconds of audio read, {"warp": ...} or {})``; the words are those of
+    one-pass greedy decoding. With several ``warps``, the one greedy decoding scores best on the first
+    ``warp_seconds`` is used (those seconds are read twice)."""
+    model.stream_reach()  # a model that cannot stream fails before any audio is read
+    extra: dict = {}
+    if warps and len(warps) > 1:
+        head, frames = [], int(warp_seconds / model.features.frame_seconds)
+        for feats, _ in feature_blocks(path, model.features, block_seconds=block_seconds, warps=warps):
+            head.append(feats)
+            if sum(h.shape[-2] for h in head) >= frames:
+                break
+        warps = [warps[choose_warp(model, torch.cat(head, dim=-2)[:, :max(1, frames)], warps)]]
+    if warps:
+        extra = {"warp": warps[0]}
+    read = {"seconds": 0.0}  # audio read so far, updated as the network pulls features
+
+    def chunks() -> Iterator[torch.Tensor]:  # (1, T_i, F) feature pieces
+        for feats, read["seconds"] in feature_blocks(path, model.features, block_seconds=block_seconds,
+                                                     warps=warps):
+            yield feats if warps else feats[None]
+
+    decoder = GreedyStream(CharTokenizer(), model.frame_seconds)
+    for log_probs in model.stream(chunks(), step=step):
+        yield decoder.push(log_probs[0]), read["seconds"], extra
+    if decoder.frames == 0:
+        raise ValueError(f"{path}: shorter than one analysis window "
+                         f"({model.features.n_fft / model.features.sample_rate * 1000:.0f} ms)")
+    yield decoder.finish(), read["seconds"], extra
 
 
 # -- output formats ----------------------------------------------------------------------------------
@@ -153,14 +213,15 @@ def parse_warps(text: str) -> list[float]:
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict]:
     parser = argparse.ArgumentParser(
         prog="python -m audio.transcribe", description=__doc__.split("\n\n")[0],
-        epilog="options as key=value: " + ", ".join(OPTIONS) + " (mode=full|chunked, decoder=auto|greedy|beam|lexicon)")
+        epilog="options as key=value: " + ", ".join(OPTIONS)
+        + " (mode=full|chunked|stream, decoder=auto|greedy|beam|lexicon; with mode=stream: auto|greedy)")
     parser.add_argument("inputs", nargs="+", help="audio files, then key=value options (ckpt_path=... is required)")
     parser.add_argument("--format", default="txt", choices=FORMATS)
     parser.add_argument("--output", default=None, help="write here instead of stdout (one input only)")
     args = parser.parse_intermixed_args(argv)
     opts: dict = {"mode": "full", "chunk_seconds": 20.0, "overlap_seconds": 2.0, "decoder": "auto",
                   "beam_size": 128, "lexicon": None, "word_list": None, "warps": None, "warp_seconds": 60.0, "threads": None,
-                  "block_seconds": 30.0, "ckpt_path": None}
+                  "block_seconds": 30.0, "step_seconds": 300.0, "ckpt_path": None}
     files = []
     for item in args.inputs:
         key, eq, value = item.partition("=")
@@ -176,6 +237,10 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict]:
             parser.error(f"{key}={value!r} must be {kind}")
     try:
         check_choice("decoder", opts["decoder"], ("auto",) + DECODERS)
+        check_choice("mode", opts["mode"], MODES)
+        if opts["mode"] == "stream" and opts["decoder"] not in STREAM_DECODERS:
+            raise ValueError(f"mode=stream decodes greedily as the frames arrive: decoder={opts['decoder']!r} is "
+                             f"not allowed with it; expected one of {list(STREAM_DECODERS)}")
         if opts["warps"] is not None:
             opts["warps"] = parse_warps(opts["warps"])
     except ValueError as e:
@@ -202,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     model = recognizer.net
     words = recognizer.decoding_words()
     if opts["decoder"] == "auto":
-        opts["decoder"] = "lexicon" if words else "greedy"
+        opts["decoder"] = "lexicon" if words and opts["mode"] != "stream" else "greedy"
     if opts["decoder"] == "lexicon" and not words:
         raise SystemExit(f"decoder=lexicon: {opts['ckpt_path']} carries no lexicon (trained before checkpoints kept "
                          "their training words); give lexicon=<a file, one word per line> or decoder=greedy")
@@ -211,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     for path in args.files:
         out, stats = transcribe(model, path, mode=opts["mode"], chunk_seconds=opts["chunk_seconds"],
                                 overlap_seconds=opts["overlap_seconds"], decoder=decoder,
-                                block_seconds=opts["block_seconds"], warps=warps, warp_seconds=opts["warp_seconds"])
+                                block_seconds=opts["block_seconds"], warps=warps, warp_seconds=opts["warp_seconds"],
+                                step_seconds=opts["step_seconds"])
         meta = {"audio": str(path), "mode": opts["mode"], "decoder": opts["decoder"], **stats}
         text = format_transcript(out, args.format, meta)
         if args.output:

@@ -3,6 +3,7 @@
     python benchmarks/audio_longform.py --minutes 60 --threads 2            # default model size, untrained
     python benchmarks/audio_longform.py --minutes 60 --ckpt outputs/audio/.../checkpoints/last.ckpt
     python benchmarks/audio_longform.py --minutes 60 --ckpt ... --option decoder=greedy --option warps=1
+    python benchmarks/audio_longform.py --minutes 600 --mode stream attention.global_tokens=[]  # constant memory
 
 Builds a 16 kHz recording of ``--minutes`` by concatenating utterances of the built-in corpus (with
 0.3-1.2 s pauses), makes a checkpoint of the default model size unless ``--ckpt`` is given (compute does
@@ -66,7 +67,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--minutes", type=float, default=60.0)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--mode", default="full", choices=("full", "chunked"))
+    p.add_argument("--mode", default="full", choices=("full", "chunked", "stream"))
     p.add_argument("--ckpt", default=None)
     p.add_argument("--workdir", default="/tmp/audio_longform")
     p.add_argument("--data-dir", default=str(ROOT / "data"))
