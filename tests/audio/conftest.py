@@ -3,7 +3,9 @@ trained checkpoint (the last two skip with the reason when espeak-ng is not inst
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,27 @@ TINY_AUDIO = [
     "model.encoder.subsampling_channels=8", "extras.print_config=false",
     "callbacks.rich_progress_bar=null", "trainer=fast",
 ]
+
+
+HAS_FLASHLIGHT = importlib.util.find_spec("flashlight") is not None  # torchaudio's CTC beam/lexicon decoder
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def bench_script(name: str):
+    """The module of ``benchmarks/<name>.py`` (benchmarks/ is not a package)."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        return __import__(name)
+    finally:
+        sys.path.pop(0)
+
+
+@pytest.fixture(scope="module")
+def untrained_ckpt(tmp_path_factory) -> Path:
+    """An untrained checkpoint of the tiny model, no lexicon, no corpus needed (for plumbing, not accuracy)."""
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
+    bench_script("audio_longform").make_checkpoint(path, [o for o in TINY_AUDIO if o.startswith("model.")])
+    return path
 
 
 def tone(seconds: float, rate: int = 16000, freq: float = 440.0, amp: float = 0.3) -> np.ndarray:

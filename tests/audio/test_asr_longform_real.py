@@ -2,34 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import soundfile as sf
 
-from tests.audio.conftest import TINY_AUDIO, tone, write
-
-ROOT = Path(__file__).resolve().parents[2]
-HAS_FLASHLIGHT = importlib.util.find_spec("flashlight") is not None
-
-
-def _bench(name: str):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        return __import__(name)
-    finally:
-        sys.path.pop(0)
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory) -> Path:
-    """An untrained checkpoint of a tiny model (the WER does not matter here, the plumbing does)."""
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
-    _bench("audio_longform").make_checkpoint(path, [o for o in TINY_AUDIO if o.startswith("model.")])
-    return path
+from tests.audio.conftest import HAS_FLASHLIGHT, bench_script, tone, write
 
 
 @pytest.fixture()
@@ -45,12 +24,12 @@ def clips(tmp_path) -> Path:
 
 
 @pytest.mark.parametrize("decoder", ["greedy", "lexicon"])
-def test_joined_clips_one_pass_beside_clip_by_clip(tiny_ckpt, clips, tmp_path, capsys, decoder):
+def test_joined_clips_one_pass_beside_clip_by_clip(untrained_ckpt, clips, tmp_path, capsys, decoder):
     if decoder == "lexicon" and not HAS_FLASHLIGHT:
         pytest.skip("flashlight-text is not installed (pip install flashlight-text)")
     options = ["decoder=greedy"] if decoder == "greedy" else ["decoder=lexicon", f"lexicon={clips}", "warps=0.9,1.0"]
     work, out = tmp_path / "work", tmp_path / "res" / "longform"
-    assert _bench("asr_longform_real").main([str(clips), "--ckpt", str(tiny_ckpt), "--pause", "0.5",
+    assert bench_script("asr_longform_real").main([str(clips), "--ckpt", str(untrained_ckpt), "--pause", "0.5",
                                              "--workdir", str(work), "--out", str(out),
                                              *(x for o in options for x in ("--option", o))]) == 0
     report = json.loads(out.with_suffix(".json").read_text())
@@ -72,7 +51,7 @@ def test_joined_clips_one_pass_beside_clip_by_clip(tiny_ckpt, clips, tmp_path, c
 
 
 def test_help_and_bad_pause(capsys):
-    script = _bench("asr_longform_real")
+    script = bench_script("asr_longform_real")
     with pytest.raises(SystemExit) as e:
         script.parse_args(["--help"])
     assert e.value.code == 0 and "--pause" in capsys.readouterr().out

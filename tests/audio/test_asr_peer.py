@@ -4,25 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-from tests.audio.conftest import tone, write
+from tests.audio.conftest import bench_script, tone, write
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("pocketsphinx") is None,
                                 reason="pocketsphinx is not installed (pip install -e '.[peer]')")
-
-
-def _peer():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import asr_peer
-    finally:
-        sys.path.pop(0)
-    return asr_peer
 
 
 def test_table_of_both_recognisers_on_the_same_clips(trained, tmp_path, capsys):
@@ -30,7 +18,7 @@ def test_table_of_both_recognisers_on_the_same_clips(trained, tmp_path, capsys):
     write(tmp_path / "b.wav", tone(1.2, rate=8000, freq=500), rate=8000)  # resampled like our loader does
     m = tmp_path / "test.jsonl"
     m.write_text("".join(json.dumps({"audio": f, "text": "Hello, World"}) + "\n" for f in ("a.wav", "b.wav")))
-    assert _peer().main([str(m), "--ckpt", trained["last_ckpt"], "--option", "decoder=greedy", "--threads", "1",
+    assert bench_script("asr_peer").main([str(m), "--ckpt", trained["last_ckpt"], "--option", "decoder=greedy", "--threads", "1",
                          "--out", str(tmp_path / "table.md")]) == 0
     out = json.loads((tmp_path / "table.json").read_text())
     assert out["clips"] == 2 and abs(out["minutes"] - 2.0 / 60) < 1e-3
@@ -43,5 +31,5 @@ def test_table_of_both_recognisers_on_the_same_clips(trained, tmp_path, capsys):
 
 def test_help():
     with pytest.raises(SystemExit) as e:
-        _peer().parse_args(["--help"])
+        bench_script("asr_peer").parse_args(["--help"])
     assert e.value.code == 0

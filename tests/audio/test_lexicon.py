@@ -10,27 +10,7 @@ from pathlib import Path
 import pytest
 
 from audio.decoding import read_lexicon, read_word_list
-from tests.audio.conftest import TINY_AUDIO, tone, write
-
-ROOT = Path(__file__).resolve().parents[2]
-HAS_FLASHLIGHT = importlib.util.find_spec("flashlight") is not None
-TINY_MODEL = [o for o in TINY_AUDIO if o.startswith("model.")]
-
-
-def _bench(name: str):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        return __import__(name)
-    finally:
-        sys.path.pop(0)
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory) -> Path:
-    """An untrained checkpoint of a tiny model, with no lexicon (no corpus needed)."""
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
-    _bench("audio_longform").make_checkpoint(path, TINY_MODEL)
-    return path
+from tests.audio.conftest import HAS_FLASHLIGHT, bench_script, tone, write
 
 
 @pytest.fixture()
@@ -75,27 +55,27 @@ def test_lexicon_from_a_manifest(manifest):
     assert read_lexicon(manifest) == ["cat", "on", "sat", "the"]
 
 
-def test_recognizer_adds_the_word_list_to_its_lexicon(tiny_ckpt, manifest, tmp_path):
+def test_recognizer_adds_the_word_list_to_its_lexicon(untrained_ckpt, manifest, tmp_path):
     from audio.transcribe import load_recognizer
 
     (tmp_path / "words.txt").write_text("mat\nCat\n")
-    rec = load_recognizer(tiny_ckpt, decoder="lexicon", lexicon=str(manifest), word_list=str(tmp_path / "words.txt"))
+    rec = load_recognizer(untrained_ckpt, decoder="lexicon", lexicon=str(manifest), word_list=str(tmp_path / "words.txt"))
     assert rec.words == ["cat", "on", "sat", "the"]  # what the checkpoint would keep
     assert rec.decoding_words() == ["cat", "mat", "on", "sat", "the"]
-    assert load_recognizer(tiny_ckpt, decoder="lexicon", word_list=str(tmp_path / "words.txt")).decoding_words() \
+    assert load_recognizer(untrained_ckpt, decoder="lexicon", word_list=str(tmp_path / "words.txt")).decoding_words() \
         == ["cat", "mat"]
-    assert load_recognizer(tiny_ckpt, decoder="greedy").decoding_words() is None
+    assert load_recognizer(untrained_ckpt, decoder="greedy").decoding_words() is None
 
 
 @pytest.mark.skipif(not HAS_FLASHLIGHT, reason="flashlight-text is not installed (pip install flashlight-text)")
-def test_asr_peer_model_reports_the_share_of_words_outside_the_lexicon(tiny_ckpt, manifest, tmp_path):
-    peer = _bench("asr_peer")
+def test_asr_peer_model_reports_the_share_of_words_outside_the_lexicon(untrained_ckpt, manifest, tmp_path):
+    peer = bench_script("asr_peer")
     (tmp_path / "words.txt").write_text("mat\n")
     test = tmp_path / "test.jsonl"
     test.write_text(json.dumps({"audio": "a.wav", "text": "the mat sat by the dog"}) + "\n")
     options = {"decoder": "lexicon", "lexicon": str(manifest), "word_list": str(tmp_path / "words.txt"),
                "warps": "1.0"}
-    hyps, seconds, lexicon = peer.run_model(peer._clips(str(test)), str(tiny_ckpt), options)
+    hyps, seconds, lexicon = peer.run_model(peer._clips(str(test)), str(untrained_ckpt), options)
     assert len(hyps) == 1 and seconds > 0
     assert lexicon == {"lexicon_words": 5, "oov": pytest.approx(2 / 6)}  # "by", "dog"
     row = {"wer": 1.0, "cer": 1.0, "rtf": 0.1, "peak_rss_mb": 100, **lexicon}
