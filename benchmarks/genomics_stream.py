@@ -13,7 +13,6 @@ Memory at two lengths is measured separately, one process per length:
 from __future__ import annotations
 
 import argparse
-import math
 import platform
 import time
 
@@ -25,18 +24,15 @@ from hydra.utils import instantiate
 from core_attn.training.cli import CONF_DIR
 from genomics.infer import score_stream
 from genomics.io import iter_records
-from genomics.module import CausalLM
-from genomics.tokenizers import DNATokenizer, SPECIALS
+from genomics.module import CausalLM, target_bits
+from genomics.tokenizers import DNATokenizer
 
 
 def one_pass_bits(module: CausalLM, tokens: np.ndarray, chunk: int) -> np.ndarray:
     """(L-1,) bits of bases 1 .. L-1 in one forward pass."""
     x = torch.from_numpy(tokens.astype(np.int64))[None]
     with torch.inference_mode():
-        out = module.net.forward_long(x[:, :-1], chunk=chunk)[0, :, len(SPECIALS):].float()
-        logp = torch.log_softmax(out, dim=-1)
-        target = x[0, 1:] - len(SPECIALS)
-        return (-logp.gather(-1, target[:, None])[:, 0] / math.log(2.0)).numpy()
+        return target_bits(module.net.forward_long(x[:, :-1], chunk=chunk)[0], x[0, 1:]).numpy()
 
 
 def main() -> None:

@@ -58,7 +58,7 @@ class RotaryEmbedding(nn.Module):
         head_dim: channels per head; must be even.
         base: the wavelength base (10000 in the paper).
 
-    cos/sin tables are cached per (first position, length, device, dtype, inference mode): inference-mode
+    cos/sin tables from position 0 are cached per (length, device, dtype, inference mode): inference-mode
     tensors cannot be saved for backward, so a table built during validation is never reused in training.
     ``position_offset`` (0 unless :func:`core_attn.streaming.position_offset` sets it) is the absolute
     position of the first row, so a slice of a longer sequence is rotated exactly as in one pass.
@@ -78,9 +78,9 @@ class RotaryEmbedding(nn.Module):
 
     def cos_sin(self, n: int, device, dtype: torch.dtype, offset: int = 0) -> tuple[Tensor, Tensor]:
         """The (n, head_dim) cos and sin tables for positions ``offset .. offset+n-1``."""
-        key = (offset, n, str(device), dtype, torch.is_inference_mode_enabled())
         if offset:  # a slice of a stream: used once, so not cached (the cache would hold stale slices)
             return self._table(n, device, dtype, offset)
+        key = (n, str(device), dtype, torch.is_inference_mode_enabled())
         if key not in self._cache:
             if len(self._cache) >= self._MAX_CACHE:  # lengths vary (padding buckets): keep the table small
                 self._cache.clear()

@@ -129,8 +129,7 @@ def stream(forward: Callable[[Tensor, int], Tensor], chunks: Iterable[Tensor], *
 def check_step(encoder: nn.Module, step: int) -> int:
     """``step`` when every slice :func:`stream` cuts is at least as long as the widest attention window of
     ``encoder`` (the variants refuse shorter inputs); else ``ValueError`` with the smallest step allowed."""
-    span = max(max(b.attn.attention.window_left, b.attn.attention.window_right) * b.attn.attention.dilation
-               for b in encoder.blocks)
+    span = max(max(attention_reach(b.attn.attention)) for b in encoder.blocks)
     if check_int("step", step, min_value=1) < span:
         raise ValueError(f"step={step} is shorter than the widest attention window ({span} positions); use "
                          f"step >= {span}")

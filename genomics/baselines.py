@@ -354,7 +354,7 @@ class OrfDecoder:
         kept = mean >= self.min_prob
         if self.long_codons is not None:
             kept |= orfs[:, 2] >= self.long_codons
-        return np.concatenate([orfs[kept], mean[kept, None]], axis=1) if len(orfs) else np.zeros((0, orfs.shape[1] + 1))
+        return np.concatenate([orfs[kept], mean[kept, None]], axis=1)
 
     def decode(self, seq: str, prob: np.ndarray, orfs: np.ndarray | None = None) -> np.ndarray:
         """(L,) uint8 coding calls of ``seq`` from its (L,) per-base probabilities ``prob``."""
@@ -397,8 +397,7 @@ def select_orf_decoder(seqs: Sequence[str], probs: Sequence[np.ndarray], labels:
         raise ValueError(f"select_orf_decoder needs a probability and a label array per sequence, at least one; got "
                          f"{len(seqs)} sequences, {len(probs)} probability arrays, {len(labels)} label arrays")
     truth = np.concatenate(labels)
-    best: DecoderSelection | None = None
-    tried = 0
+    best_mcc, best, tried = -np.inf, None, 0
     for starts in start_sets:
         orfs = [open_reading_frames(s, starts=starts) for s in seqs]
         for lo in min_codons:
@@ -409,7 +408,6 @@ def select_orf_decoder(seqs: Sequence[str], probs: Sequence[np.ndarray], labels:
                     dec = OrfDecoder(int(lo), None if hi is None else int(hi), float(t), tuple(starts))
                     pred = np.concatenate([dec.decode(s, p, o) for s, p, o in zip(seqs, probs, orfs)])
                     mcc, tried = binary_mcc(pred, truth), tried + 1
-                    if best is None or mcc > best.val_mcc:
-                        best = DecoderSelection(dec, mcc, 0)
-    best.tried = tried
-    return best
+                    if mcc > best_mcc:
+                        best_mcc, best = mcc, dec
+    return DecoderSelection(best, best_mcc, tried)

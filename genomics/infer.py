@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -45,9 +45,10 @@ from core_attn.training.train import variant_name
 from core_attn.validation import check_choice
 from core_attn.training.atomic import open_atomic
 from genomics.data import GenomeDataModule
-from genomics.formats import BedGraphWriter
+from genomics import formats
 from genomics.io import iter_records
-from genomics.module import CausalLM
+from genomics.module import CausalLM, target_bits
+from genomics.predict import output_prefix
 from genomics.tokenizers import SPECIALS
 
 log = logging.getLogger(__name__)
@@ -56,23 +57,30 @@ PRECISIONS = ("32", "bf16")
 MODES = ("one_pass", "stream")
 
 
+def first_bases(named: Iterable[tuple[str, np.ndarray]], length: int | None) -> list[tuple[str, np.ndarray]]:
+    """The (name, tokens) pairs cut to ``length`` bases in all (``None``: all of them), those of fewer than
+    2 bases (nothing to score) left out; stops reading ``named`` once ``length`` is reached."""
+    out, left = [], None if length is None else int(length)
+    for name, tokens in named:
+        if left is not None:
+            if left <= 1:
+                break
+            tokens = tokens[:left]
+            left -= len(tokens)
+        if len(tokens) > 1:
+            out.append((name, tokens))
+    return out
+
+
 def sequences(dm: GenomeDataModule, region: str, length: int | None) -> list[np.ndarray]:
     """Token arrays to score: each stretch of the test region, or the records concatenated (``genome``);
     cut to ``length`` bases in total when given."""
-    segs = dm.load_segments()
+    segs = dm.load_segments()  # also reads dm.record_tokens
     if region == "test":
         seqs = [s.tokens for s in segs["test"]]
     else:  # every record, in file order, joined end to end
         seqs = [np.concatenate(dm.record_tokens)]
-    if length is not None:
-        out, left = [], int(length)
-        for s in seqs:
-            if left <= 1:
-                break
-            out.append(s[:left])
-            left -= len(out[-1])
-        seqs = out
-    return [s for s in seqs if len(s) > 1]
+    return [tokens for _, tokens in first_bases(((region, s) for s in seqs), length)]
 
 
 @torch.inference_mode()
@@ -99,9 +107,7 @@ def score_stream(module: CausalLM, tokens: np.ndarray, precision: str, step: int
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
         for out in module.net.stream(chunks, step=step):
             m = out.shape[1]
-            logp = torch.log_softmax(out[0, :, len(SPECIALS):].float(), dim=-1)  # (m, S)
-            target = torch.from_numpy(tokens[done + 1:done + 1 + m].astype(np.int64)) - len(SPECIALS)
-            bits = -logp.gather(-1, target[:, None])[:, 0] / math.log(2.0)
+            bits = target_bits(out[0], torch.from_numpy(tokens[done + 1:done + 1 + m].astype(np.int64)))
             total += float(bits.sum())
             if on_bits is not None:
                 on_bits(bits.numpy())
@@ -143,15 +149,16 @@ def infer(cfg: DictConfig) -> dict[str, Any]:
     named = _fasta_records(icfg.fasta, dm, icfg.length) if icfg.get("fasta") else \
         [(f"{region}_{i}", s) for i, s in enumerate(sequences(dm, region, icfg.length))]
     out_dir = Path(cfg.paths.output_dir)
-    bedgraph = out_dir / f"{_prefix(icfg.fasta or region)}.bits.bedgraph" if icfg.get("bedgraph") else None
+    bedgraph = out_dir / f"{output_prefix(icfg.fasta or region)}.bits.bedgraph" if icfg.get("bedgraph") else None
     reset_peak_memory()
     bits, count, longest, t0 = 0.0, 0, 0, time.perf_counter()
     with ExitStack() as stack:  # the bedGraph is moved into place only when every sequence went through
         track = stack.enter_context(open_atomic(bedgraph)) if bedgraph is not None else None
         if track is not None:
-            track.write('track type=bedGraph name="bits" description="-log2 p(base | preceding bases), longattn"\n')
+            formats.write_bedgraph_header(track, f"{Path(str(icfg.fasta or region)).name} bits",
+                                          "-log2 p(base | preceding bases), longattn")
         for name, s in named:
-            writer = BedGraphWriter(track, name, offset=1) if track is not None else None
+            writer = formats.BedGraphWriter(track, name, offset=1) if track is not None else None
             if mode == "stream":
                 b, c = score_stream(module, s, precision, int(icfg.step), writer.write if writer else None)
             else:
@@ -177,27 +184,11 @@ def infer(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
-def _prefix(name: str) -> str:
-    """``genome.fa.gz`` -> ``genome``; a region name stays as it is."""
-    base = Path(str(name)).name
-    for suffix in (".gz", ".fa", ".fasta", ".fna", ".fas"):
-        base = base[:-len(suffix)] if base.lower().endswith(suffix) and len(base) > len(suffix) else base
-    return base
-
-
 def _fasta_records(path: str, dm: GenomeDataModule, length: int | None) -> list[tuple[str, np.ndarray]]:
     """(id, tokens) of the records of a FASTA with the model's tokenizer (at most ``length`` bases in all)."""
     if not Path(str(path)).is_file():
         raise FileNotFoundError(f"infer.fasta={str(path)!r}: no such file (pass infer.fasta=<a FASTA / FASTA.gz>)")
-    out, left = [], None if length is None else int(length)
-    for rec in iter_records(path, dm.tokenizer):
-        tokens = rec.tokens if left is None else rec.tokens[:left]
-        if len(tokens) > 1:
-            out.append((rec.id, tokens))
-        if left is not None:
-            left -= len(tokens)
-            if left <= 1:
-                break
+    out = first_bases(((rec.id, rec.tokens) for rec in iter_records(path, dm.tokenizer)), length)
     if not out:
         raise ValueError(f"infer.fasta={str(path)!r} holds no record of at least 2 bases to score")
     return out

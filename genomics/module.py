@@ -385,11 +385,17 @@ def check_task(task: str | None, target: str | None) -> None:
 
 
 # -- per-base values of a whole record -----------------------------------------------------------------
+def target_bits(logits: Tensor, targets: Tensor) -> Tensor:
+    """(...) bits, ``-log2 p``, of each target token (ids, specials first) under the causal LM's (..., V)
+    ``logits`` (the alphabet's symbols only); garbage where a target is not a symbol (IGNORE, padding)."""
+    logp = torch.log_softmax(logits[..., len(SPECIALS):].float(), dim=-1)
+    symbol = (targets - len(SPECIALS)).clamp(min=0)  # IGNORE -> 0, masked by the caller
+    return -logp.gather(-1, symbol[..., None])[..., 0] / LN2
+
+
 def _lm_bits(module: GenomicsModule, batch: dict[str, Tensor]) -> Tensor:
     """(B, W) bits of each target base (garbage where the target is IGNORE)."""
-    logp = torch.log_softmax(module(batch["tokens"], batch["pad"])[..., len(SPECIALS):].float(), dim=-1)
-    symbol = (batch["targets"] - len(SPECIALS)).clamp(min=0)  # IGNORE -> 0, masked by the caller
-    return -logp.gather(-1, symbol[..., None])[..., 0] / LN2
+    return target_bits(module(batch["tokens"], batch["pad"]), batch["targets"])
 
 
 def _annotate_prob(module: GenomicsModule, batch: dict[str, Tensor]) -> Tensor:
