@@ -274,3 +274,25 @@ def test_annotation_from_gff3_trains(tmp_path):
     # module.decode=orf (the experiment's): calls read through reading frames chosen on validation
     assert {"test/mcc_argmax", "test/decode_min_codons", "test/decode_long_codons", "test/decode_min_prob"} <= set(test)
     assert test["test/decode_min_codons"] in (25, 30, 40, 50, 75, 100)
+
+
+def test_orf_decoding_errors_name_the_setting():
+    from types import SimpleNamespace
+
+    from genomics.module import TokenClassifier
+
+    model = {"_target_": "genomics.model.SequenceTransformer", "vocab_size": 9, "num_outputs": 2, "dim": 16,
+             "depth": 1, "num_heads": 2, "pool": "none",
+             "attention": {"_target_": "core_attn.attention.dense.DenseAttention", "_partial_": True}}
+    optimizer = {"_target_": "torch.optim.AdamW", "_partial_": True}
+    with pytest.raises(ValueError, match=r"module.decode='viterbi' is not allowed; expected one of \['argmax', 'orf'\]"):
+        TokenClassifier(model=model, optimizer=optimizer, decode="viterbi")
+    module = TokenClassifier(model=model, optimizer=optimizer, decode="orf")
+    with pytest.raises(ValueError, match=r"module.decode=orf reads whole genome regions: it needs the genome data "
+                                         r"module .*set module.decode=argmax otherwise"):
+        module._genome_datamodule()  # no trainer, no data module
+    no_val = SimpleNamespace(load_segments=lambda: {"val": []}, hparams=SimpleNamespace(window=64, batch_size=1),
+                             tokenizer=DNA)
+    with pytest.raises(ValueError, match=r"module.decode=orf chooses its settings on the validation region, which "
+                                         r"is empty; set data.val_fraction > 0 or module.decode=argmax"):
+        module._choose_decoder(no_val)

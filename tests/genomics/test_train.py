@@ -86,6 +86,9 @@ def test_infer_stream_equals_one_pass_and_writes_bits_as_bedgraph(data_dir, geno
     with pytest.raises(ValueError, match=r"block 0: attention=dense cannot be streamed exactly"):
         dense = [o for o in common if not o.startswith("attention.")]
         infer(_cfg("genomics_infer", [*dense, "infer.mode=stream", "attention=dense"], data_dir, tmp_path / "bad"))
+    short = write_fasta(tmp_path / "short.fa", [("tiny", "A")])
+    with pytest.raises(ValueError, match=r"infer.fasta='.*short.fa' holds no record of at least 2 bases to score"):
+        infer(_cfg("genomics_infer", [*_lm(genome), f"infer.fasta={short}"], data_dir, tmp_path / "bad"))
     with pytest.raises(FileNotFoundError, match=r"infer.fasta='.*nope.fa': no such file"):
         infer(_cfg("genomics_infer", [*_lm(genome), f"infer.fasta={tmp_path / 'nope.fa'}"], data_dir, tmp_path / "bad"))
 
