@@ -103,6 +103,7 @@ def print_error(message: str) -> None:
     """``<command>: error: <message>`` on stderr (``<command>``: the ``python -m`` module, e.g. ``vision.train``)."""
     spec = getattr(sys.modules.get("__main__"), "__spec__", None)
     prog = spec.name if spec is not None else os.path.basename(sys.argv[0])
+    prog = prog.removesuffix(".__main__")  # python -m <package> runs <package>.__main__
     print(f"{prog}: error: {message}", file=sys.stderr)
 
 

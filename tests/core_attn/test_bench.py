@@ -9,10 +9,21 @@ import json
 import pytest
 import torch
 
-from core_attn import bench, build_attention
-from core_attn.bench import (BUDGETS, Config, attention_kwargs, is_linear, main, parse_args, resolve_variants,
-                             run_cases, spawn_worker, useful_flops, worker_main)
-from core_attn.bench_report import COLUMNS, add_comparisons, check_targets
+from core_attn import build_attention
+from core_attn.bench import (
+    BUDGETS,
+    Config,
+    attention_kwargs,
+    is_linear,
+    main,
+    parse_args,
+    resolve_variants,
+    run_cases,
+    useful_flops,
+)
+from core_attn.bench import runner as bench
+from core_attn.bench.report import COLUMNS, add_comparisons, check_targets
+from core_attn.bench.runner import spawn_worker, worker_main
 from core_attn.patterns import count_pairs
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -226,7 +237,7 @@ def test_peers_compute_our_local_pattern():
     """The local-window peers, given our weights, reproduce our local layer; HF BigBird runs fwd+bwd."""
     pytest.importorskip("transformers")
     pytest.importorskip("local_attention")
-    from core_attn.bench_peers import build_peer
+    from core_attn.bench.peers import build_peer
     from core_attn.layers import MultiheadAttention
 
     for n in (1024, 700):  # 700: Longformer pads to 1024, local-attention autopads

@@ -7,9 +7,10 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from core_attn import bench, registry
+from core_attn import registry
 from core_attn.attention.base import AttentionBase
-from core_attn.bench_budgets import BUDGETS
+from core_attn.bench import BUDGETS
+from core_attn.bench import runner as bench
 from core_attn.registry import build_attention, register_attention, variant_table
 from tests.training.tiny import compose_config
 
