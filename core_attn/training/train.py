@@ -8,6 +8,7 @@ callbacks, loggers and trainer from the config, fit, test the best checkpoint, a
 from __future__ import annotations
 
 import logging
+import re
 import time
 import warnings
 from collections.abc import Mapping
@@ -163,34 +164,46 @@ def _resume_path(cfg: DictConfig, trainer: pl.Trainer, output_dir: Path) -> str 
     return str(check_checkpoint_path(ckpt))
 
 
-APPS = ("vision", "audio", "genomics")  # an option ``<app>_<name>`` of a shared config group belongs to that app
+APPS = ("vision", "audio", "genomics")
+_TARGET = re.compile(r"^_target_:\s*([A-Za-z_]\w*)\.", re.M)
 
 
-def _owner(option: str) -> str | None:
-    """The app an option name ``<app>_<name>`` belongs to; ``None`` for a shared option."""
+def config_owner(group: str, option: str, conf_dir: str | Path | None = None) -> str | None:
+    """The app an option of a shared config group belongs to, by the one rule of ``conf/``: its name starts
+    with ``<app>_`` (``experiment/audio_flite.yaml``), or its top-level ``_target_`` lives in that app's package
+    (``data/image_folder.yaml`` builds ``vision.data...``). ``None``: a shared option, every app may use it.
+    (``conf/<app>/<group>/<option>.yaml`` are an app's own settings of a shared option, merged by that app's
+    primary config; they are never chosen by name.)"""
     prefix, sep, _ = option.partition("_")
-    return prefix if sep and prefix in APPS else None
+    if sep and prefix in APPS:
+        return prefix
+    from core_attn.training.cli import CONF_DIR
+
+    path = Path(conf_dir or CONF_DIR) / group / f"{option}.yaml"
+    found = _TARGET.search(path.read_text()) if path.is_file() else None
+    return found.group(1) if found and found.group(1) in APPS else None
 
 
 def check_app_choices(app: str | None, choices: Mapping[str, Any], conf_dir: str | Path | None = None) -> None:
-    """An app composes only its own options of the shared config groups: an option named after another app
-    (``experiment=audio_flite`` under ``vision.train``) raises ``ValueError`` naming the key, the option, its app
-    and the options of that group this app may use. Options without an app prefix are shared and always allowed.
+    """An app composes only its own options of the shared config groups and the shared ones: an option of
+    another app (:func:`config_owner`: ``experiment=audio_flite`` or ``data=image_folder`` under ``audio.train``)
+    raises ``ValueError`` naming the key, the option, its app and the options of that group this app may use.
 
     Args:
         app: the running app (``cfg.app``); ``None``: nothing is checked.
         choices: config group -> chosen option (Hydra's ``runtime.choices``).
-        conf_dir: the config folder whose groups are listed in the message (default: the project's ``conf/``).
+        conf_dir: the config folder (default: the project's ``conf/``).
     """
     if not app:
         return
-    for group, option in choices.items():
-        owner = _owner(option) if isinstance(option, str) and not group.startswith("hydra") else None
-        if owner is not None and owner != app:
-            from core_attn.training.cli import CONF_DIR
+    from core_attn.training.cli import CONF_DIR
 
-            folder = Path(conf_dir or CONF_DIR) / group
-            allowed = sorted(f.stem for f in folder.glob("*.yaml") if _owner(f.stem) in (None, app))
+    root = Path(conf_dir or CONF_DIR)
+    for group, option in choices.items():
+        owner = (config_owner(group, option, root) if isinstance(option, str) and not group.startswith("hydra")
+                 and "/" not in group else None)
+        if owner is not None and owner != app:
+            allowed = sorted(f.stem for f in (root / group).glob("*.yaml") if config_owner(group, f.stem, root) in (None, app))
             raise ValueError(f"{group}={option} is a config of the {owner} app, not of {app}: {app}.train takes "
                              f"{group}= one of {allowed}; run python -m {owner}.train {group}={option} for that app")
 
