@@ -309,11 +309,13 @@ class TransformerEncoder(nn.Module):
         max_len: longest input for learned positions.
         gradient_checkpointing: recompute each block in the backward pass while training (less memory).
         final_norm: apply a LayerNorm after the last block.
+        norm_eps: epsilon of every LayerNorm (the blocks' and the final one).
     """
 
     def __init__(self, dim: int, depth: int, num_heads: int, *, attention: AttentionSpec = None,
                  mlp_ratio: float = 4.0, dropout: float = 0.0, drop_path: float = 0.0, positions: str = "none",
-                 max_len: int | None = None, gradient_checkpointing: bool = False, final_norm: bool = True):
+                 max_len: int | None = None, gradient_checkpointing: bool = False, final_norm: bool = True,
+                 norm_eps: float = 1e-6):
         super().__init__()
         check_int("depth", depth, min_value=1)
         _check_dim_heads(dim, num_heads)
@@ -335,10 +337,10 @@ class TransformerEncoder(nn.Module):
         make_attention = attention_factory(attention, context)
         self.blocks = nn.ModuleList(
             TransformerBlock(dim, num_heads, attention=make_attention(), mlp_ratio=mlp_ratio, dropout=dropout,
-                             drop_path=rate, rotary=positions == "rotary")
+                             drop_path=rate, rotary=positions == "rotary", norm_eps=norm_eps)
             for rate in rates
         )
-        self.norm = nn.LayerNorm(dim, eps=1e-6) if final_norm else nn.Identity()
+        self.norm = nn.LayerNorm(dim, eps=norm_eps) if final_norm else nn.Identity()
         self.position_offset = 0  # absolute position of x[:, 0] (set by core_attn.streaming.position_offset)
 
     def forward(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:

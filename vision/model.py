@@ -116,13 +116,15 @@ class VisionTransformer(nn.Module):
         attention: the variant: a zero-argument factory (a Hydra ``_partial_`` config), an instance, or
             ``None`` for dense.
         gradient_checkpointing: recompute blocks in the backward pass (memory for time).
+        norm_eps: epsilon of the LayerNorms (blocks, final norm, ``fc_norm``); Hugging Face ViTs use 1e-12.
     """
 
     def __init__(self, *, img_size: int | Sequence[int], in_chans: int = 3, num_classes: int = 1000,
                  patch_size: int = 16, stem: str = "patch", dim: int = 192, depth: int = 4, num_heads: int = 3, mlp_ratio: float = 4.0,
                  pool: str = "mean", pool_norm: str = "layer", positions: str = "learned", dropout: float = 0.0,
                  drop_path: float = 0.0,
-                 attention: Callable[[], nn.Module] | nn.Module | None = None, gradient_checkpointing: bool = False):
+                 attention: Callable[[], nn.Module] | nn.Module | None = None, gradient_checkpointing: bool = False,
+                 norm_eps: float = 1e-6):
         super().__init__()
         self.num_classes = check_int("num_classes", num_classes, min_value=0)
         self.pool = check_choice("pool", pool, ("mean", "cls"))
@@ -138,13 +140,14 @@ class VisionTransformer(nn.Module):
         self.encoder = TransformerEncoder(
             dim, depth, num_heads, attention=attention, mlp_ratio=mlp_ratio, dropout=dropout, drop_path=drop_path,
             positions=positions, max_len=self.patch_embed.num_patches + self.num_prefix_tokens,
-            gradient_checkpointing=gradient_checkpointing, final_norm=pool == "cls" and pool_norm == "layer")
+            gradient_checkpointing=gradient_checkpointing, final_norm=pool == "cls" and pool_norm == "layer",
+            norm_eps=norm_eps)
         # mean pooling normalises after pooling (timm's fc_norm): tokens keep their own scale, so a few
         # informative tokens among many background ones are not diluted by a per-token norm
         if pool_norm == "batch":
             self.fc_norm = nn.BatchNorm1d(dim, eps=1e-6)
         else:
-            self.fc_norm = nn.LayerNorm(dim, eps=1e-6) if pool == "mean" else nn.Identity()
+            self.fc_norm = nn.LayerNorm(dim, eps=norm_eps) if pool == "mean" else nn.Identity()
         self.head = nn.Linear(dim, num_classes) if num_classes else nn.Identity()
         self._init_linear(self)
 

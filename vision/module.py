@@ -13,6 +13,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from core_attn.attention.adaptive_span import total_span_loss
 from core_attn.training.bases import TaskModule
+from vision.hf import vision_transformer_config
 
 
 class ImageClassifier(TaskModule):
@@ -25,7 +26,8 @@ class ImageClassifier(TaskModule):
         model: the network's config (``_target_`` plus arguments, e.g. ``vision.model.VisionTransformer``
             with its ``attention`` as a ``_partial_`` config); the network exposes ``num_classes``. A
             ``checkpoint_path`` in it (initial weights from a file) is saved as ``None``: the module's
-            checkpoints carry the weights.
+            checkpoints carry the weights. Likewise for an ``hf_path`` (a Hugging Face ViT folder,
+            :func:`vision.hf.load_hf_vit`): the config saved is the ``VisionTransformer`` it describes.
         optimizer: a ``_partial_`` optimizer config (called with parameter groups).
         scheduler: a ``_partial_`` scheduler config (called with the optimizer and ``total_steps``,
             stepped every optimizer step), or ``None``/empty for a constant learning rate.
@@ -41,6 +43,8 @@ class ImageClassifier(TaskModule):
             # a weight file only initialises the network, and every Lightning checkpoint carries the
             # weights: rebuilding from one (evaluate, export, predict) must not need that file
             self.hparams["model"] = {**model, "checkpoint_path": None}
+        if isinstance(model, Mapping) and model.get("hf_path"):
+            self.hparams["model"] = vision_transformer_config(model)
         num_classes = self.net.num_classes
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
