@@ -7,11 +7,14 @@ outside. By default the artefact takes exactly ``frames`` frames (sparse pattern
 length). With ``dynamic_time=true`` (``exported`` and ``onnx``) T is a dynamic dimension: the artefact is
 traced at ``frames`` frames and checked against the eager model at that length and at a second one;
 variants whose pattern is cached per length (the default ``local`` with a global token) cannot be traced
-that way and raise, saying which and why. Config ``conf/audio_export.yaml``.
+that way and raise, saying which and why. ``format=onnx quantize=int8`` also writes ``<name>.int8.onnx``
+(linear layers' weights in int8, checked against eager within ``int8_tolerance`` of the output's scale).
+Config ``conf/audio_export.yaml``; the run's ``metrics.json`` records the result.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -21,8 +24,9 @@ from torch import Tensor, nn
 
 from audio.model import ConformerCTC
 from audio.module import SpeechRecognizer
+from core_attn.training.atomic import write_json_atomic
 from core_attn.training.cli import CONF_DIR, run
-from core_attn.training.export import artefact_path, checkpoint_network, export_model
+from core_attn.training.export import artefact_path, checkpoint_network, export_artefact, int8_line
 from core_attn.validation import check_int
 
 
@@ -38,10 +42,11 @@ class FeaturesToLogProbs(nn.Module):
 
 
 def export(*, ckpt_path: str, format: str, out: str | None = None, frames: int = 400, dynamic_time: bool = False,
-           batch_size: int = 1, seed: int = 0, atol: float = 1e-4,
-           attention_backend: str | None = None) -> dict[str, Any]:
+           batch_size: int = 1, seed: int = 0, atol: float = 1e-4, attention_backend: str | None = None,
+           quantize: str = "none", int8_tolerance: float = 0.05) -> dict[str, Any]:
     """Export the network of the audio checkpoint ``ckpt_path``; return ``{"path", "format", "max_abs_diff",
-    "input_shape", "checked_frames", "dynamic_time"}``.
+    "size_bytes", "quantize", "input_shape", "checked_frames", "dynamic_time"}`` (and the ``int8_*`` keys of
+    :func:`core_attn.training.export.quantize_onnx` with ``quantize="int8"``).
 
     Args:
         ckpt_path: a checkpoint of ``audio.train``.
@@ -53,6 +58,8 @@ def export(*, ckpt_path: str, format: str, out: str | None = None, frames: int =
         seed: of the random features the artefact is checked on.
         atol: the largest |artefact - eager| accepted.
         attention_backend: replaces the pattern variants' backend before export (``dense`` traces).
+        quantize: ``none`` | ``int8`` (``format="onnx"``: also ``<name>.int8.onnx``, checked at the same lengths).
+        int8_tolerance: the largest max |int8 - eager| / max |eager| accepted.
     """
     _, net = checkpoint_network(SpeechRecognizer, ckpt_path, attention_backend=attention_backend,
                                 overrides={"decoder": "greedy"})
@@ -70,21 +77,24 @@ def export(*, ckpt_path: str, format: str, out: str | None = None, frames: int =
         checked.append(frames * 3 // 2 + 7)  # another length, with another remainder modulo the subsampling
         others.append(torch.randn(batch_size, checked[-1], n_mels, generator=gen))
     path = artefact_path(ckpt_path, format, out)
-    diff = export_model(FeaturesToLogProbs(net).eval(), x, format, path, atol=atol,
-                        dynamic_dims=(1,) if dynamic_time else (), check_inputs=others)
-    return {"path": str(path), "format": format, "max_abs_diff": diff, "input_shape": list(x.shape),
-            "checked_frames": checked, "dynamic_time": dynamic_time}
+    result = export_artefact(FeaturesToLogProbs(net).eval(), x, format, path, atol=atol,
+                             dynamic_dims=(1,) if dynamic_time else (), check_inputs=others, quantize=quantize,
+                             int8_tolerance=int8_tolerance)
+    return {**result, "input_shape": list(x.shape), "checked_frames": checked, "dynamic_time": dynamic_time}
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="audio_export", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     result = export(ckpt_path=cfg.ckpt_path, format=cfg.format, out=cfg.out, frames=cfg.frames,
                     dynamic_time=cfg.dynamic_time, batch_size=cfg.batch_size, seed=cfg.seed, atol=cfg.atol,
-                    attention_backend=cfg.attention_backend)
+                    attention_backend=cfg.attention_backend, quantize=cfg.quantize, int8_tolerance=cfg.int8_tolerance)
+    write_json_atomic(Path(cfg.paths.output_dir) / "metrics.json", result)
     time = "dynamic" if result["dynamic_time"] else f"{result['input_shape'][1]} (fixed)"
     print(f"wrote {result['path']} ({result['format']}, input (B={result['input_shape'][0]}, T={time}, "
           f"F={result['input_shape'][2]}), checked at T={result['checked_frames']}, "
           f"max |artefact - eager| = {result['max_abs_diff']:.2e})")
+    if result["quantize"] == "int8":
+        print(int8_line(result))
 
 
 if __name__ == "__main__":

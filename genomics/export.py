@@ -8,6 +8,8 @@ eager model on random tokens of the alphabet, and written atomically next to the
 are built for one length); ``length`` defaults to the training window stored in the checkpoint.
 ``attention_backend=dense`` runs a pattern variant (the default ``local``, ``bigbird``, ...) through SDPA with
 its dense mask, the form ``torch.export`` can trace (core_attn's block-sparse kernel cannot be).
+``format=onnx quantize=int8`` also writes ``<name>.int8.onnx`` (linear layers' weights in int8, checked
+against eager within ``int8_tolerance`` of the logits' scale). The run's ``metrics.json`` records the result.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
+from core_attn.training.atomic import write_json_atomic
 from core_attn.training.cli import CONF_DIR, run
-from core_attn.training.export import artefact_path, checkpoint_network, export_model
+from core_attn.training.export import artefact_path, checkpoint_network, export_artefact, int8_line
 from core_attn.training.runtime import load_run_config
 from core_attn.validation import check_int
 from genomics.module import GenomicsModule
@@ -35,9 +38,11 @@ def stored_length(ckpt_path: str | Path) -> int | None:
 
 
 def export(*, ckpt_path: str, format: str, out: str | None = None, length: int | None = None, batch_size: int = 1,
-           seed: int = 0, atol: float = 1e-4, attention_backend: str | None = None) -> dict[str, Any]:
+           seed: int = 0, atol: float = 1e-4, attention_backend: str | None = None, quantize: str = "none",
+           int8_tolerance: float = 0.05) -> dict[str, Any]:
     """Export the network of the genomics checkpoint ``ckpt_path``; return ``{"path", "format",
-    "max_abs_diff", "input_shape", "task"}``.
+    "max_abs_diff", "size_bytes", "quantize", "input_shape", "task"}`` (and the ``int8_*`` keys of
+    :func:`core_attn.training.export.quantize_onnx` with ``quantize="int8"``).
 
     Args:
         ckpt_path: a checkpoint of any genomics task (the module class comes from its stored config).
@@ -49,6 +54,8 @@ def export(*, ckpt_path: str, format: str, out: str | None = None, length: int |
         seed: of the random tokens the artefact is checked on.
         atol: the largest |artefact - eager| accepted.
         attention_backend: replaces the pattern variants' backend before export (``dense`` traces).
+        quantize: ``none`` | ``int8`` (``format="onnx"``: also ``<name>.int8.onnx``).
+        int8_tolerance: the largest max |int8 - eager| / max |eager| accepted.
     """
     module, net = checkpoint_network(GenomicsModule, ckpt_path, attention_backend=attention_backend)
     if length is None:
@@ -62,17 +69,20 @@ def export(*, ckpt_path: str, format: str, out: str | None = None, length: int |
     gen = torch.Generator().manual_seed(seed)
     tokens = torch.randint(len(SPECIALS), net.vocab_size, (batch_size, length), generator=gen)  # (B, L) symbols
     path = artefact_path(ckpt_path, format, out)
-    diff = export_model(net, tokens, format, path, atol=atol)
-    return {"path": str(path), "format": format, "max_abs_diff": diff, "input_shape": list(tokens.shape),
-            "task": type(module).__name__}
+    result = export_artefact(net, tokens, format, path, atol=atol, quantize=quantize, int8_tolerance=int8_tolerance)
+    return {**result, "input_shape": list(tokens.shape), "task": type(module).__name__}
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="genomics_export", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     result = export(ckpt_path=cfg.ckpt_path, format=cfg.format, out=cfg.out, length=cfg.length,
-                    batch_size=cfg.batch_size, seed=cfg.seed, atol=cfg.atol, attention_backend=cfg.attention_backend)
+                    batch_size=cfg.batch_size, seed=cfg.seed, atol=cfg.atol, attention_backend=cfg.attention_backend,
+                    quantize=cfg.quantize, int8_tolerance=cfg.int8_tolerance)
+    write_json_atomic(Path(cfg.paths.output_dir) / "metrics.json", result)
     print(f"wrote {result['path']} ({result['format']}, {result['task']}, input {result['input_shape']}, "
           f"max |artefact - eager| = {result['max_abs_diff']:.2e})")
+    if result["quantize"] == "int8":
+        print(int8_line(result))
 
 
 if __name__ == "__main__":

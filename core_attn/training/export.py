@@ -11,6 +11,10 @@ All three record the model at the example input's shape: sparse patterns are bui
 length and frozen into the artefact as constants (run an eager forward first, which
 :func:`export_model` does, so cached plans exist). ``exported`` and ``onnx`` can instead keep chosen
 dimensions dynamic (``dynamic_dims``, e.g. the time axis of audio features) when the model traces that way.
+``quantize="int8"`` (:func:`export_artefact`, ONNX only) also writes ``<name>.int8.onnx``: the ONNX model with the
+weights of its matrix products (``MatMul``, ``Gemm``: the linear layers) quantised to int8 by onnxruntime's
+dynamic quantisation, checked against the eager model relative to the output's scale (:func:`quantize_onnx`).
+
 Which attention variants export in which format, and why the others do not, is tabulated in
 ``docs/operations.md``; a model that cannot be traced raises ``ValueError`` naming its attention variants
 and the reason (:func:`untraceable_reasons`).
@@ -29,10 +33,14 @@ from torch import Tensor, nn
 from core_attn.attention.base import BACKENDS, AttentionBase, PatternAttention
 from core_attn.training.atomic import temporary_dir_beside
 from core_attn.training.runtime import check_checkpoint_path
-from core_attn.validation import check_choice
+from core_attn.validation import check_choice, check_float
 
 FORMATS = ("exported", "torchscript", "onnx")
 SUFFIX = {"exported": ".pt2", "torchscript": ".pt", "onnx": ".onnx"}
+QUANTIZE = ("none", "int8")
+# Convolutions stay fp32: quantised too (onnxruntime's ConvInteger), the audio Conformer ran slower than in fp32
+# on one CPU thread and the trained vision model's test accuracy fell from 73% to 13% (docs/operations.md)
+INT8_OPS = ["MatMul", "Gemm"]
 # Variants without a backend option that run core_attn's block-sparse kernel (core_attn/kernels.py), and why
 # that cannot be traced; pattern variants (PatternAttention) are judged by their backend instead.
 KERNEL_VARIANTS = {
@@ -203,6 +211,94 @@ def export_model(model: nn.Module, example_input: Tensor, format: str, path: str
                     os.replace(extra, path.parent / extra.name)
             os.replace(main, path)
     return diff
+
+
+def int8_path(path: str | Path) -> Path:
+    """Where the int8 model of the ONNX model ``path`` goes: ``model.onnx`` -> ``model.int8.onnx``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.int8{path.suffix}")
+
+
+def quantize_onnx(model: nn.Module, onnx_path: str | Path, inputs: Sequence[Tensor], *,
+                  tolerance: float = 0.05) -> dict[str, Any]:
+    """Write the int8 model of the fp32 ONNX model ``onnx_path`` (exported from ``model``) to
+    :func:`int8_path` and check it against the eager ``model`` on ``inputs``.
+
+    onnxruntime's dynamic quantisation: the weights of the ``MatMul`` and ``Gemm`` nodes are stored as int8
+    (one scale per tensor), their inputs quantised to uint8 at run time; everything else stays fp32.
+    The result is approximate, so the check is relative: ``max |int8 - eager| / max |eager|`` on each input
+    must be at most ``tolerance``, else ``ValueError`` and nothing is written.
+
+    Returns:
+        ``{"int8_path", "int8_size_bytes", "int8_max_abs_diff", "int8_rel_diff", "int8_tolerance",
+        "int8_top1_agreement"}``; the agreement is the fraction of output rows (the last dimension: classes,
+        vocabulary) whose argmax matches eager's.
+    """
+    check_float("int8_tolerance", tolerance, min_value=0.0)
+    if not _available("onnxruntime"):
+        raise ImportError("quantize=int8 needs the 'onnxruntime' package: pip install -e '.[export]'")
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    path = int8_path(onnx_path)
+    model.eval()
+    with torch.no_grad(), temporary_dir_beside(path) as tmp_dir:
+        quantize_dynamic(str(onnx_path), str(tmp_dir / path.name), weight_type=QuantType.QInt8,
+                         op_types_to_quantize=INT8_OPS)
+        run = load_exported(tmp_dir / path.name, "onnx")
+        diff, rel, same, rows = 0.0, 0.0, 0, 0
+        for x in inputs:
+            want, got = model(x).float(), run(x).float()
+            d = (got - want).abs().max().item() if want.numel() else 0.0
+            diff, rel = max(diff, d), max(rel, d / (want.abs().max().item() or 1.0))
+            if d != d:  # NaN
+                diff = rel = float("nan")
+                break
+            same += int((got.argmax(-1) == want.argmax(-1)).sum()) if want.ndim else 0
+            rows += want[..., 0].numel() if want.ndim else 0
+        if not rel <= tolerance:
+            raise ValueError(f"the int8 model differs from the eager model by {diff:.3g} = {rel:.3g} of the output's "
+                             f"largest magnitude (> int8_tolerance={tolerance}); nothing was written to {path} "
+                             f"(the fp32 model {onnx_path} was)")
+        os.replace(tmp_dir / path.name, path)
+    return {"int8_path": str(path), "int8_size_bytes": path.stat().st_size, "int8_max_abs_diff": diff,
+            "int8_rel_diff": rel, "int8_tolerance": tolerance, "int8_top1_agreement": same / rows if rows else None}
+
+
+def export_artefact(model: nn.Module, example_input: Tensor, format: str, path: str | Path, *, atol: float = 1e-4,
+                    dynamic_dims: Sequence[int] = (), check_inputs: Sequence[Tensor] = (), quantize: str = "none",
+                    int8_tolerance: float = 0.05) -> dict[str, Any]:
+    """:func:`export_model`, then with ``quantize="int8"`` :func:`quantize_onnx` checked on the same inputs:
+    what the apps' ``export`` run. Returns ``{"path", "format", "max_abs_diff", "size_bytes", "quantize"}``
+    and, for int8, the keys of :func:`quantize_onnx`.
+
+    Raises:
+        ValueError: ``quantize`` not one of ``none``, ``int8``; ``int8`` with another format than ``onnx``;
+            and what :func:`export_model` and :func:`quantize_onnx` raise.
+    """
+    check_choice("quantize", quantize, QUANTIZE)
+    if quantize == "int8":
+        check_float("int8_tolerance", int8_tolerance, min_value=0.0)
+        if format != "onnx":
+            raise ValueError(f"quantize='int8' needs format='onnx' (got format={format!r}): the int8 model is "
+                             "quantised and run by onnxruntime (torch.export and TorchScript do not save "
+                             "dynamically quantised weights)")
+    path = Path(path)
+    diff = export_model(model, example_input, format, path, atol=atol, dynamic_dims=dynamic_dims,
+                        check_inputs=check_inputs)
+    result = {"path": str(path), "format": format, "max_abs_diff": diff, "size_bytes": path.stat().st_size,
+              "quantize": quantize}
+    if quantize == "int8":
+        result |= quantize_onnx(model, path, [example_input, *check_inputs], tolerance=int8_tolerance)
+    return result
+
+
+def int8_line(result: Mapping[str, Any]) -> str:
+    """One line on the int8 model of an :func:`export_artefact` result: its size against fp32 and its check."""
+    agree = result["int8_top1_agreement"]
+    return (f"wrote {result['int8_path']} (int8, {result['int8_size_bytes'] / 1e6:.2f} MB, fp32 "
+            f"{result['size_bytes'] / 1e6:.2f} MB; max |int8 - eager| = {result['int8_max_abs_diff']:.2e} = "
+            f"{result['int8_rel_diff']:.2%} of the output's scale, int8_tolerance={result['int8_tolerance']}"
+            + (f"; argmax agreement {agree:.1%})" if agree is not None else ")"))
 
 
 def _available(pkg: str) -> bool:

@@ -84,6 +84,23 @@ def test_dynamic_time_onnx(tmp_path):
         torch.testing.assert_close(load_exported(out, "onnx")(x), net.log_probs(x), atol=1e-4, rtol=1e-4)
 
 
+@needs_onnx
+def test_int8_onnx_matches_eager(tmp_path):
+    net, ckpt = _checkpoint(tmp_path, LOCAL_GLOBAL)
+    out = tmp_path / "asr.onnx"
+    result = export(ckpt_path=str(ckpt), format="onnx", out=str(out), frames=100, attention_backend="dense",
+                    quantize="int8")
+    int8 = tmp_path / "asr.int8.onnx"
+    assert result["int8_path"] == str(int8) and result["int8_size_bytes"] == int8.stat().st_size
+    assert result["size_bytes"] == out.stat().st_size > result["int8_size_bytes"]
+    assert result["int8_rel_diff"] <= 0.05 == result["int8_tolerance"]  # of the log-probabilities' largest magnitude
+    x = _feats(100, seed=8)
+    with torch.no_grad():
+        want = net.log_probs(x)
+        got = load_exported(int8, "onnx")(x)
+    assert got.shape == want.shape and ((got - want).abs().max() / want.abs().max()).item() <= 0.05
+
+
 def test_default_local_exports_at_fixed_length_with_dense_backend(tmp_path):
     net, ckpt = _checkpoint(tmp_path, LOCAL_GLOBAL)
     result = export(ckpt_path=str(ckpt), format="exported", frames=120, attention_backend="dense")

@@ -66,6 +66,21 @@ def test_local_exports_with_dense_backend(fmt, tmp_path):
         torch.testing.assert_close(load_exported(out, fmt)(x), net(x), atol=1e-4, rtol=1e-4)
 
 
+@needs_onnx
+def test_int8_onnx_matches_eager(tmp_path):
+    net, ckpt = _checkpoint(tmp_path, _attention("local", window=8, causal=True))
+    result = export(ckpt_path=str(ckpt), format="onnx", batch_size=2, attention_backend="dense", quantize="int8")
+    fp32, int8 = ckpt.with_suffix(".onnx"), ckpt.with_name("last.int8.onnx")
+    assert result["path"] == str(fp32) and result["int8_path"] == str(int8)
+    assert result["size_bytes"] == fp32.stat().st_size > result["int8_size_bytes"] == int8.stat().st_size
+    assert result["int8_rel_diff"] <= 0.05 == result["int8_tolerance"]  # of the logits' largest magnitude
+    x = _tokens(2, 64, seed=5)
+    with torch.no_grad():
+        want = net(x)
+        got = load_exported(int8, "onnx")(x)
+    assert got.shape == want.shape and ((got - want).abs().max() / want.abs().max()).item() <= 0.05
+
+
 def test_classifier_with_patches_exports(tmp_path):
     net, ckpt = _checkpoint(tmp_path, _attention("linear"), task="SequenceClassifier", window=None,
                             patch_size=4, pool="mean", num_outputs=3)

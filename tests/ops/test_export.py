@@ -1,4 +1,4 @@
-"""export_model / load_exported on a tiny ViT, and ``vision.export`` on a checkpoint."""
+"""export_model / load_exported on a tiny ViT, ``vision.export`` on a checkpoint, and the int8 ONNX model."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 
 from core_attn.attention.dense import DenseAttention
 from core_attn.attention.local import LocalAttention
-from core_attn.training.export import FORMATS, export_model, load_exported
+from core_attn.training.export import FORMATS, export_artefact, export_model, int8_path, load_exported
 from vision.export import export
 from vision.model import VisionTransformer
 
@@ -19,12 +19,14 @@ HAS_ONNX = all(importlib.util.find_spec(p) for p in ("onnx", "onnxscript", "onnx
 ATTENTION = {"local": partial(LocalAttention, window=4), "dense": DenseAttention,
              "local_dense": partial(LocalAttention, window=4, backend="dense")}  # the same pattern through SDPA
 MODEL = dict(img_size=32, in_chans=1, num_classes=3, patch_size=4, dim=16, depth=1, num_heads=2)  # 64 tokens
+INT8_TOL = 0.05  # the default int8_tolerance: max |int8 - eager| <= 5% of max |eager|
+needs_onnx = pytest.mark.skipif(not HAS_ONNX, reason="onnx, onnxscript and onnxruntime not installed "
+                                "(pip install -e '.[export]')")
 
 
 def _formats():
     for fmt in FORMATS:
-        marks = [pytest.mark.skipif(not HAS_ONNX, reason="onnx, onnxscript and onnxruntime not installed "
-                                    "(pip install -e '.[export]')")] if fmt == "onnx" else []
+        marks = [needs_onnx] if fmt == "onnx" else []
         yield pytest.param(fmt, marks=marks)
 
 
@@ -142,6 +144,7 @@ def test_vision_export_from_checkpoint(tmp_path):
     module, ckpt = _checkpoint(tmp_path)
     result = export(ckpt_path=str(ckpt), format="exported", batch_size=2, attention_backend="dense")
     assert result["path"] == str(ckpt.with_suffix(".pt2")) and result["input_shape"] == [2, 1, 32, 32]
+    assert result["size_bytes"] == ckpt.with_suffix(".pt2").stat().st_size and result["quantize"] == "none"
     x = torch.randn(2, 1, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(load_exported(result["path"], "exported")(x), module.net.eval()(x))
@@ -171,3 +174,93 @@ def test_vision_export_command_line(tmp_path):
     x = torch.randn(1, 1, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(load_exported(out, "exported")(x), module.net.eval()(x))
+
+
+def rel_diff(got: torch.Tensor, want: torch.Tensor) -> float:
+    """max |got - want| / max |want|: what the int8 check bounds."""
+    return ((got - want).abs().max() / want.abs().max()).item()
+
+
+@needs_onnx
+def test_vision_export_int8(tmp_path):
+    module, ckpt = _checkpoint(tmp_path)
+    result = export(ckpt_path=str(ckpt), format="onnx", batch_size=2, attention_backend="dense", quantize="int8")
+    fp32, int8 = ckpt.with_suffix(".onnx"), ckpt.with_name("last.int8.onnx")
+    assert result["path"] == str(fp32) and result["int8_path"] == str(int8) == str(int8_path(fp32))
+    assert result["size_bytes"] == fp32.stat().st_size > result["int8_size_bytes"] == int8.stat().st_size
+    assert result["max_abs_diff"] <= 1e-4 and result["int8_rel_diff"] <= INT8_TOL == result["int8_tolerance"]
+    assert result["int8_max_abs_diff"] > 0 and 0 <= result["int8_top1_agreement"] <= 1
+    x = torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(7))  # another batch than the check's
+    with torch.no_grad():
+        assert rel_diff(load_exported(int8, "onnx")(x), module.net.eval()(x)) <= INT8_TOL
+
+
+def test_quantize_errors(tmp_path):
+    net, x = torch.nn.Linear(3, 2).eval(), torch.zeros(2, 3)
+    with pytest.raises(ValueError, match=r"quantize='int' is not allowed; expected one of \['none', 'int8'\]\. "
+                                         r"Did you mean 'int8'\?"):
+        export_artefact(net, x, "onnx", tmp_path / "a.onnx", quantize="int")
+    with pytest.raises(ValueError, match=r"quantize='int8' needs format='onnx' \(got format='exported'\): the int8 "
+                                         r"model is quantised and run by onnxruntime"):
+        export_artefact(net, x, "exported", tmp_path / "a.pt2", quantize="int8")
+    with pytest.raises(ValueError, match=r"int8_tolerance=-0.1 is out of range"):
+        export_artefact(net, x, "onnx", tmp_path / "a.onnx", quantize="int8", int8_tolerance=-0.1)
+    _, ckpt = _checkpoint(tmp_path)  # the app passes the key through
+    with pytest.raises(ValueError, match=r"quantize='fp16' is not allowed; expected one of \['none', 'int8'\]"):
+        export(ckpt_path=str(ckpt), format="onnx", quantize="fp16")
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoints"]
+
+
+@needs_onnx
+def test_int8_beyond_tolerance_writes_only_fp32(tmp_path):
+    torch.manual_seed(0)
+    net = torch.nn.Linear(16, 4).eval()
+    path = tmp_path / "a.onnx"
+    with pytest.raises(ValueError, match=r"the int8 model differs from the eager model by .* of the output's largest "
+                                         r"magnitude \(> int8_tolerance=0.0\); nothing was written to .*a\.int8\.onnx "
+                                         r"\(the fp32 model .*a\.onnx was\)"):
+        export_artefact(net, torch.randn(2, 16), "onnx", path, quantize="int8", int8_tolerance=0.0)
+    assert [p.name for p in tmp_path.iterdir()] == ["a.onnx"]
+
+
+@needs_onnx
+@pytest.mark.slow
+def test_vision_export_int8_command_line(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    module, ckpt = _checkpoint(tmp_path)
+    root = Path(__file__).resolve().parents[2]
+    out, run_dir = tmp_path / "model.onnx", tmp_path / "hydra"
+    proc = subprocess.run([sys.executable, "-m", "vision.export", f"ckpt_path={ckpt}", "format=onnx", f"out={out}",
+                           "attention_backend=dense", "quantize=int8", f"hydra.run.dir={run_dir}"], cwd=root,
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"wrote {tmp_path / 'model.int8.onnx'} (int8, " in proc.stdout
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["int8_size_bytes"] == (tmp_path / "model.int8.onnx").stat().st_size
+    assert metrics["size_bytes"] == out.stat().st_size and metrics["int8_rel_diff"] <= INT8_TOL
+    x = torch.randn(1, 1, 32, 32)
+    with torch.no_grad():
+        assert rel_diff(load_exported(tmp_path / "model.int8.onnx", "onnx")(x), module.net.eval()(x)) <= INT8_TOL
+
+
+@needs_onnx
+def test_int8_benchmark_script(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "int8_export.py"
+    spec = importlib.util.spec_from_file_location("int8_export", script)  # benchmarks/ is not a package
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    tiny = ["model.dim=16", "model.depth=1", "model.num_heads=2", "data.window=64", "attention.window=8"]
+    rows = bench.main(["genomics", *(a for o in tiny for a in ("-o", o)), "--repeats", "1",
+                       "--json", str(tmp_path / "rows.json")])
+    assert [r["model"] for r in rows] == ["fp32 eager (torch)", "int8 eager (torch quantize_dynamic)",
+                                          "fp32 ONNX (onnxruntime)", "int8 ONNX (onnxruntime)"]
+    assert rows[3]["size_mb"] < rows[2]["size_mb"] and rows[3]["rel_diff"] <= INT8_TOL
+    assert (tmp_path / "rows.json").is_file()

@@ -1,0 +1,185 @@
+"""fp32 against int8 inference artefacts of one app's network: file size, latency of one input, agreement.
+
+    python benchmarks/int8_export.py vision --ckpt outputs/vision/.../checkpoints/last.ckpt   # a trained model
+    python benchmarks/int8_export.py genomics                     # the app's default model, untrained
+    python benchmarks/int8_export.py audio -o model=audio_conformer_medium   # config overrides (untrained model)
+
+Exports the network as ``python -m <app>.export format=onnx quantize=int8 attention_backend=dense`` does
+(into a temporary folder), then times side by side, round-robin on the same input (median of
+``--repeats``, ``--threads`` threads): the eager fp32 network (the exported one: dense backend), the fp32 and
+int8 ONNX models under onnxruntime, and, for reference, the eager network after torch's dynamic int8
+quantisation of its ``nn.Linear`` layers (``torch.ao.quantization.quantize_dynamic``; it saves no artefact).
+Without ``--ckpt`` the network is the app's default config (``conf/<app>.yaml`` plus ``-o`` overrides),
+freshly initialised. Prints a markdown table; ``--json`` writes its rows.
+
+The table's differences are on one random input, far from real data (a vision model's logits on Gaussian
+noise are ~100x larger than on images). ``--test-images N`` (vision) also runs N images of the checkpoint's
+test split through the eager fp32 network and the int8 model: accuracy of each, top-1 agreement, and the
+median of max |int8 - eager| / max |eager|.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import lightning
+import torch
+from torch import nn
+
+from core_attn.training.callbacks import CONFIG_KEY
+from core_attn.training.cli import CONF_DIR
+from core_attn.training.export import checkpoint_network
+
+APPS = ("vision", "audio", "genomics")
+
+
+def untrained_checkpoint(app: str, overrides: list[str], folder: Path) -> Path:
+    """``conf/<app>.yaml`` with ``overrides``, its module freshly initialised and saved as a checkpoint (with
+    the resolved config, as training stores it)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from core_attn.training.train import resolved_config
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(app, overrides=[*overrides, f"paths.output_dir={folder}"])
+    torch.manual_seed(0)
+    module = instantiate(cfg.module, _recursive_=False, _convert_="all")
+    path = folder / "untrained.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+                "pytorch-lightning_version": lightning.__version__, CONFIG_KEY: resolved_config(cfg)}, path)
+    return path
+
+
+def exported(app: str, ckpt: Path, folder: Path, kwargs: dict) -> tuple[dict, nn.Module, torch.Tensor]:
+    """Export ``ckpt`` with int8; return the export's result, the eager network it exported, and an input."""
+    if app == "vision":
+        from vision.export import export
+        from vision.module import ImageClassifier as Module
+    elif app == "audio":
+        from audio.export import FeaturesToLogProbs, export
+        from audio.module import SpeechRecognizer as Module
+    else:
+        from genomics.export import export
+        from genomics.module import GenomicsModule as Module
+    result = export(ckpt_path=str(ckpt), format="onnx", out=str(folder / f"{app}.onnx"), attention_backend="dense",
+                    quantize="int8", **kwargs)
+    _, net = checkpoint_network(Module, ckpt, attention_backend="dense",
+                                overrides={"decoder": "greedy"} if app == "audio" else None)
+    gen = torch.Generator().manual_seed(1)  # another input than the export's check
+    if app == "audio":
+        net = FeaturesToLogProbs(net).eval()
+    if app == "genomics":
+        x = torch.randint(4, net.vocab_size, result["input_shape"], generator=gen)
+    else:
+        x = torch.randn(result["input_shape"], generator=gen)
+    return result, net, x
+
+
+def ort_runner(path: str, threads: int):
+    import onnxruntime
+
+    opts = onnxruntime.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    session = onnxruntime.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda x: torch.from_numpy(session.run(None, {name: x.numpy()})[0])
+
+
+def on_test_images(ckpt: Path, net: nn.Module, int8, limit: int) -> dict:
+    """Accuracy of ``net`` and of the int8 model ``int8`` on up to ``limit`` images of the test split of the
+    checkpoint's stored data config, one image per call (the artefact's batch size)."""
+    from hydra.utils import instantiate
+
+    from core_attn.training.runtime import load_run_config
+
+    data = instantiate(load_run_config(ckpt)["data"], _convert_="all")
+    data.setup("test")
+    n = right32 = right8 = same = 0
+    rels = []
+    with torch.no_grad():
+        for images, labels in data.test_dataloader():
+            for x, y in zip(images.split(1), labels.tolist()):
+                want, got = net(x), int8(x)
+                p32, p8 = want.argmax(-1).item(), got.argmax(-1).item()
+                n, right32, right8, same = n + 1, right32 + (p32 == y), right8 + (p8 == y), same + (p32 == p8)
+                rels.append(((got - want).abs().max() / want.abs().max()).item())
+                if n == limit:
+                    break
+            if n == limit:
+                break
+    return {"images": n, "fp32_acc": right32 / n, "int8_acc": right8 / n, "agreement": same / n,
+            "median_rel_diff": statistics.median(rels)}
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("app", choices=APPS)
+    p.add_argument("--ckpt", default=None, help="a checkpoint of the app; default: its config, untrained")
+    p.add_argument("-o", "--override", action="append", default=[], help="config override for the untrained model")
+    p.add_argument("--export-kwargs", default="{}", help='keyword arguments of <app>.export (JSON): {"atol": 1e-3}')
+    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", default=None, help="write the rows here")
+    p.add_argument("--test-images", type=int, default=0, help="vision: compare on this many test-split images")
+    a = p.parse_args(argv)
+    if a.test_images and (a.app != "vision" or not a.ckpt):
+        p.error("--test-images needs app vision and --ckpt (images of the checkpoint's stored data config)")
+    torch.set_num_threads(a.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        ckpt = Path(a.ckpt) if a.ckpt else untrained_checkpoint(a.app, a.override, folder)
+        result, net, x = exported(a.app, ckpt, folder, json.loads(a.export_kwargs))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.ao's notice that eager quantisation moves to torchao
+            torch_int8 = torch.ao.quantization.quantize_dynamic(copy.deepcopy(net), {nn.Linear}, dtype=torch.qint8)
+        runs = {"fp32 eager (torch)": (net, None), "int8 eager (torch quantize_dynamic)": (torch_int8, None),
+                "fp32 ONNX (onnxruntime)": (ort_runner(result["path"], a.threads), result["size_bytes"]),
+                "int8 ONNX (onnxruntime)": (ort_runner(result["int8_path"], a.threads), result["int8_size_bytes"])}
+        times: dict[str, list[float]] = {k: [] for k in runs}
+        with torch.no_grad():
+            want = net(x)
+            outs = {k: f(x) for k, (f, _) in runs.items()}  # also the warm-up
+            for _ in range(a.repeats):
+                for k, (f, _) in runs.items():
+                    t = time.perf_counter()
+                    f(x)
+                    times[k].append(time.perf_counter() - t)
+        if a.test_images:
+            test = on_test_images(ckpt, net, runs["int8 ONNX (onnxruntime)"][0], a.test_images)
+    base = statistics.median(times["fp32 eager (torch)"])
+    rows = []
+    for k, (_, size) in runs.items():
+        ms = statistics.median(times[k])
+        got = outs[k].float()
+        rows.append({"model": k, "size_mb": size / 1e6 if size else None, "ms": 1e3 * ms, "speed_vs_eager": base / ms,
+                     "rel_diff": ((got - want).abs().max() / want.abs().max()).item(),
+                     "argmax_agreement": (got.argmax(-1) == want.argmax(-1)).float().mean().item()})
+    source = a.ckpt or " ".join([f"untrained conf/{a.app}.yaml", *a.override])
+    print(f"{a.app} ({source}), input "
+          f"{result['input_shape']}, {a.threads} thread(s), median of {a.repeats}")
+    print("| model | file MB | ms | speed vs fp32 eager | max abs diff / max abs eager | argmax agreement |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        size = f"{r['size_mb']:.2f}" if r["size_mb"] else "-"
+        print(f"| {r['model']} | {size} | {r['ms']:.1f} | {r['speed_vs_eager']:.2f}x | {r['rel_diff']:.2%} | "
+              f"{r['argmax_agreement']:.1%} |")
+    if a.test_images:
+        print(f"{test['images']} test images: accuracy fp32 eager {test['fp32_acc']:.1%}, int8 ONNX "
+              f"{test['int8_acc']:.1%}; top-1 agreement {test['agreement']:.1%}; median max abs diff / max abs "
+              f"eager {test['median_rel_diff']:.2%}")
+        rows.append({"model": "test images", **test})
+    if a.json:
+        Path(a.json).write_text(json.dumps(rows, indent=2) + "\n")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
