@@ -269,8 +269,11 @@ def scored_texts(decoder: BeamSearchDecoder | None, log_probs: Tensor, lengths: 
 def make_decoder(kind: str, tokenizer: CharTokenizer, *, beam_size: int = 16, words: Sequence[str] | None = None,
                  lm: str | None = None, lexicon: str | None = None, lm_weight: float = 2.0, word_score: float = 0.0):
     """``None`` for ``greedy``; a lexicon-free :class:`BeamSearchDecoder` for ``beam``; for ``lexicon``, one
-    that only spells ``words``."""
+    that only spells ``words``, scored by the word language model ``lm`` (a KenLM file) if given."""
     check_choice("decoder", kind, DECODERS)
+    if lm is not None and kind != "lexicon":  # lexicon-free search would read a word LM as one over characters
+        raise ValueError(f"lm={str(lm)!r} is a word language model: it needs decoder='lexicon' (got decoder={kind!r}); "
+                         "set lm=null for greedy or lexicon-free beam decoding")
     if kind == "greedy":
         return None
     if kind == "lexicon" and words is None:

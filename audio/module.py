@@ -21,6 +21,7 @@ from audio.decoding import (
     read_word_list,
     scored_texts,
 )
+from audio.lm import check_lm, lm_file
 from audio.text import VOCAB, CharTokenizer, normalize_text
 from core_attn.attention.adaptive_span import total_span_loss
 from core_attn.training.bases import TaskModule
@@ -45,7 +46,9 @@ class SpeechRecognizer(TaskModule):
     manifest's transcripts) or else of the training transcripts (the datamodule's ``segments("train")``); it is
     saved in the checkpoint (``checkpoint["lexicon"]``), so evaluation and ``audio.transcribe`` use the same
     words. ``word_list`` adds the words of a general word list to it at decoding time (:meth:`decoding_words`;
-    the checkpoint keeps the hyper-parameter, not the words). With
+    the checkpoint keeps the hyper-parameter, not the words). ``lm`` scores lexicon decoding's words with a word
+    n-gram language model (:mod:`audio.lm`); ``train`` builds it from the training transcripts, which the
+    checkpoint also carries (``checkpoint["transcripts"]``, normalised), whatever ``lm`` is. With
     ``test_warps``, each test utterance is decoded with its frequency axis scaled by each factor and the
     hypothesis the decoder scores best is kept: test-time vocal tract length normalisation, the warp chosen
     by maximum likelihood as in Lee & Rose (1996), per utterance. The
@@ -62,11 +65,17 @@ class SpeechRecognizer(TaskModule):
         word_list: a general word list added to the lexicon (:func:`audio.decoding.read_word_list`): a file,
             or ``pocketsphinx`` for the CMU dictionary of the pocketsphinx wheel; ``None``: none.
         test_warps: frequency axis factors tried per test utterance (``None`` or ``[1.0]``: none).
+        lm: the word language model of ``lexicon`` decoding: ``None``; ``train``, a trigram of the training
+            transcripts (:func:`audio.lm.lm_file`); a KenLM ``.arpa``/``.bin`` file; or a ``.jsonl`` manifest
+            whose transcripts train one.
+        lm_weight: the language model's weight (its log10 probabilities against the acoustic log-probabilities).
+        word_score: score added per word by ``lexicon`` decoding (with or without a language model).
     """
 
     def __init__(self, *, model: dict[str, Any], optimizer: dict[str, Any], scheduler: dict[str, Any] | None = None,
                  decoder: str = "greedy", beam_size: int = 16, lexicon: str | None = None,
-                 word_list: str | None = None, test_warps: list[float] | None = None):
+                 word_list: str | None = None, test_warps: list[float] | None = None, lm: str | None = None,
+                 lm_weight: float = 2.0, word_score: float = 0.0):
         super().__init__()
         self.save_hyperparameters()
         self.net: nn.Module = instantiate(model)
@@ -80,6 +89,10 @@ class SpeechRecognizer(TaskModule):
         self._lexicon_file = lexicon if lexicon and not Path(lexicon).is_file() else None
         self.words: list[str] | None = read_lexicon(lexicon) if lexicon and not self._lexicon_file else None
         self.extra_words: list[str] | None = read_word_list(word_list) if word_list else None
+        check_lm(lm)
+        check_float("lm_weight", lm_weight, min_value=0.0)
+        check_float("word_score", word_score)
+        self.transcripts: list[str] | None = None  # the training transcripts (normalised), for lm=train
         self.test_decoder = None  # built when the test starts (the lexicon may come from the data)
         self.test_warps = [check_float("test_warps", w, min_value=0.5, max_value=2.0) for w in (test_warps or [])]
         self.wer = nn.ModuleDict({s: WordErrorRate() for s in ("val", "test")})
@@ -105,6 +118,12 @@ class SpeechRecognizer(TaskModule):
             self.words = lexicon_words([seg.text for seg in datamodule.segments("train")]) or None
         return self.words
 
+    def find_transcripts(self, datamodule: Any = None) -> list[str] | None:
+        """The training transcripts, normalised: those the checkpoint carries, else the ``datamodule``'s."""
+        if self.transcripts is None and datamodule is not None and hasattr(datamodule, "segments"):
+            self.transcripts = [normalize_text(seg.text) for seg in datamodule.segments("train")] or None
+        return self.transcripts
+
     def decoding_words(self, datamodule: Any = None) -> list[str] | None:
         """The words lexicon decoding spells: :meth:`find_lexicon`'s plus those of ``word_list``."""
         words = self.find_lexicon(datamodule)
@@ -112,15 +131,28 @@ class SpeechRecognizer(TaskModule):
             return words
         return sorted(set(words or ()) | set(self.extra_words))
 
-    def make_test_decoder(self, datamodule: Any = None):
-        """The test decoder (``None`` for greedy); ``lexicon`` spells the words of :meth:`decoding_words`."""
-        kind = self.hparams.decoder
-        words = self.decoding_words(datamodule) if kind == "lexicon" else None
-        return make_decoder(kind, self.tokenizer, beam_size=self.hparams.beam_size, words=words)
+    def make_test_decoder(self, datamodule: Any = None, *, kind: str | None = None, beam_size: int | None = None):
+        """The test decoder (``None`` for greedy); ``lexicon`` spells the words of :meth:`decoding_words`, scored by
+        the language model ``lm`` if any. ``kind`` and ``beam_size`` replace ``decoder`` and ``beam_size``."""
+        kind = kind or self.hparams.decoder
+        settings = {"beam_size": beam_size or self.hparams.beam_size, "lm_weight": self.hparams.lm_weight,
+                    "word_score": self.hparams.word_score}
+        if kind != "lexicon":  # greedy reads no language model; make_decoder refuses one for lexicon-free beam search
+            return make_decoder(kind, self.tokenizer, lm=self.hparams.lm if kind == "beam" else None, **settings)
+        words = self.decoding_words(datamodule)
+        with self.lm_file(self.hparams.lm, words, datamodule) as lm:
+            return make_decoder(kind, self.tokenizer, words=words, lm=lm, **settings)
+
+    def lm_file(self, lm: str | None, words: list[str] | None, datamodule: Any = None):
+        """A context manager giving the KenLM file of the ``lm`` setting (``None`` for none) with ``words`` (the
+        lexicon) in its vocabulary: :func:`audio.lm.lm_file` over :meth:`find_transcripts` for ``train``."""
+        texts = self.find_transcripts(datamodule) if lm == "train" else None
+        return lm_file(lm, texts=texts, words=words or ())
 
     def setup(self, stage: str) -> None:
-        if stage == "fit":  # the checkpoint carries the training words whatever the test decoder
+        if stage == "fit":  # the checkpoint carries the training words and transcripts whatever the test decoder
             self.find_lexicon(self.trainer.datamodule)
+            self.find_transcripts(self.trainer.datamodule)
 
     def on_test_start(self) -> None:
         datamodule = self.trainer.datamodule
@@ -130,9 +162,12 @@ class SpeechRecognizer(TaskModule):
             rate = oov_rate(words, [seg.text for seg in datamodule.segments("test")])
             log.info("lexicon decoding: %d words; %.2f%% of the test words are outside the lexicon (never "
                      "recognised; module.word_list=pocketsphinx or <a file> to widen it)", len(words), 100 * rate)
+            log.info("language model: lm=%s, lm_weight=%g, word_score=%g", self.hparams.lm, self.hparams.lm_weight,
+                     self.hparams.word_score)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["lexicon"] = self.words
+        checkpoint["transcripts"] = self.transcripts
         checkpoint["vocab"] = list(self.tokenizer.vocab)
 
     def check_init_from(self, checkpoint: dict[str, Any], path: Path) -> None:
@@ -151,6 +186,7 @@ class SpeechRecognizer(TaskModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.words is None:  # a lexicon file given now wins over the stored words
             self.words = checkpoint.get("lexicon")
+        self.transcripts = checkpoint.get("transcripts")
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         loss, _, _ = self._loss(batch)

@@ -16,7 +16,10 @@ models whose attention reads the whole recording, such as a global token, are re
 named). Word times come from the CTC alignment.
 ``decoder=auto`` (the default) is lexicon beam search when the checkpoint carries a lexicon (the words of
 its training transcripts, as its test used), else greedy; ``lexicon=<file or .jsonl manifest>`` replaces
-those words and ``word_list=pocketsphinx`` (or a file, one word per line) adds a general word list. ``warps`` (default: the checkpoint's
+those words and ``word_list=pocketsphinx`` (or a file, one word per line) adds a general word list; ``lm=train``
+(a trigram of the training transcripts the checkpoint carries), ``lm=<.arpa/.bin>`` or ``lm=<.jsonl manifest>``
+scores lexicon decoding's words with a word language model (``lm_weight``, ``word_score``; default: the
+checkpoint's ``lm``). ``warps`` (default: the checkpoint's
 ``test_warps``) are frequency warps tried on the first ``warp_seconds`` of the recording; the one the
 decoder scores best is used for the whole recording (vocal tract length normalisation per recording).
 """
@@ -32,8 +35,9 @@ from pathlib import Path
 
 import torch
 
-from audio.decoding import DECODERS, GreedyStream, Transcript, greedy_decode, make_decoder, scored_texts
+from audio.decoding import DECODERS, GreedyStream, Transcript, greedy_decode, scored_texts
 from audio.features import feature_blocks, stream_features
+from audio.lm import check_lm
 from audio.model import ConformerCTC
 from audio.text import CharTokenizer
 from core_attn.errors import run_main
@@ -44,12 +48,13 @@ MODES = ("full", "chunked", "stream")
 STREAM_DECODERS = ("auto", "greedy")  # mode=stream decodes online, greedily
 OPTIONS = {"ckpt_path": str, "mode": str, "chunk_seconds": float, "overlap_seconds": float, "decoder": str,
            "beam_size": int, "lexicon": str, "word_list": str, "warps": str, "warp_seconds": float, "threads": int,
-           "block_seconds": float, "step_seconds": float}
+           "block_seconds": float, "step_seconds": float, "lm": str, "lm_weight": float, "word_score": float}
+CHECKPOINT_DEFAULTS = ("word_list", "lm", "lm_weight", "word_score")  # None: the checkpoint's setting
 
 
 def load_recognizer(ckpt_path: str | Path, **overrides):
     """The :class:`audio.module.SpeechRecognizer` of a training checkpoint (network in eval mode, CPU);
-    ``overrides`` replace saved hyper-parameters (``decoder``, ``beam_size``, ``lexicon``)."""
+    ``overrides`` replace saved hyper-parameters (``decoder``, ``beam_size``, ``lexicon``, ``lm``, ...)."""
     from audio.module import SpeechRecognizer
     from core_attn.training.runtime import check_checkpoint_path
 
@@ -221,7 +226,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict]:
     args = parser.parse_intermixed_args(argv)
     opts: dict = {"mode": "full", "chunk_seconds": 20.0, "overlap_seconds": 2.0, "decoder": "auto",
                   "beam_size": 128, "lexicon": None, "word_list": None, "warps": None, "warp_seconds": 60.0, "threads": None,
-                  "block_seconds": 30.0, "step_seconds": 300.0, "ckpt_path": None}
+                  "block_seconds": 30.0, "step_seconds": 300.0, "ckpt_path": None, "lm": None, "lm_weight": None,
+                  "word_score": None}
     files = []
     for item in args.inputs:
         key, eq, value = item.partition("=")
@@ -243,6 +249,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict]:
                              f"not allowed with it; expected one of {list(STREAM_DECODERS)}")
         if opts["warps"] is not None:
             opts["warps"] = parse_warps(opts["warps"])
+        check_lm(opts["lm"])
     except ValueError as e:
         parser.error(str(e))
     if not opts["ckpt_path"]:
@@ -262,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     args, opts = parse_args(sys.argv[1:] if argv is None else argv)
     if opts["threads"]:
         torch.set_num_threads(opts["threads"])
-    given = {"word_list": opts["word_list"]} if opts["word_list"] else {}  # else the checkpoint's
+    given = {k: opts[k] for k in CHECKPOINT_DEFAULTS if opts[k] is not None}  # else the checkpoint's
     recognizer = load_recognizer(opts["ckpt_path"], decoder="greedy", lexicon=opts["lexicon"], **given)
     model = recognizer.net
     words = recognizer.decoding_words()
@@ -271,14 +278,15 @@ def main(argv: list[str] | None = None) -> int:
     if opts["decoder"] == "lexicon" and not words:
         raise SystemExit(f"decoder=lexicon: {opts['ckpt_path']} carries no lexicon (trained before checkpoints kept "
                          "their training words); give lexicon=<a file, one word per line> or decoder=greedy")
-    decoder = make_decoder(opts["decoder"], CharTokenizer(), beam_size=opts["beam_size"], words=words)
+    decoder = recognizer.make_test_decoder(kind=opts["decoder"], beam_size=opts["beam_size"])
     warps = recognizer.test_warps if opts["warps"] is None else opts["warps"]
     for path in args.files:
         out, stats = transcribe(model, path, mode=opts["mode"], chunk_seconds=opts["chunk_seconds"],
                                 overlap_seconds=opts["overlap_seconds"], decoder=decoder,
                                 block_seconds=opts["block_seconds"], warps=warps, warp_seconds=opts["warp_seconds"],
                                 step_seconds=opts["step_seconds"])
-        meta = {"audio": str(path), "mode": opts["mode"], "decoder": opts["decoder"], **stats}
+        meta = {"audio": str(path), "ckpt_path": str(opts["ckpt_path"]), "mode": opts["mode"], "decoder": opts["decoder"],
+                **stats}
         text = format_transcript(out, args.format, meta)
         if args.output:
             Path(args.output).write_text(text, encoding="utf-8")

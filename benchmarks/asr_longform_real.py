@@ -47,9 +47,11 @@ def join_clips(clips: list[dict], wav: Path, pause: float, rate: int = 16000) ->
 
 def one_pass(wav: Path, ckpt: str, options: dict, mode: str) -> tuple[str, dict]:
     """The checkpoint's transcript of the whole recording in one pass, and its timing stats."""
+    from asr_peer import typed_options
+
     from audio.transcribe import load_recognizer, transcribe
 
-    options = dict(options)
+    options = typed_options(options)
     warps = options.pop("warps", None)
     recognizer = load_recognizer(ckpt, **options)
     warps = [float(w) for w in str(warps).split(",")] if warps else recognizer.test_warps
@@ -77,7 +79,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mode", default="full", choices=("full", "chunked"), help="audio.transcribe's mode (default: full)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="decoding settings for both, e.g. decoder=greedy, lexicon=train.jsonl, word_list=pocketsphinx, "
-                        "warps=1.0 (repeatable)")
+                        "lm=train, lm_weight=0.5, word_score=1, warps=1.0 (repeatable)")
     p.add_argument("--limit", type=int, default=None, help="only the first N clips (a quick look)")
     p.add_argument("--workdir", default="/tmp/asr_longform_real", help="where the joined WAV and its transcripts go")
     p.add_argument("--out", default=None, help="also write the table (.md) and a .json beside it")

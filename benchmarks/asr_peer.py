@@ -11,8 +11,13 @@ and the same scoring (:func:`audio.decoding.error_rates`: corpus WER and CER). E
 own child process, so its peak resident memory is its own (VmHWM); the real-time factor is decoding time over
 audio time, loading excluded. Our model decodes as its checkpoint says (decoder, lexicon, test warps),
 as ``python -m audio.evaluate`` does; ``--option decoder=greedy`` and the like replace those settings
-(``--option word_list=pocketsphinx`` adds the CMU dictionary's words to the lexicon). With lexicon
-decoding, the table also gives the lexicon's size and the share of the test words outside it.
+(``--option word_list=pocketsphinx`` adds the CMU dictionary's words to the lexicon, ``--option lm=train`` a
+trigram of the training transcripts). With lexicon decoding, the table also gives the lexicon's size and the
+share of the test words outside it. ``--recognisers model`` runs our model alone.
+
+``--tune-lm`` picks the language model's ``lm_weight`` and ``word_score`` on the manifest (give it the
+validation split, never the test split): each clip's log-probabilities are computed once per warp, then
+decoded with every pair of ``--lm-weights`` x ``--word-scores``; the table gives WER/CER per pair and the best.
 """
 
 from __future__ import annotations
@@ -73,16 +78,31 @@ def run_pocketsphinx(clips: list[dict]) -> tuple[list[str], float]:
     return hyps, seconds
 
 
+def typed_options(options: dict[str, str]) -> dict:
+    """``--option`` values (text) as the module takes them: numbers for ``python -m audio.transcribe``'s numeric
+    options (``beam_size``, ``lm_weight``, ``word_score``, ...), the rest as given."""
+    from audio.transcribe import OPTIONS
+
+    typed = {}
+    for key, value in options.items():
+        kind = OPTIONS.get(key, str)
+        try:
+            typed[key] = value if kind is str else kind(value)
+        except ValueError:
+            raise SystemExit(f"--option {key}={value!r} must be {'an integer' if kind is int else 'a number'}") from None
+    return typed
+
+
 def run_model(clips: list[dict], ckpt: str, options: dict) -> tuple[list[str], float, dict]:
     """Our checkpoint, decoded per clip with its own decoder and test warps (as its test split is); the third
     value, for lexicon decoding, is the lexicon's size and the share of the clips' words outside it."""
     import torch
 
-    from audio.decoding import scored_texts
     from audio.module import oov_rate
-    from audio.transcribe import load_recognizer, log_probs_of
+    from audio.transcribe import load_recognizer
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
+    options = typed_options(options)
     warps = options.pop("warps", None)
     recognizer = load_recognizer(ckpt, **options)
     model, tok = recognizer.net, recognizer.tokenizer
@@ -96,15 +116,82 @@ def run_model(clips: list[dict], ckpt: str, options: dict) -> tuple[list[str], f
     for clip in clips:
         wave = torch.from_numpy(_wave(clip, model.features.sample_rate))
         t0 = time.perf_counter()
-        best = ("", float("-inf"))
-        for w in warps:
-            with torch.inference_mode():
-                feats, _ = model.features(wave[None], warp=torch.tensor([w]) if w != 1.0 else None)
-                lp = log_probs_of(model, feats[0])
-            best = max(best, scored_texts(decoder, lp[None], torch.tensor([len(lp)]), tok)[0], key=lambda h: h[1])
+        hyps.append(best_warp(decoder, warp_log_probs(model, wave, warps), tok))
         seconds += time.perf_counter() - t0
-        hyps.append(best[0])
     return hyps, seconds, lexicon
+
+
+def warp_log_probs(model, wave, warps: list[float]) -> list:
+    """(N, V) log-probabilities of the samples ``wave`` (L,) at each frequency warp."""
+    import torch
+
+    from audio.transcribe import log_probs_of
+
+    out = []
+    for w in warps:
+        with torch.inference_mode():
+            feats, _ = model.features(wave[None], warp=torch.tensor([w]) if w != 1.0 else None)
+            out.append(log_probs_of(model, feats[0]))
+    return out
+
+
+def best_warp(decoder, log_probs: list, tok) -> str:
+    """The transcript the decoder (``None``: greedy) scores best over one clip's warps (the first on a tie)."""
+    import torch
+
+    from audio.decoding import scored_texts
+
+    best = ("", float("-inf"))
+    for lp in log_probs:
+        best = max(best, scored_texts(decoder, lp[None], torch.tensor([len(lp)]), tok)[0], key=lambda h: h[1])
+    return best[0]
+
+
+def tune_lm(clips: list[dict], ckpt: str, options: dict, weights: list[float], scores: list[float]) -> list[dict]:
+    """WER/CER of lexicon decoding over the clips for each ``lm_weight`` x ``word_score`` (the network runs once
+    per clip and warp; the language model is built once)."""
+    import torch
+
+    from audio.decoding import error_rates, make_decoder
+    from audio.text import normalize_text
+    from audio.transcribe import load_recognizer
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
+    options = typed_options(options)
+    warps = options.pop("warps", None)
+    recognizer = load_recognizer(ckpt, **{"decoder": "lexicon", **options})
+    if recognizer.hparams.decoder != "lexicon":
+        raise SystemExit(f"--tune-lm tunes lexicon decoding; got --option decoder={recognizer.hparams.decoder}")
+    model, tok, lm = recognizer.net, recognizer.tokenizer, recognizer.hparams.lm
+    warps = [float(w) for w in str(warps).split(",")] if warps else (recognizer.test_warps or [1.0])
+    log_probs = [warp_log_probs(model, torch.from_numpy(_wave(c, model.features.sample_rate)), warps) for c in clips]
+    refs = [normalize_text(c["text"]) for c in clips]
+    words, rows = recognizer.decoding_words(), []
+    with recognizer.lm_file(lm, words) as path:
+        for weight in weights if lm else [0.0]:  # without a language model only the word score matters
+            for score in scores:
+                decoder = make_decoder("lexicon", tok, beam_size=recognizer.hparams.beam_size, words=words, lm=path,
+                                       lm_weight=weight, word_score=score)
+                hyps = [normalize_text(best_warp(decoder, lps, tok)) for lps in log_probs]
+                rows.append({"lm_weight": weight, "word_score": score, **error_rates(hyps, refs)})
+                print(f"lm_weight={weight:g} word_score={score:g}: WER {100 * rows[-1]['wer']:.2f}%", file=sys.stderr)
+    return rows
+
+
+def tune_table(rows: list[dict], manifest: str, options: list[str]) -> str:
+    """WER % per lm_weight (rows) and word_score (columns), and the best pair (the lowest WER, then CER)."""
+    scores = sorted({r["word_score"] for r in rows})
+    lines = [f"lexicon decoding of `{manifest}` ({', '.join(options) or 'the checkpoint settings'}): WER %", "",
+             "| lm_weight \\ word_score | " + " | ".join(f"{s:g}" for s in scores) + " |",
+             "|---|" + "---|" * len(scores)]
+    for weight in sorted({r["lm_weight"] for r in rows}):
+        cells = {r["word_score"]: f"{100 * r['wer']:.2f}" for r in rows if r["lm_weight"] == weight}
+        lines.append(f"| {weight:g} | " + " | ".join(cells.get(s, "") for s in scores) + " |")
+    best = min(rows, key=lambda r: (r["wer"], r["cer"]))
+    lines += ["", (f"best: lm_weight={best['lm_weight']:g} word_score={best['word_score']:g} (WER "
+                   f"{100 * best['wer']:.2f}%, CER {100 * best['cer']:.2f}%): --option lm_weight={best['lm_weight']:g} "
+                   f"--option word_score={best['word_score']:g}, or module.lm_weight / module.word_score")]
+    return "\n".join(lines) + "\n"
 
 
 def peak_rss_mb() -> float:
@@ -158,14 +245,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ckpt", default=None, help="our model's training checkpoint; without it only the peer is run")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="our model's decoding settings, e.g. decoder=greedy, lexicon=words.txt (or train.jsonl), "
-                        "word_list=pocketsphinx, warps=1.0 (repeatable)")
+                        "word_list=pocketsphinx, lm=train, lm_weight=0.5, word_score=1, warps=1.0 (repeatable)")
+    p.add_argument("--recognisers", nargs="+", choices=RECOGNISERS, default=list(RECOGNISERS),
+                   help="which to run (default: both; model needs --ckpt)")
+    p.add_argument("--tune-lm", action="store_true",
+                   help="instead of the table: WER of our model's lexicon decoding on the manifest (the validation "
+                        "split) for each --lm-weights x --word-scores, and the best pair")
+    p.add_argument("--lm-weights", default="0,1,2,4,6", help="lm_weight values of --tune-lm (comma-separated)")
+    p.add_argument("--word-scores", default="-1,0,1,2",
+                   help="word_score values of --tune-lm (comma-separated; --word-scores=-1,0 when the first is negative)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads of each recogniser (default: 2)")
     p.add_argument("--limit", type=int, default=None, help="only the first N clips (a quick look)")
     p.add_argument("--out", default=None, help="also write the table (.md) and a .json beside it")
     p.add_argument("--child", choices=RECOGNISERS, help=argparse.SUPPRESS)
     p.add_argument("--clips", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if (args.tune_lm or set(args.recognisers) == {"model"}) and not args.ckpt:
+        p.error("--ckpt is required with --tune-lm and with --recognisers model")
+    try:
+        args.lm_weights, args.word_scores = ([float(v) for v in x.split(",")] for x in (args.lm_weights, args.word_scores))
+    except ValueError:
+        p.error(f"--lm-weights={args.lm_weights!r} and --word-scores={args.word_scores!r} must be comma-separated numbers")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -178,28 +280,37 @@ def main(argv: list[str] | None = None) -> int:
     from audio.text import normalize_text
 
     clips = _clips(args.manifest)[:args.limit]
+    if args.tune_lm:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+        rows = tune_lm(clips, args.ckpt, dict(o.split("=", 1) for o in args.option), args.lm_weights, args.word_scores)
+        return write_report(tune_table(rows, args.manifest, args.option), {"manifest": args.manifest, "rows": rows},
+                            args)
     refs = [normalize_text(c["text"]) for c in clips]
     with tempfile.TemporaryDirectory(prefix="asr_peer-") as tmp:
         clips_file = Path(tmp) / "clips.json"
         clips_file.write_text(json.dumps(clips))
         seconds = sum(len(_wave(c, 16000)) for c in clips) / 16000
         rows = {}
-        for name in ("pocketsphinx", "model") if args.ckpt else ("pocketsphinx",):
+        for name in (n for n in RECOGNISERS if n in args.recognisers and (n != "model" or args.ckpt)):
             r = measure(name, clips_file, args, Path(tmp))
             hyps = [normalize_text(h) for h in r["hyps"]]
             rows[name if name != "model" else f"ours ({Path(args.ckpt).name})"] = {
                 **error_rates(hyps, refs), "rtf": r["seconds"] / seconds, "peak_rss_mb": r["peak_rss_mb"],
                 **{k: r[k] for k in ("lexicon_words", "oov") if k in r},
                 "examples": [{"ref": a, "hyp": b} for a, b in list(zip(refs, hyps))[:5]]}
-    text = table(rows, len(clips), seconds / 60, args.manifest)
+    return write_report(table(rows, len(clips), seconds / 60, args.manifest),
+                        {"clips": len(clips), "minutes": seconds / 60, "manifest": args.manifest,
+                         "threads": args.threads, "rows": rows}, args)
+
+
+def write_report(text: str, data: dict, args: argparse.Namespace) -> int:
+    """Print the table; with ``--out``, also write it (.md, with the command) and ``data`` (.json)."""
     print(text)
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.with_suffix(".md").write_text(text + f"\n`python benchmarks/asr_peer.py {' '.join(sys.argv[1:])}`\n")
-        out.with_suffix(".json").write_text(json.dumps({"clips": len(clips), "minutes": seconds / 60,
-                                                        "manifest": args.manifest, "threads": args.threads,
-                                                        "rows": rows}, indent=2))
+        out.with_suffix(".json").write_text(json.dumps(data, indent=2))
     return 0
 
 

@@ -9,6 +9,13 @@ Builds a 16 kHz recording of ``--minutes`` by concatenating utterances of the bu
 0.3-1.2 s pauses), makes a checkpoint of the default model size unless ``--ckpt`` is given (compute does
 not depend on the weights), then runs ``python -m audio.transcribe`` on it in a child process and reports
 its wall time, real-time factor and peak resident memory (the child's high-water mark).
+
+Each run keeps its transcript as ``<workdir>/transcript_<minutes>min_<mode>.json``; with ``--compare MODE``
+the words (text, start and end times) are compared with that mode's transcript of the same recording and
+checkpoint, as streaming must give one pass's transcript word for word::
+
+    python benchmarks/audio_longform.py --minutes 60 --ckpt last.ckpt --mode full --option decoder=greedy
+    python benchmarks/audio_longform.py --minutes 60 --ckpt last.ckpt --mode stream --option decoder=greedy --compare full
 """
 
 from __future__ import annotations
@@ -48,6 +55,23 @@ def make_recording(path: Path, minutes: float, data_dir: Path) -> float:
     return written / 16000
 
 
+def compare_words(result: dict, other_path: Path, other_mode: str) -> dict:
+    """Words of ``result`` against those of the transcript at ``other_path``: counts, how many are equal
+    (text, start and end), and the first that differs."""
+    if not other_path.is_file():
+        raise SystemExit(f"--compare {other_mode}: {other_path} is missing: run --mode {other_mode} on the same "
+                         "recording and checkpoint first")
+    other = json.loads(other_path.read_text())
+    if other.get("ckpt_path") != result.get("ckpt_path"):
+        raise SystemExit(f"--compare {other_mode}: {other_path} was made with another checkpoint")
+    a, b = result["words"], other["words"]
+    equal = sum(x == y for x, y in zip(a, b))
+    first = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None if len(a) == len(b) else min(len(a), len(b)))
+    return {"mode": other_mode, "words": len(a), "other_words": len(b), "equal_words": equal,
+            "identical": first is None, "first_difference": None if first is None else
+            {"index": first, "this": a[first] if first < len(a) else None, "other": b[first] if first < len(b) else None}}
+
+
 def make_checkpoint(path: Path, overrides: list[str]) -> None:
     """A checkpoint of an untrained model of the configured size (``load_from_checkpoint`` reads it)."""
     import lightning
@@ -72,6 +96,8 @@ def main() -> None:
     p.add_argument("--workdir", default="/tmp/audio_longform")
     p.add_argument("--data-dir", default=str(ROOT / "data"))
     p.add_argument("--out", default=None, help="write the result as JSON here")
+    p.add_argument("--compare", default=None, choices=("full", "chunked", "stream"),
+                   help="compare the words with this mode's earlier transcript of the same recording and checkpoint")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="an audio.transcribe option (repeatable), e.g. --option decoder=greedy --option warps=1")
     p.add_argument("overrides", nargs="*", help="config overrides for the untrained model, e.g. attention.window=32")
@@ -85,20 +111,25 @@ def main() -> None:
     ckpt = Path(args.ckpt) if args.ckpt else work / "untrained.ckpt"
     if not args.ckpt:
         make_checkpoint(ckpt, args.overrides)
+    transcript = work / f"transcript_{args.minutes:g}min_{args.mode}.json"
     cmd = [sys.executable, "-m", "audio.transcribe", str(wav), f"ckpt_path={ckpt}", f"threads={args.threads}",
-           f"mode={args.mode}", *args.option, "--format", "json", "--output", str(work / "transcript.json")]
+           f"mode={args.mode}", *args.option, "--format", "json", "--output", str(transcript)]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=ROOT)
     wall = time.perf_counter() - t0
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     peak_mb = usage.ru_maxrss / 1024
-    result = json.loads((work / "transcript.json").read_text())
+    result = json.loads(transcript.read_text())
     out = {"minutes": round(result["duration"] / 60, 2), "mode": args.mode, "threads": args.threads,
            "decoder": result.get("decoder"), "warp": result.get("warp"),
            "transcribe_seconds": result["seconds"], "real_time_factor": result["real_time_factor"],
            "process_wall_seconds": round(wall, 1), "process_real_time_factor": round(wall / result["duration"], 5),
            "process_cpu_seconds": round(usage.ru_utime + usage.ru_stime, 1),  # both threads: ~2x wall when idle
-           "peak_rss_mb": round(peak_mb, 1), "words": len(result["words"]), "command": " ".join(cmd)}
+           "peak_rss_mb": round(peak_mb, 1), "words": len(result["words"]), "ckpt": str(ckpt),
+           "command": " ".join(cmd)}
+    if args.compare:
+        out["compare"] = compare_words(result, work / f"transcript_{args.minutes:g}min_{args.compare}.json",
+                                       args.compare)
     print(json.dumps(out, indent=2))
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
