@@ -14,33 +14,8 @@ benchmarks use them).
 """
 
 from core_attn.bench.budgets import BUDGETS, DIM, HEAD_DIM, HEADS, is_linear
-from core_attn.bench.runner import (
-                                    Config,
-                                    attention_kwargs,
-                                    build_layer,
-                                    main,
-                                    make_attention,
-                                    parse_args,
-                                    resolve_variants,
-                                    run_cases,
-                                    synchronize,
-                                    useful_flops,
-)
+from core_attn.bench.runner import (Config, attention_kwargs, build_layer, main, make_attention, parse_args,
+                                    resolve_variants, run_cases, synchronize, useful_flops)
 
-__all__ = [
-                                    "BUDGETS",
-                                    "DIM",
-                                    "HEADS",
-                                    "HEAD_DIM",
-                                    "Config",
-                                    "attention_kwargs",
-                                    "build_layer",
-                                    "is_linear",
-                                    "main",
-                                    "make_attention",
-                                    "parse_args",
-                                    "resolve_variants",
-                                    "run_cases",
-                                    "synchronize",
-                                    "useful_flops",
-]
+__all__ = ["BUDGETS", "DIM", "HEADS", "HEAD_DIM", "Config", "attention_kwargs", "build_layer", "is_linear", "main",
+           "make_attention", "parse_args", "resolve_variants", "run_cases", "synchronize", "useful_flops"]

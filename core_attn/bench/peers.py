@@ -148,9 +148,7 @@ class LongformerLayer(nn.Module):
     def __init__(self, dim: int, num_heads: int, window: int):
         super().__init__()
         from transformers import LongformerConfig
-        from transformers.models.longformer.modeling_longformer import (
-            LongformerSelfAttention,
-        )
+        from transformers.models.longformer.modeling_longformer import LongformerSelfAttention
 
         cfg = LongformerConfig(hidden_size=dim, num_attention_heads=num_heads, attention_window=[2 * window],
                                attention_probs_dropout_prob=0.0, num_hidden_layers=1)
@@ -178,9 +176,7 @@ class BigBirdLayer(nn.Module):
     def __init__(self, dim: int, num_heads: int, n: int):
         super().__init__()
         from transformers import BigBirdConfig, BigBirdModel
-        from transformers.models.big_bird.modeling_big_bird import (
-            BigBirdBlockSparseAttention,
-        )
+        from transformers.models.big_bird.modeling_big_bird import BigBirdBlockSparseAttention
 
         if n % 64:
             raise ValueError(f"hf_bigbird needs N a multiple of its block size 64; got N={n}")

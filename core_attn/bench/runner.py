@@ -534,4 +534,3 @@ def main(argv: list[str] | None = None) -> int:
     paths = report.write_outputs(rows, cfg, gemm, targets, outdir, tag, command, plots=not a.no_plots)
     print("wrote " + ", ".join(str(p) for p in paths))
     return 1 if any(status == "FAIL" for status, _ in targets) else 0
-

@@ -10,17 +10,8 @@ import pytest
 import torch
 
 from core_attn import build_attention
-from core_attn.bench import (
-    BUDGETS,
-    Config,
-    attention_kwargs,
-    is_linear,
-    main,
-    parse_args,
-    resolve_variants,
-    run_cases,
-    useful_flops,
-)
+from core_attn.bench import (BUDGETS, Config, attention_kwargs, is_linear, main, parse_args, resolve_variants,
+                             run_cases, useful_flops)
 from core_attn.bench import runner as bench
 from core_attn.bench.report import COLUMNS, add_comparisons, check_targets
 from core_attn.bench.runner import spawn_worker, worker_main
