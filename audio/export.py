@@ -14,7 +14,6 @@ Config ``conf/audio_export.yaml``; the run's ``metrics.json`` records the result
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import hydra
@@ -24,9 +23,8 @@ from torch import Tensor, nn
 
 from audio.model import ConformerCTC
 from audio.module import SpeechRecognizer
-from core_attn.training.atomic import write_json_atomic
 from core_attn.training.cli import CONF_DIR, run
-from core_attn.training.export import artefact_path, checkpoint_network, export_artefact, int8_line
+from core_attn.training.export import artefact_path, checkpoint_network, export_artefact, report_export
 from core_attn.validation import check_int
 
 
@@ -88,13 +86,10 @@ def main(cfg: DictConfig) -> None:
     result = export(ckpt_path=cfg.ckpt_path, format=cfg.format, out=cfg.out, frames=cfg.frames,
                     dynamic_time=cfg.dynamic_time, batch_size=cfg.batch_size, seed=cfg.seed, atol=cfg.atol,
                     attention_backend=cfg.attention_backend, quantize=cfg.quantize, int8_tolerance=cfg.int8_tolerance)
-    write_json_atomic(Path(cfg.paths.output_dir) / "metrics.json", result)
     time = "dynamic" if result["dynamic_time"] else f"{result['input_shape'][1]} (fixed)"
-    print(f"wrote {result['path']} ({result['format']}, input (B={result['input_shape'][0]}, T={time}, "
-          f"F={result['input_shape'][2]}), checked at T={result['checked_frames']}, "
-          f"max |artefact - eager| = {result['max_abs_diff']:.2e})")
-    if result["quantize"] == "int8":
-        print(int8_line(result))
+    report_export(result, cfg.paths.output_dir, f"wrote {result['path']} ({result['format']}, input "
+                  f"(B={result['input_shape'][0]}, T={time}, F={result['input_shape'][2]}), checked at "
+                  f"T={result['checked_frames']}, max |artefact - eager| = {result['max_abs_diff']:.2e})")
 
 
 if __name__ == "__main__":

@@ -204,6 +204,16 @@ def format_transcript(transcript: Transcript, fmt: str, meta: dict | None = None
 
 
 # -- command line ------------------------------------------------------------------------------------
+def typed_option(key: str, value: str):
+    """The text ``value`` of option ``key`` as :data:`OPTIONS` types it (int, float or the text itself);
+    ``ValueError`` naming the key when it is not a number."""
+    kind = OPTIONS.get(key, str)
+    try:
+        return kind(value)
+    except ValueError:
+        raise ValueError(f"{key}={value!r} must be {'an integer' if kind is int else 'a number'}") from None
+
+
 def parse_warps(text: str) -> list[float]:
     """``warps=0.9,1.0,1.1`` (brackets allowed) -> factors in [0.5, 2]; ``warps=1`` turns warping off."""
     try:
@@ -237,10 +247,9 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict]:
         if key not in OPTIONS:
             parser.error(f"unknown option {key!r}; expected one of {list(OPTIONS)}.{did_you_mean(key, OPTIONS)}")
         try:
-            opts[key] = OPTIONS[key](value)
-        except ValueError:
-            kind = {int: "an integer", float: "a number"}[OPTIONS[key]]
-            parser.error(f"{key}={value!r} must be {kind}")
+            opts[key] = typed_option(key, value)
+        except ValueError as e:
+            parser.error(str(e))
     try:
         check_choice("decoder", opts["decoder"], ("auto",) + DECODERS)
         check_choice("mode", opts["mode"], MODES)
@@ -285,8 +294,8 @@ def main(argv: list[str] | None = None) -> int:
                                 overlap_seconds=opts["overlap_seconds"], decoder=decoder,
                                 block_seconds=opts["block_seconds"], warps=warps, warp_seconds=opts["warp_seconds"],
                                 step_seconds=opts["step_seconds"])
-        meta = {"audio": str(path), "ckpt_path": str(opts["ckpt_path"]), "mode": opts["mode"], "decoder": opts["decoder"],
-                **stats}
+        meta = {"audio": str(path), "ckpt_path": str(opts["ckpt_path"]), "mode": opts["mode"],
+                "decoder": opts["decoder"], **stats}
         text = format_transcript(out, args.format, meta)
         if args.output:
             Path(args.output).write_text(text, encoding="utf-8")

@@ -47,14 +47,11 @@ def join_clips(clips: list[dict], wav: Path, pause: float, rate: int = 16000) ->
 
 def one_pass(wav: Path, ckpt: str, options: dict, mode: str) -> tuple[str, dict]:
     """The checkpoint's transcript of the whole recording in one pass, and its timing stats."""
-    from asr_peer import typed_options
+    from asr_peer import load_model
 
-    from audio.transcribe import load_recognizer, transcribe
+    from audio.transcribe import transcribe
 
-    options = typed_options(options)
-    warps = options.pop("warps", None)
-    recognizer = load_recognizer(ckpt, **options)
-    warps = [float(w) for w in str(warps).split(",")] if warps else recognizer.test_warps
+    recognizer, warps = load_model(ckpt, options)
     out, stats = transcribe(recognizer.net, wav, mode=mode, decoder=recognizer.make_test_decoder(), warps=warps)
     return out.text, {**stats, "decoder": recognizer.hparams.decoder}
 

@@ -81,16 +81,27 @@ def run_pocketsphinx(clips: list[dict]) -> tuple[list[str], float]:
 def typed_options(options: dict[str, str]) -> dict:
     """``--option`` values (text) as the module takes them: numbers for ``python -m audio.transcribe``'s numeric
     options (``beam_size``, ``lm_weight``, ``word_score``, ...), the rest as given."""
-    from audio.transcribe import OPTIONS
+    from audio.transcribe import typed_option
 
-    typed = {}
-    for key, value in options.items():
-        kind = OPTIONS.get(key, str)
-        try:
-            typed[key] = value if kind is str else kind(value)
-        except ValueError:
-            raise SystemExit(f"--option {key}={value!r} must be {'an integer' if kind is int else 'a number'}") from None
-    return typed
+    try:
+        return {key: typed_option(key, value) for key, value in options.items()}
+    except ValueError as e:
+        raise SystemExit(f"--option {e}") from None
+
+
+def load_model(ckpt: str, options: dict[str, str], **defaults):
+    """Our recognizer with the ``--option`` settings over ``defaults`` (text typed as ``python -m
+    audio.transcribe`` types it; threads from ``OMP_NUM_THREADS``), and the warps to try per clip (``warps=``,
+    else the checkpoint's test warps)."""
+    import torch
+
+    from audio.transcribe import load_recognizer, parse_warps
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
+    typed = typed_options(options)
+    warps = typed.pop("warps", None)
+    recognizer = load_recognizer(ckpt, **{**defaults, **typed})
+    return recognizer, parse_warps(str(warps)) if warps else (recognizer.test_warps or [1.0])
 
 
 def run_model(clips: list[dict], ckpt: str, options: dict) -> tuple[list[str], float, dict]:
@@ -99,19 +110,14 @@ def run_model(clips: list[dict], ckpt: str, options: dict) -> tuple[list[str], f
     import torch
 
     from audio.module import oov_rate
-    from audio.transcribe import load_recognizer
 
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
-    options = typed_options(options)
-    warps = options.pop("warps", None)
-    recognizer = load_recognizer(ckpt, **options)
+    recognizer, warps = load_model(ckpt, options)
     model, tok = recognizer.net, recognizer.tokenizer
     decoder = recognizer.make_test_decoder()
     lexicon = {}
     if recognizer.hparams.decoder == "lexicon":
         words = recognizer.decoding_words()
         lexicon = {"lexicon_words": len(words), "oov": oov_rate(words, [c["text"] for c in clips])}
-    warps = [float(w) for w in str(warps).split(",")] if warps else (recognizer.test_warps or [1.0])
     hyps, seconds = [], 0.0
     for clip in clips:
         wave = torch.from_numpy(_wave(clip, model.features.sample_rate))
@@ -154,16 +160,11 @@ def tune_lm(clips: list[dict], ckpt: str, options: dict, weights: list[float], s
 
     from audio.decoding import error_rates, make_decoder
     from audio.text import normalize_text
-    from audio.transcribe import load_recognizer
 
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
-    options = typed_options(options)
-    warps = options.pop("warps", None)
-    recognizer = load_recognizer(ckpt, **{"decoder": "lexicon", **options})
+    recognizer, warps = load_model(ckpt, options, decoder="lexicon")
     if recognizer.hparams.decoder != "lexicon":
         raise SystemExit(f"--tune-lm tunes lexicon decoding; got --option decoder={recognizer.hparams.decoder}")
     model, tok, lm = recognizer.net, recognizer.tokenizer, recognizer.hparams.lm
-    warps = [float(w) for w in str(warps).split(",")] if warps else (recognizer.test_warps or [1.0])
     log_probs = [warp_log_probs(model, torch.from_numpy(_wave(c, model.features.sample_rate)), warps) for c in clips]
     refs = [normalize_text(c["text"]) for c in clips]
     words, rows = recognizer.decoding_words(), []

@@ -35,7 +35,7 @@ from torch import nn
 
 from core_attn.training.callbacks import CONFIG_KEY
 from core_attn.training.cli import CONF_DIR
-from core_attn.training.export import checkpoint_network
+from core_attn.training.export import checkpoint_network, load_exported
 
 APPS = ("vision", "audio", "genomics")
 
@@ -81,16 +81,6 @@ def exported(app: str, ckpt: Path, folder: Path, kwargs: dict) -> tuple[dict, nn
     else:
         x = torch.randn(result["input_shape"], generator=gen)
     return result, net, x
-
-
-def ort_runner(path: str, threads: int):
-    import onnxruntime
-
-    opts = onnxruntime.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-    session = onnxruntime.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return lambda x: torch.from_numpy(session.run(None, {name: x.numpy()})[0])
 
 
 def on_test_images(ckpt: Path, net: nn.Module, int8, limit: int) -> dict:
@@ -141,8 +131,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
             warnings.simplefilter("ignore")  # torch.ao's notice that eager quantisation moves to torchao
             torch_int8 = torch.ao.quantization.quantize_dynamic(copy.deepcopy(net), {nn.Linear}, dtype=torch.qint8)
         runs = {"fp32 eager (torch)": (net, None), "int8 eager (torch quantize_dynamic)": (torch_int8, None),
-                "fp32 ONNX (onnxruntime)": (ort_runner(result["path"], a.threads), result["size_bytes"]),
-                "int8 ONNX (onnxruntime)": (ort_runner(result["int8_path"], a.threads), result["int8_size_bytes"])}
+                "fp32 ONNX (onnxruntime)": (load_exported(result["path"], "onnx", threads=a.threads),
+                                            result["size_bytes"]),
+                "int8 ONNX (onnxruntime)": (load_exported(result["int8_path"], "onnx", threads=a.threads),
+                                            result["int8_size_bytes"])}
         times: dict[str, list[float]] = {k: [] for k in runs}
         with torch.no_grad():
             want = net(x)

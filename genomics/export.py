@@ -21,9 +21,8 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from core_attn.training.atomic import write_json_atomic
 from core_attn.training.cli import CONF_DIR, run
-from core_attn.training.export import artefact_path, checkpoint_network, export_artefact, int8_line
+from core_attn.training.export import artefact_path, checkpoint_network, export_artefact, report_export
 from core_attn.training.runtime import load_run_config
 from core_attn.validation import check_int
 from genomics.module import GenomicsModule
@@ -78,11 +77,8 @@ def main(cfg: DictConfig) -> None:
     result = export(ckpt_path=cfg.ckpt_path, format=cfg.format, out=cfg.out, length=cfg.length,
                     batch_size=cfg.batch_size, seed=cfg.seed, atol=cfg.atol, attention_backend=cfg.attention_backend,
                     quantize=cfg.quantize, int8_tolerance=cfg.int8_tolerance)
-    write_json_atomic(Path(cfg.paths.output_dir) / "metrics.json", result)
-    print(f"wrote {result['path']} ({result['format']}, {result['task']}, input {result['input_shape']}, "
-          f"max |artefact - eager| = {result['max_abs_diff']:.2e})")
-    if result["quantize"] == "int8":
-        print(int8_line(result))
+    report_export(result, cfg.paths.output_dir, f"wrote {result['path']} ({result['format']}, {result['task']}, "
+                  f"input {result['input_shape']}, max |artefact - eager| = {result['max_abs_diff']:.2e})")
 
 
 if __name__ == "__main__":

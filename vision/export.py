@@ -12,16 +12,14 @@ against eager within ``int8_tolerance`` of the logits' scale). The run's ``metri
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import hydra
 import torch
 from omegaconf import DictConfig
 
-from core_attn.training.atomic import write_json_atomic
 from core_attn.training.cli import CONF_DIR, run
-from core_attn.training.export import artefact_path, checkpoint_network, export_artefact, int8_line
+from core_attn.training.export import artefact_path, checkpoint_network, export_artefact, report_export
 from vision.module import ImageClassifier
 
 
@@ -65,11 +63,8 @@ def main(cfg: DictConfig) -> None:
     result = export(ckpt_path=cfg.ckpt_path, format=cfg.format, out=cfg.out, batch_size=cfg.batch_size,
                     seed=cfg.seed, atol=cfg.atol, attention_backend=cfg.attention_backend, quantize=cfg.quantize,
                     int8_tolerance=cfg.int8_tolerance)
-    write_json_atomic(Path(cfg.paths.output_dir) / "metrics.json", result)
-    print(f"wrote {result['path']} ({result['format']}, input {result['input_shape']}, "
-          f"max |artefact - eager| = {result['max_abs_diff']:.2e})")
-    if result["quantize"] == "int8":
-        print(int8_line(result))
+    report_export(result, cfg.paths.output_dir, f"wrote {result['path']} ({result['format']}, input "
+                  f"{result['input_shape']}, max |artefact - eager| = {result['max_abs_diff']:.2e})")
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from core_attn.attention.base import BACKENDS, AttentionBase, PatternAttention
-from core_attn.training.atomic import temporary_dir_beside
+from core_attn.training.atomic import temporary_dir_beside, write_json_atomic
 from core_attn.training.runtime import check_checkpoint_path
 from core_attn.validation import check_choice, check_float
 
@@ -292,6 +292,15 @@ def export_artefact(model: nn.Module, example_input: Tensor, format: str, path: 
     return result
 
 
+def report_export(result: Mapping[str, Any], output_dir: str | Path, summary: str) -> None:
+    """What every app's ``export`` command does with an :func:`export_artefact` result: write it to
+    ``<output_dir>/metrics.json`` (atomically), print ``summary`` and, for int8, :func:`int8_line`."""
+    write_json_atomic(Path(output_dir) / "metrics.json", dict(result))
+    print(summary)
+    if result["quantize"] == "int8":
+        print(int8_line(result))
+
+
 def int8_line(result: Mapping[str, Any]) -> str:
     """One line on the int8 model of an :func:`export_artefact` result: its size against fp32 and its check."""
     agree = result["int8_top1_agreement"]
@@ -307,8 +316,9 @@ def _available(pkg: str) -> bool:
     return importlib.util.find_spec(pkg) is not None
 
 
-def load_exported(path: str | Path, format: str) -> Callable[[Tensor], Tensor]:
-    """A function running the artefact at ``path`` on a tensor (CPU; ONNX through ``onnxruntime``)."""
+def load_exported(path: str | Path, format: str, *, threads: int | None = None) -> Callable[[Tensor], Tensor]:
+    """A function running the artefact at ``path`` on a tensor (CPU; ONNX through ``onnxruntime``, with
+    ``threads`` intra-op threads and one inter-op thread when given, else onnxruntime's defaults)."""
     check_choice("format", format, FORMATS)
     path = Path(path)
     if format == "exported":
@@ -319,7 +329,10 @@ def load_exported(path: str | Path, format: str) -> Callable[[Tensor], Tensor]:
         raise ImportError("running an onnx artefact needs the 'onnxruntime' package: pip install -e '.[export]'")
     import onnxruntime
 
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = onnxruntime.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
 
     def run(x: Tensor) -> Tensor:
