@@ -12,6 +12,11 @@ probability of ``<unk>``, a small share of the unigram mass, and lexicon decodin
 
 The ARPA file lists each seen n-gram with its interpolated probability and each history with its interpolation
 weight as the backoff weight: read with backoff, it is exactly the interpolated model (log10, as ARPA has it).
+
+A small in-domain model mixes with a general one (``lm_mix``: ``pocketsphinx``, the general English trigram of the
+pocketsphinx wheel, or an ARPA file) as SRILM's ``ngram -mix-lm -lambda`` does (:func:`mix_lms`): every n-gram
+either model lists gets ``(1 - w) p_a + w p_b`` (each read with its backoff), and each history the backoff weight
+that keeps the mixture's distribution after it summing to one.
 """
 
 from __future__ import annotations
@@ -25,22 +30,28 @@ from pathlib import Path
 
 from audio.text import normalize_text
 from core_attn.training.atomic import open_atomic
-from core_attn.validation import check_int, did_you_mean
+from core_attn.validation import check_float, check_int, did_you_mean
 
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
 FALLBACK_DISCOUNTS = (0.5, 1.0, 1.5)
 LM_FILES = (".arpa", ".bin", ".jsonl")  # KenLM models; a manifest whose transcripts train one
-LM_CHOICES = "null, 'train' (the training transcripts), or a file: .arpa/.bin (KenLM) or .jsonl (a manifest)"
+LM_CHOICES = ("null, 'train' (the training transcripts), 'pocketsphinx' (the general English trigram of the "
+              "pocketsphinx wheel), or a file: .arpa/.bin (KenLM) or .jsonl (a manifest)")
+MIX_CHOICES = "null, 'pocketsphinx', 'train', or a file: .arpa or .jsonl (a manifest)"
+NAMED = ("train", "pocketsphinx")
 
 Ngrams = dict[tuple[str, ...], tuple[float, float | None]]  # n-gram -> (log10 probability, log10 backoff or None)
 
 
-def check_lm(lm: str | None) -> str | None:
-    """``lm``: ``None``, ``"train"`` or a path ending in one of :data:`LM_FILES` (whether it exists is checked
-    when a decoder is built: a checkpoint may travel without it)."""
-    if lm is None or lm == "train" or Path(str(lm)).suffix in LM_FILES:
+def check_lm(lm: str | None, key: str = "lm") -> str | None:
+    """``lm`` (or ``lm_mix`` as ``key``): ``None``, one of :data:`NAMED` or a path ending in one of :data:`LM_FILES`
+    (``lm_mix``: not ``.bin``, which cannot be read back as n-grams; whether a file exists is checked when a
+    decoder is built: a checkpoint may travel without it)."""
+    suffixes = LM_FILES if key == "lm" else (".arpa", ".jsonl")
+    if lm is None or lm in NAMED or Path(str(lm)).suffix in suffixes:
         return lm
-    raise ValueError(f"lm={lm!r} is not allowed; expected {LM_CHOICES}.{did_you_mean(str(lm), ['train'])}")
+    choices = LM_CHOICES if key == "lm" else MIX_CHOICES
+    raise ValueError(f"{key}={lm!r} is not allowed; expected {choices}.{did_you_mean(str(lm), list(NAMED))}")
 
 
 def count_ngrams(texts: Sequence[str], order: int) -> list[Counter]:
@@ -125,28 +136,131 @@ def write_arpa(model: list[Ngrams], path: str | Path) -> Path:
     return Path(path)
 
 
-@contextmanager
-def lm_file(lm: str | None, *, texts: Sequence[str] | None = None, words: Sequence[str] = (),
-            order: int = 3) -> Iterator[str | None]:
-    """The KenLM file of the ``lm`` setting, for the time of the ``with`` block: ``None``; an ``.arpa``/``.bin``
-    file as given; for ``train``, a trigram of ``texts`` (the training transcripts) and for a ``.jsonl`` manifest,
-    one of its transcripts, built into a temporary folder with ``words`` (the lexicon) in its vocabulary."""
-    if check_lm(lm) is None:
-        yield None
-        return
+def read_arpa(path: str | Path) -> list[Ngrams]:
+    """The n-grams of an ARPA file (:data:`Ngrams` per order); a line that is not one raises naming the line."""
+    model: list[Ngrams] = []
+    n = 0
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            line = line.strip()
+            if line.startswith("\\") and line.endswith("-grams:"):
+                n = int(line[1:].split("-")[0])
+                model.append({})
+            elif line == "\\end\\":
+                break
+            elif n and line:
+                fields = line.split()
+                try:
+                    if len(fields) not in (n + 1, n + 2):
+                        raise ValueError
+                    model[n - 1][tuple(fields[1:n + 1])] = (float(fields[0]),
+                                                            float(fields[n + 1]) if len(fields) > n + 1 else None)
+                except (ValueError, IndexError):
+                    raise ValueError(f"{path}, line {number}: not an ARPA {n}-gram line (log10 p, {n} words, "
+                                     f"optional backoff): {line[:80]!r}") from None
+    if not model or not model[0]:
+        raise ValueError(f"{path}: no \\1-grams: section; expected an ARPA language model file")
+    return model
+
+
+def logprob(model: list[Ngrams], gram: tuple[str, ...]) -> float:
+    """log10 P(gram[-1] | gram[:-1]) read with backoff, as KenLM reads the ARPA file (``<unk>``'s probability, or
+    -99, for a word the model does not list)."""
+    gram, backoff = gram[-len(model):], 0.0
+    while True:
+        hit = model[len(gram) - 1].get(gram)
+        if hit is not None:
+            return backoff + hit[0]
+        if len(gram) == 1:
+            return backoff + model[0].get((UNK,), (-99.0, None))[0]
+        history = model[len(gram) - 2].get(gram[:-1])
+        if history is not None and history[1]:
+            backoff += history[1]
+        gram = gram[1:]
+
+
+def mix_lms(a: list[Ngrams], b: list[Ngrams], weight: float) -> list[Ngrams]:
+    """The linear interpolation ``(1 - weight) P_a + weight P_b`` of two backoff models as one backoff model (SRILM's
+    static ``-mix-lm``; a word outside a model's vocabulary has probability 0 in it, ``<unk>`` mixes as a word):
+    the union of their n-grams, each with the mixed probability, and per history the backoff
+    weight ``(1 - sum of its listed words' mixed P) / (1 - sum of the same words' mixed P one order down)``. Exact
+    for every listed n-gram; an unlisted one backs off as in any ARPA model."""
+    weight = check_float("lm_mix_weight", weight, min_value=0.0, max_value=1.0)
+    order = max(len(a), len(b))
+    mixed: list[Ngrams] = []
+    floor = 10.0 ** -99
+    for n in range(order):
+        grams: dict[tuple[str, ...], float] = {}
+        for gram in (a[n].keys() if n < len(a) else ()) | (b[n].keys() if n < len(b) else ()):
+            p = ((1 - weight) * 10.0 ** logprob(a, gram) if (gram[-1],) in a[0] else 0.0) + (
+                weight * 10.0 ** logprob(b, gram) if (gram[-1],) in b[0] else 0.0)
+            grams[gram] = math.log10(p) if p > floor else -99.0
+        mixed.append({gram: (p, None) for gram, p in grams.items()})
+        if n == 0:
+            continue
+        listed: dict[tuple[str, ...], list[float]] = defaultdict(lambda: [0.0, 0.0])
+        for gram, p in grams.items():  # the mass a history's listed words take, here and one order down
+            sums = listed[gram[:-1]]
+            sums[0] += 10.0 ** p
+            sums[1] += 10.0 ** logprob(mixed[:n], gram[1:])
+        lower = mixed[n - 1]
+        for history, (here, below) in listed.items():
+            bow = math.log10(max(1.0 - here, 1e-12) / max(1.0 - below, 1e-12))
+            lower[history] = (lower[history][0] if history in lower else logprob(mixed[:n], history), bow)
+    for n in range(order - 1):  # histories without listed continuations back off with weight 1
+        mixed[n] = {gram: (p, 0.0 if bow is None else bow) for gram, (p, bow) in mixed[n].items()}
+    return mixed
+
+
+def load_lm(lm: str, *, texts: Sequence[str] | None = None, words: Sequence[str] = (), order: int = 3,
+            key: str = "lm") -> list[Ngrams]:
+    """The n-grams of a setting of :func:`check_lm`: built (``train``, a ``.jsonl`` manifest) or read (``pocketsphinx``,
+    an ``.arpa`` file); ``words`` (the lexicon) join a built model's vocabulary."""
+    if lm == "pocketsphinx":
+        from audio.sphinx_lm import pocketsphinx_lm_path, read_sphinx_lm
+
+        return read_sphinx_lm(pocketsphinx_lm_path())
     if lm == "train" and texts is None:
-        raise ValueError("lm='train' builds the language model from the training transcripts, which this "
-                         "checkpoint does not carry (trained before checkpoints kept them): give lm=<the training "
-                         "manifest .jsonl> or lm=<a KenLM .arpa or .bin file>")
+        raise ValueError(f"{key}='train' builds the language model from the training transcripts, which this "
+                         "checkpoint does not carry (trained before checkpoints kept them): give "
+                         f"{key}=<the training manifest .jsonl> or {key}=<a KenLM .arpa file>")
     path = Path(str(lm))
     if lm != "train" and not path.is_file():
-        raise FileNotFoundError(f"lm={lm!r}: no such file (expected {LM_CHOICES})")
-    if path.suffix in (".arpa", ".bin"):
-        yield str(path)
-        return
+        raise FileNotFoundError(f"{key}={lm!r}: no such file (expected {LM_CHOICES if key == 'lm' else MIX_CHOICES})")
+    if path.suffix == ".arpa":
+        return read_arpa(path)
+    if path.suffix == ".bin":
+        raise ValueError(f"{key}={lm!r}: a KenLM binary cannot be mixed with another model; give its ARPA file")
     if lm != "train":
         from audio.data import read_manifest
 
         texts = [seg.text for seg in read_manifest(path)]
+    return build_lm(texts, order=order, extra_words=words)
+
+
+@contextmanager
+def lm_file(lm: str | None, *, texts: Sequence[str] | None = None, words: Sequence[str] = (),
+            order: int = 3, mix: str | None = None, mix_weight: float = 0.5) -> Iterator[str | None]:
+    """The KenLM file of the ``lm`` setting, for the time of the ``with`` block: ``None``; an ``.arpa``/``.bin``
+    file as given; for ``train``, a trigram of ``texts`` (the training transcripts) and for a ``.jsonl`` manifest,
+    one of its transcripts, built into a temporary folder with ``words`` (the lexicon) in its vocabulary;
+    ``pocketsphinx``, the wheel's English trigram as ARPA. ``mix`` (the same settings but ``.bin``) is mixed in
+    with weight ``mix_weight`` (:func:`mix_lms`)."""
+    if check_lm(lm) is None:
+        if check_lm(mix, "lm_mix") is not None:
+            raise ValueError(f"lm_mix={mix!r} mixes a second model into lm, which is null: set lm (e.g. lm=train), "
+                             f"or give the model as lm={mix!r}")
+        yield None
+        return
+    check_lm(mix, "lm_mix")
+    path = Path(str(lm))
+    if mix is None and path.suffix in (".arpa", ".bin"):
+        if not path.is_file():
+            raise FileNotFoundError(f"lm={lm!r}: no such file (expected {LM_CHOICES})")
+        yield str(path)
+        return
+    model = load_lm(lm, texts=texts, words=words, order=order)
+    if mix is not None:
+        model = mix_lms(model, load_lm(mix, texts=texts, words=words, order=order, key="lm_mix"), mix_weight)
     with tempfile.TemporaryDirectory(prefix="lm-") as tmp:  # flashlight's KenLM reads the model from a file
-        yield str(write_arpa(build_lm(texts, order=order, extra_words=words), Path(tmp) / "lm.arpa"))
+        yield str(write_arpa(model, Path(tmp) / "lm.arpa"))

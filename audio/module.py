@@ -67,7 +67,10 @@ class SpeechRecognizer(TaskModule):
         test_warps: frequency axis factors tried per test utterance (``None`` or ``[1.0]``: none).
         lm: the word language model of ``lexicon`` decoding: ``None``; ``train``, a trigram of the training
             transcripts (:func:`audio.lm.lm_file`); a KenLM ``.arpa``/``.bin`` file; or a ``.jsonl`` manifest
-            whose transcripts train one.
+            whose transcripts train one; ``pocketsphinx``, the general English trigram of the pocketsphinx wheel.
+        lm_mix: a second model mixed into ``lm`` (:func:`audio.lm.mix_lms`): ``pocketsphinx``, ``train``, an
+            ``.arpa`` file or a ``.jsonl`` manifest; ``None``: none.
+        lm_mix_weight: ``lm_mix``'s share of the mixture (0-1).
         lm_weight: the language model's weight (its log10 probabilities against the acoustic log-probabilities).
         word_score: score added per word by ``lexicon`` decoding (with or without a language model).
     """
@@ -75,7 +78,8 @@ class SpeechRecognizer(TaskModule):
     def __init__(self, *, model: dict[str, Any], optimizer: dict[str, Any], scheduler: dict[str, Any] | None = None,
                  decoder: str = "greedy", beam_size: int = 16, lexicon: str | None = None,
                  word_list: str | None = None, test_warps: list[float] | None = None, lm: str | None = None,
-                 lm_weight: float = 2.0, word_score: float = 0.0):
+                 lm_weight: float = 2.0, word_score: float = 0.0, lm_mix: str | None = None,
+                 lm_mix_weight: float = 0.5):
         super().__init__()
         self.save_hyperparameters()
         self.net: nn.Module = instantiate(model)
@@ -90,6 +94,8 @@ class SpeechRecognizer(TaskModule):
         self.words: list[str] | None = read_lexicon(lexicon) if lexicon and not self._lexicon_file else None
         self.extra_words: list[str] | None = read_word_list(word_list) if word_list else None
         check_lm(lm)
+        check_lm(lm_mix, "lm_mix")
+        check_float("lm_mix_weight", lm_mix_weight, min_value=0.0, max_value=1.0)
         check_float("lm_weight", lm_weight, min_value=0.0)
         check_float("word_score", word_score)
         self.transcripts: list[str] | None = None  # the training transcripts (normalised), for lm=train
@@ -145,9 +151,11 @@ class SpeechRecognizer(TaskModule):
 
     def lm_file(self, lm: str | None, words: list[str] | None, datamodule: Any = None):
         """A context manager giving the KenLM file of the ``lm`` setting (``None`` for none) with ``words`` (the
-        lexicon) in its vocabulary: :func:`audio.lm.lm_file` over :meth:`find_transcripts` for ``train``."""
-        texts = self.find_transcripts(datamodule) if lm == "train" else None
-        return lm_file(lm, texts=texts, words=words or ())
+        lexicon) in its vocabulary, ``lm_mix`` mixed in: :func:`audio.lm.lm_file` over :meth:`find_transcripts`
+        for ``train``."""
+        mix = self.hparams.get("lm_mix")
+        texts = self.find_transcripts(datamodule) if "train" in (lm, mix) else None
+        return lm_file(lm, texts=texts, words=words or (), mix=mix, mix_weight=self.hparams.get("lm_mix_weight", 0.5))
 
     def setup(self, stage: str) -> None:
         if stage == "fit":  # the checkpoint carries the training words and transcripts whatever the test decoder
@@ -162,7 +170,8 @@ class SpeechRecognizer(TaskModule):
             rate = oov_rate(words, [seg.text for seg in datamodule.segments("test")])
             log.info("lexicon decoding: %d words; %.2f%% of the test words are outside the lexicon (never "
                      "recognised; module.word_list=pocketsphinx or <a file> to widen it)", len(words), 100 * rate)
-            log.info("language model: lm=%s, lm_weight=%g, word_score=%g", self.hparams.lm, self.hparams.lm_weight,
+            log.info("language model: lm=%s, lm_mix=%s (weight %g), lm_weight=%g, word_score=%g", self.hparams.lm,
+                     self.hparams.get("lm_mix"), self.hparams.get("lm_mix_weight", 0.5), self.hparams.lm_weight,
                      self.hparams.word_score)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

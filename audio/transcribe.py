@@ -17,9 +17,10 @@ named). Word times come from the CTC alignment.
 ``decoder=auto`` (the default) is lexicon beam search when the checkpoint carries a lexicon (the words of
 its training transcripts, as its test used), else greedy; ``lexicon=<file or .jsonl manifest>`` replaces
 those words and ``word_list=pocketsphinx`` (or a file, one word per line) adds a general word list; ``lm=train``
-(a trigram of the training transcripts the checkpoint carries), ``lm=<.arpa/.bin>`` or ``lm=<.jsonl manifest>``
-scores lexicon decoding's words with a word language model (``lm_weight``, ``word_score``; default: the
-checkpoint's ``lm``). ``warps`` (default: the checkpoint's
+(a trigram of the training transcripts the checkpoint carries), ``lm=pocketsphinx`` (a general English trigram),
+``lm=<.arpa/.bin>`` or ``lm=<.jsonl manifest>`` scores lexicon decoding's words with a word language model
+(``lm_weight``, ``word_score``; ``lm_mix=pocketsphinx`` with ``lm_mix_weight`` mixes a second model into it;
+default: the checkpoint's settings). ``warps`` (default: the checkpoint's
 ``test_warps``) are frequency warps tried on the first ``warp_seconds`` of the recording; the one the
 decoder scores best is used for the whole recording (vocal tract length normalisation per recording).
 """
@@ -48,8 +49,8 @@ MODES = ("full", "chunked", "stream")
 STREAM_DECODERS = ("auto", "greedy")  # mode=stream decodes online, greedily
 OPTIONS = {"ckpt_path": str, "mode": str, "chunk_seconds": float, "overlap_seconds": float, "decoder": str,
            "beam_size": int, "lexicon": str, "word_list": str, "warps": str, "warp_seconds": float, "threads": int,
-           "block_seconds": float, "step_seconds": float, "lm": str, "lm_weight": float, "word_score": float}
-CHECKPOINT_DEFAULTS = ("word_list", "lm", "lm_weight", "word_score")  # None: the checkpoint's setting
+           "block_seconds": float, "step_seconds": float, "lm": str, "lm_weight": float, "word_score": float, "lm_mix": str, "lm_mix_weight": float}
+CHECKPOINT_DEFAULTS = ("word_list", "lm", "lm_weight", "word_score", "lm_mix", "lm_mix_weight")  # None: the checkpoint's setting
 
 
 def load_recognizer(ckpt_path: str | Path, **overrides):
@@ -237,7 +238,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict]:
     opts: dict = {"mode": "full", "chunk_seconds": 20.0, "overlap_seconds": 2.0, "decoder": "auto",
                   "beam_size": 128, "lexicon": None, "word_list": None, "warps": None, "warp_seconds": 60.0, "threads": None,
                   "block_seconds": 30.0, "step_seconds": 300.0, "ckpt_path": None, "lm": None, "lm_weight": None,
-                  "word_score": None}
+                  "word_score": None, "lm_mix": None, "lm_mix_weight": None}
     files = []
     for item in args.inputs:
         key, eq, value = item.partition("=")
@@ -259,6 +260,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict]:
         if opts["warps"] is not None:
             opts["warps"] = parse_warps(opts["warps"])
         check_lm(opts["lm"])
+        check_lm(opts["lm_mix"], "lm_mix")
     except ValueError as e:
         parser.error(str(e))
     if not opts["ckpt_path"]:

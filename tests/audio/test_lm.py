@@ -21,6 +21,9 @@ from audio.lm import (
     discounts,
     kneser_ney_counts,
     lm_file,
+    logprob,
+    mix_lms,
+    read_arpa,
     write_arpa,
 )
 from audio.text import CharTokenizer
@@ -39,7 +42,7 @@ def corpus(sentences: int, seed: int = 0) -> list[str]:
     return [" ".join(rng.choices(words, weights, k=rng.randint(2, 8))) for _ in range(sentences)]
 
 
-def read_arpa(path: Path) -> list[dict]:
+def arpa_ngrams(path: Path) -> list[dict]:
     """n-gram -> (log10 p, log10 backoff) per order, from the file."""
     model, n = [], 0
     for line in path.read_text().splitlines():
@@ -66,7 +69,7 @@ def prob(model: list[dict], history: tuple, word: str) -> float:
 @pytest.mark.parametrize("order,sentences", [(3, 400), (2, 400), (3, 3)])
 def test_probabilities_sum_to_one_for_every_history(order, sentences, tmp_path):
     texts = corpus(sentences)
-    model = read_arpa(write_arpa(build_lm(texts, order=order, extra_words=["zebra", "wab"]), tmp_path / "lm.arpa"))
+    model = arpa_ngrams(write_arpa(build_lm(texts, order=order, extra_words=["zebra", "wab"]), tmp_path / "lm.arpa"))
     vocab = [w for (w,) in model[0] if w != BOS]
     histories = {gram[:-1] for grams in model[1:] for gram in grams} | {(), ("zebra",), ("waa", "zebra", "wab")}
     for history in histories:
@@ -77,7 +80,7 @@ def test_probabilities_sum_to_one_for_every_history(order, sentences, tmp_path):
 
 
 def test_words_only_the_lexicon_knows_share_the_unknown_words_probability(tmp_path):
-    model = read_arpa(write_arpa(build_lm(corpus(50), extra_words=["zebra", "yak"]), tmp_path / "lm.arpa"))
+    model = arpa_ngrams(write_arpa(build_lm(corpus(50), extra_words=["zebra", "yak"]), tmp_path / "lm.arpa"))
     unk = model[0][(UNK,)][0]
     assert model[0][("zebra",)][0] == model[0][("yak",)][0] == unk
     assert unk < min(p for (w,), (p, _) in model[0].items() if w.startswith("w"))
@@ -90,7 +93,7 @@ def test_kenlm_scores_the_file_as_written(tmp_path):
     from flashlight.lib.text.dictionary import Dictionary
 
     path = write_arpa(build_lm(corpus(200), extra_words=["zebra"]), tmp_path / "lm.arpa")
-    model, words = read_arpa(path), ["waa", "wab", "zebra", "wac", "waa", "</s>"]
+    model, words = arpa_ngrams(path), ["waa", "wab", "zebra", "wac", "waa", "</s>"]
     vocab = Dictionary()
     for w in dict.fromkeys(words):
         vocab.add_entry(w)
@@ -128,15 +131,21 @@ def test_the_language_model_picks_the_word_its_text_makes_likely(tmp_path):
 
 def test_bad_settings_name_the_key_the_value_and_what_is_allowed(tmp_path):
     with pytest.raises(ValueError, match=r"lm='trian' is not allowed; expected null, 'train' \(the training "
-                                         r"transcripts\), or a file: \.arpa/\.bin \(KenLM\) or \.jsonl \(a manifest\)\. "
-                                         r"Did you mean 'train'\?"):
+                                         r"transcripts\), 'pocketsphinx' .* or a file: \.arpa/\.bin \(KenLM\) or "
+                                         r"\.jsonl \(a manifest\)\. Did you mean 'train'\?"):
         check_lm("trian")
+    with pytest.raises(ValueError, match=r"lm_mix='big\.bin' is not allowed; expected null, 'pocketsphinx', 'train', "
+                                         r"or a file: \.arpa or \.jsonl"):
+        check_lm("big.bin", "lm_mix")
+    with pytest.raises(ValueError, match=r"lm_mix='pocketsphinx' mixes a second model into lm, which is null: set lm"), \
+            lm_file(None, mix="pocketsphinx"):
+        pass
     with pytest.raises(FileNotFoundError, match=r"lm='.*nope\.arpa': no such file \(expected null, 'train'"), \
             lm_file(str(tmp_path / "nope.arpa")):
         pass
     with pytest.raises(ValueError, match=r"lm='train' builds the language model from the training transcripts, "
                                          r"which this checkpoint does not carry .* give lm=<the training manifest "
-                                         r"\.jsonl> or lm=<a KenLM \.arpa or \.bin file>"), lm_file("train"):
+                                         r"\.jsonl> or lm=<a KenLM \.arpa file>"), lm_file("train"):
         pass
     with pytest.raises(ValueError, match=r"the language model's transcripts have no words \(1 transcripts"):
         build_lm(["123 !"])
@@ -226,3 +235,41 @@ def test_a_trained_checkpoint_carries_its_transcripts_and_transcribes_with_lm_tr
                  "lm_weight=0.5", "word_score=1", "warps=1"]) == 0
     result = json.loads(out.read_text())
     assert result["decoder"] == "lexicon" and set(result["text"].split()) <= set(stored["lexicon"])
+
+
+def test_a_mixture_is_the_weighted_sum_of_the_two_models_and_normalises(tmp_path):
+    # two models over overlapping vocabularies: a word outside one has probability 0 in it
+    words = [f"w{chr(97 + i // 26)}{chr(97 + i % 26)}" for i in range(80)]
+    rng = random.Random(1)
+    a = build_lm([" ".join(rng.choices(words[:40], k=rng.randint(2, 7))) for _ in range(300)])
+    b = build_lm([" ".join(rng.choices(words[20:], k=rng.randint(2, 7))) for _ in range(300)])
+    mixed = read_arpa(write_arpa(mix_lms(a, b, 0.3), tmp_path / "mix.arpa"))  # as KenLM will read it
+
+    def p(model, gram):
+        return 10 ** logprob(model, gram) if (gram[-1],) in model[0] else 0.0
+
+    vocab = sorted({w for (w,) in mixed[0]} - {BOS})
+    assert set(vocab) == set(words) | {"</s>", UNK}
+    for history in [(BOS,), (words[3],), (words[25], words[30]), (words[3], words[70]), (BOS, words[22]),
+                    (words[79],), (words[5], words[6])]:
+        assert sum(10 ** logprob(mixed, (*history, w)) for w in vocab) == pytest.approx(1.0, abs=1e-5), history
+        for w in vocab:
+            gram = (*history, w)[-3:]
+            if gram in mixed[len(gram) - 1]:  # listed: exactly the mixture (up to the file's 6 decimals)
+                assert 10 ** logprob(mixed, gram) == pytest.approx(0.7 * p(a, gram) + 0.3 * p(b, gram), rel=2e-6)
+    only_a = mix_lms(a, b, 0.0)
+    assert all(only_a[n][g][0] == pytest.approx(v[0], abs=1e-9) for n in range(3) for g, v in a[n].items()
+               if g[-1] != BOS)
+    with pytest.raises(ValueError, match=r"lm_mix_weight=1\.5 is out of range; expected 0\.0 <= lm_mix_weight <= 1\.0"):
+        mix_lms(a, b, 1.5)
+
+
+def test_read_arpa_names_the_line_it_cannot_read(tmp_path):
+    bad = tmp_path / "bad.arpa"
+    bad.write_text("\\data\\\nngram 1=2\n\n\\1-grams:\n-1.0\thello\n-x\tworld\n\\end\\\n")
+    with pytest.raises(ValueError, match=r"bad\.arpa, line 6: not an ARPA 1-gram line"):
+        read_arpa(bad)
+    empty = tmp_path / "empty.arpa"
+    empty.write_text("nothing here\n")
+    with pytest.raises(ValueError, match=r"empty\.arpa: no \\1-grams: section"):
+        read_arpa(empty)
