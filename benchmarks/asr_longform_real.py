@@ -121,11 +121,12 @@ def main(argv: list[str] | None = None) -> int:
     text_table = table(report)
     print(text_table)
     if args.out:
-        out = Path(args.out)
+        out = Path(args.out)  # --out run_v1.2 writes run_v1.2.md and run_v1.2.json (only .md/.json are replaced)
+        out = out.with_suffix("") if out.suffix in (".md", ".json") else out
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix(".md").write_text(text_table + f"\n`python benchmarks/asr_longform_real.py "
+        Path(f"{out}.md").write_text(text_table + f"\n`python benchmarks/asr_longform_real.py "
                                           f"{' '.join(sys.argv[1:] if argv is None else argv)}`\n")
-        out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+        Path(f"{out}.json").write_text(json.dumps(report, indent=2) + "\n")
     return 0
 
 

@@ -308,10 +308,11 @@ def write_report(text: str, data: dict, args: argparse.Namespace) -> int:
     """Print the table; with ``--out``, also write it (.md, with the command) and ``data`` (.json)."""
     print(text)
     if args.out:
-        out = Path(args.out)
+        out = Path(args.out)  # --out run_v1.2 writes run_v1.2.md and run_v1.2.json (only .md/.json are replaced)
+        out = out.with_suffix("") if out.suffix in (".md", ".json") else out
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix(".md").write_text(text + f"\n`python benchmarks/asr_peer.py {' '.join(sys.argv[1:])}`\n")
-        out.with_suffix(".json").write_text(json.dumps(data, indent=2))
+        Path(f"{out}.md").write_text(text + f"\n`python benchmarks/asr_peer.py {' '.join(sys.argv[1:])}`\n")
+        Path(f"{out}.json").write_text(json.dumps(data, indent=2))
     return 0
 
 
