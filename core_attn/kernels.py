@@ -23,8 +23,12 @@ from core_attn.patterns import Part, Pattern
 
 # Elements of one chunk's score tensor (B * H * blocks * block_q * keys); ~8M fp32 = 32 MB.
 CHUNK_ELEMENTS = 1 << 23
-# Training keeps one part's softmax probabilities for the backward pass up to this size (else recomputes).
+# Training keeps one part's softmax probabilities for the backward pass (else the backward recomputes
+# them, one more score matmul, mask and exp: ~25% of a local layer's fwd+bwd at 64k tokens) up to the
+# larger of SAVED_PROBS_BYTES and SAVED_PROBS_SHARE of the memory available when the forward runs, so
+# layers keep theirs while memory lasts and the last quarter is never taken; 0 and 0 always recompute.
 SAVED_PROBS_BYTES = 512 << 20
+SAVED_PROBS_SHARE = 0.25
 # A plan keeps its hidden-pair masks across calls up to this size (computing them was ~10% of a local
 # forward); inputs with a key padding mask recompute theirs every call.
 MASK_CACHE_BYTES = 96 << 20
@@ -86,6 +90,39 @@ WORKSPACE = _Workspace()
 def empty_workspace() -> None:
     """Free the scratch buffers kept for later calls (as ``torch.cuda.empty_cache`` does on GPU)."""
     WORKSPACE.clear()
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """Memory a new allocation can take on ``device``: on CPU, Linux's ``MemAvailable`` capped by the cgroup's
+    (container's) limit; on CUDA, free device memory plus what the caching allocator holds unused; ``None``
+    where unknown."""
+    try:
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        if device.type != "cpu":
+            return None
+        with open("/proc/meminfo") as f:
+            avail = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+        try:  # cgroup v2: a container's limit (\"max\" when unlimited)
+            with open("/sys/fs/cgroup/memory.max") as f:
+                limit = f.read().strip()
+            if limit.isdigit():
+                with open("/sys/fs/cgroup/memory.current") as f:
+                    avail = min(avail, int(limit) - int(f.read().strip()))
+        except OSError:
+            pass
+        return max(0, avail)
+    except (OSError, StopIteration, ValueError, RuntimeError):
+        return None
+
+
+def saved_probs_limit(device: torch.device) -> int:
+    """Bytes of probabilities a training forward keeps for its backward (see ``SAVED_PROBS_SHARE``)."""
+    if SAVED_PROBS_SHARE <= 0:
+        return SAVED_PROBS_BYTES
+    avail = available_bytes(device)
+    return SAVED_PROBS_BYTES if avail is None else max(SAVED_PROBS_BYTES, int(SAVED_PROBS_SHARE * avail))
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -393,9 +430,11 @@ def _forward(ctx, q, k, v, q_pos, k_pos, kv_index, block_q, block_k, part_mask, 
     lse = torch.empty(bh, nqb, block_q, dtype=acc, device=q.device)
     cq = _chunk_blocks(1, 1, block_q, ck)
     chunks = _chunks(bh, nqb, cq)
-    # Training keeps the probabilities when they are small enough (SAVED_PROBS_BYTES): the backward
-    # then skips recomputing scores, mask and exp, a third of its work; otherwise it recomputes.
-    keep = training and bh * nqb * block_q * ck * _itemsize(acc) <= SAVED_PROBS_BYTES
+    # Training keeps the probabilities when they fit (saved_probs_limit): the backward then skips
+    # recomputing scores, mask and exp, a third of its work; otherwise it recomputes.
+    need = bh * nqb * block_q * ck * _itemsize(acc)
+    keep = training and (need <= SAVED_PROBS_BYTES or (not torch.compiler.is_compiling()
+                                                       and need <= saved_probs_limit(q.device)))
     if keep:  # back to the workspace once the graph releases it
         probs = WORKSPACE.take(bh * nqb * block_q * ck, acc, q.device).view(bh, nqb, block_q, ck)
     else:

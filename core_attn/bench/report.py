@@ -19,8 +19,8 @@ from core_attn.bench.budgets import BUDGETS, DIM, HEAD_DIM, HEADS, is_linear
 from core_attn.bench.peers import PEERS
 from core_attn.registry import get_attention_class, list_attention
 
-COLUMNS = ["variant", "kind", "backend", "n", "n_run", "mode", "dtype", "threads", "device", "status", "ms", "ms_min",
-           "ms_runs", "first_call_ms", "peak_mb", "peak_abs_mb", "baseline_mb", "pairs", "computed_pairs",
+COLUMNS = ["variant", "kind", "backend", "n", "n_run", "mode", "dtype", "threads", "device", "cpu", "status", "ms",
+           "ms_min", "ms_runs", "first_call_ms", "peak_mb", "peak_abs_mb", "baseline_mb", "pairs", "computed_pairs",
            "useful_gflop", "useful_gflops", "pct_gemm_peak", "x_vs_fastest_peer", "fastest_peer",
            "mem_vs_fastest_peer", "x_vs_dense", "kwargs", "note", "wall_s"]
 TARGET_N = 16384
@@ -109,8 +109,8 @@ def check_targets(rows: list[dict], cfg, gemm: dict | None) -> list[tuple[str, s
                   f"({bb['peak_mb'] / max(hfbb['peak_mb'], 1e-9):.2f})")
     peak = (gemm or {}).get("fp32", {}).get("peak_gflops")
     useful = local_fb.get("useful_gflops") if local_fb else None
-    check("local fwd+bwd useful throughput >= 50% of the GEMM peak", [useful, peak], lambda: useful >= 0.5 * peak,
-          lambda: f"{useful:.1f} of {peak:.1f} GFLOP/s ({100 * useful / peak:.1f}%)")
+    check("local fwd+bwd useful throughput >= 80% of the GEMM peak", [useful, peak], lambda: useful >= 0.8 * peak,
+          lambda: f"{useful:.1f} of {peak:.1f} GFLOP/s ({100 * useful / peak:.1f}%; 85% the moonshot)")
     for v in list_attention():
         if v in cfg.variants and is_linear_variant(v):
             for mode in cfg.modes:
@@ -118,9 +118,16 @@ def check_targets(rows: list[dict], cfg, gemm: dict | None) -> list[tuple[str, s
                 check(f"{v} {mode} time(64k)/time(16k) <= 4.5", [a, b], lambda a=a, b=b: b["ms"] / a["ms"] <= 4.5,
                       lambda a=a, b=b: f"{b['ms'] / a['ms']:.2f} ({a['ms']:.0f} -> {b['ms']:.0f} ms)")
     sp = [s for s in bf16_speedups(rows) if s["n"] == n]
-    if sp:
-        out.extend(("INFO", f"bf16 vs fp32 {s['variant']} {s['mode']} N={n}: {s['speedup']:.2f}x") for s in sp)
-    else:
+    native = cfg.device == "cpu" and bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+    for s in sp:  # the target where the CPU multiplies bf16 natively; elsewhere the figure alone
+        name = f"{s['variant']} {s['mode']} bf16 >= 1.8x fp32"
+        if s["variant"] == "local" and s["mode"] == "fwdbwd" and native:
+            check(name, [s], lambda s=s: s["speedup"] >= 1.8,
+                  lambda s=s: f"{s['speedup']:.2f}x ({s['fp32_ms']:.0f} vs {s['bf16_ms']:.0f} ms)")
+        else:
+            out.append(("INFO", f"bf16 vs fp32 {s['variant']} {s['mode']} N={n}: {s['speedup']:.2f}x"
+                        + ("" if native else " (this CPU has no AVX512-BF16 or AMX: no target)")))
+    if not sp:
         out.append(("N/A", f"bf16 vs fp32 speed-up: not covered by this run (needs --dtype fp32,bf16 at N={n})"))
     return out
 
@@ -208,16 +215,29 @@ def write_csv(rows: list[dict], path: Path) -> None:
                         for k, v in r.items()})
 
 
-def cpu_model() -> str:
-    """The CPU model name and its AVX-512 / AMX / BF16 flags, from /proc/cpuinfo."""
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16")  # the ones that decide the kernels' speed
+
+
+def _cpuinfo() -> str:
     try:
-        text = Path("/proc/cpuinfo").read_text()
+        return Path("/proc/cpuinfo").read_text()
     except OSError:
+        return ""
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (/proc/cpuinfo; empty where unknown)."""
+    return set(next((ln.split(":", 1)[1].split() for ln in _cpuinfo().splitlines() if ln.startswith("flags")), []))
+
+
+def cpu_model() -> str:
+    """The CPU model name and its AVX2 / AVX-512 / BF16 / AMX flags, from /proc/cpuinfo."""
+    text = _cpuinfo()
+    if not text:
         return platform.processor() or "unknown"
     model = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), "unknown")
-    flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])
-    shown = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    return f"{model} ({', '.join(shown) or 'no AVX-512'})"
+    shown = [f for f in ISA_FLAGS if f in cpu_flags()]
+    return f"{model} ({', '.join(shown) or 'no AVX2'})"
 
 
 def _device_name(device: str) -> str:

@@ -362,7 +362,9 @@ def _progress(i: int, total: int, row: dict) -> str:
 def annotate(rows: list[dict], cfg: Config, gemm: dict | None) -> None:
     """Add run length, pattern pairs, useful FLOPs, GFLOP/s and % of the GEMM peak to each row."""
     cache: dict = {}
+    cpu = report.cpu_model()
     for row in rows:
+        row["cpu"] = cpu  # every result names the CPU and its ISA flags (the kernels' speed depends on them)
         variant, n = row["variant"], row["n"]
         ref = PEERS[variant].ref if variant in PEERS else variant
         row["n_run"] = run_length(variant, n, cfg.window) if variant in PEERS else n

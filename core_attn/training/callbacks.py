@@ -136,6 +136,34 @@ class ThroughputMonitor(pl.Callback):
         return {"train_samples_per_s": rnd(self.train.rate()), "test_samples_per_s": rnd(self.test.rate())}
 
 
+class SpanMonitor(pl.Callback):
+    """For networks with learned spans (``attention=adaptive_span``): logs ``train/mean_span`` (tokens, over
+    every head of every layer) at the end of each training epoch, and :meth:`results` gives the last value
+    (``mean_span``) and the largest head's (``max_span_learned``) for metrics.json. Nothing for other networks."""
+
+    def __init__(self):
+        self.spans: list[float] | None = None
+
+    def _read(self, pl_module) -> list[float] | None:
+        from core_attn.attention.adaptive_span import AdaptiveSpanAttention
+
+        spans = [float(z) for m in pl_module.modules() if isinstance(m, AdaptiveSpanAttention) for z in m.spans()]
+        return spans or None
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.spans = self._read(pl_module)
+        if self.spans:
+            pl_module.log("train/mean_span", sum(self.spans) / len(self.spans))
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        self.spans = self._read(pl_module) or self.spans
+
+    def results(self) -> dict[str, float]:
+        if not self.spans:
+            return {}
+        return {"mean_span": round(sum(self.spans) / len(self.spans), 2), "max_span_learned": round(max(self.spans), 2)}
+
+
 class ConfigInCheckpoint(pl.Callback):
     """Stores the run's resolved config in every checkpoint (under ``"longattn_config"``), so
     ``evaluate`` can rebuild the data pipeline of a checkpoint without the original run directory; and,

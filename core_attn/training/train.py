@@ -27,6 +27,7 @@ from core_attn.training.atomic import (
 )
 from core_attn.training.callbacks import (
     ConfigInCheckpoint,
+    SpanMonitor,
     ThroughputMonitor,
     peak_memory_mb,
     reset_peak_memory,
@@ -329,8 +330,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     budget_epochs(cfg, datamodule)
     config = resolved_config(cfg)
     module: pl.LightningModule = instantiate(cfg.module, _recursive_=False, _convert_="all")
-    throughput = ThroughputMonitor()
-    callbacks = instantiate_callbacks(cfg.get("callbacks")) + [throughput, ConfigInCheckpoint(config)]
+    throughput, spans = ThroughputMonitor(), SpanMonitor()
+    callbacks = instantiate_callbacks(cfg.get("callbacks")) + [throughput, spans, ConfigInCheckpoint(config)]
     callbacks += offloading_callbacks(cfg.get("activation_offloading", False))
     trainer = _make_trainer(cfg, callbacks)
     if trainer.is_global_zero:  # what a kill during a write left (rank 0 writes all of it)
@@ -373,6 +374,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         metrics["metric_name"], metrics["metric"] = name, metrics["test"].get(name)
 
     metrics.update(throughput.results())
+    metrics.update(spans.results())  # adaptive_span only: the learned spans
     metrics.update(peak_memory_mb())
     metrics["world_size"] = trainer.world_size
     if trainer.is_global_zero:
@@ -432,8 +434,9 @@ def evaluate(cfg: DictConfig, *, datamodule: pl.LightningDataModule | None = Non
             raise ValueError(f"{ckpt} stores no data config; choose the data with data=<option> (e.g. data=mega_mnist)")
         datamodule = instantiate(data, _convert_="all")
 
-    throughput = ThroughputMonitor()
-    trainer = _make_trainer(cfg, instantiate_callbacks(cfg.get("callbacks")) + list(callbacks or []) + [throughput])
+    throughput, spans = ThroughputMonitor(), SpanMonitor()
+    callbacks = [*(callbacks or []), spans]
+    trainer = _make_trainer(cfg, instantiate_callbacks(cfg.get("callbacks")) + callbacks + [throughput])
     reset_peak_memory()
     t0 = time.perf_counter()
     results = trainer.test(module, datamodule=datamodule)
@@ -445,7 +448,7 @@ def evaluate(cfg: DictConfig, *, datamodule: pl.LightningDataModule | None = Non
                "test_seconds": round(time.perf_counter() - t0, 2), **_count_params(module),
                "test_samples_per_s": throughput.results()["test_samples_per_s"], **peak_memory_mb()}
     metrics.update(extra or {})
-    for cb in callbacks or []:
+    for cb in callbacks:
         if callable(getattr(cb, "results", None)):
             metrics.update(cb.results())
     if trainer.is_global_zero:

@@ -1,5 +1,7 @@
 """Pattern variants are exact: output and input gradients equal dense attention with dense_mask(n)."""
 
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -202,7 +204,7 @@ def test_mismatched_shapes():
 KERNEL_MODES = {
     "split-chunks": dict(CHUNK_ELEMENTS=1 << 11, SAVED_PROBS_BYTES=512 << 20),
     "head-chunks": dict(CHUNK_ELEMENTS=1 << 16, SAVED_PROBS_BYTES=512 << 20),
-    "recompute": dict(CHUNK_ELEMENTS=1 << 16, SAVED_PROBS_BYTES=0),
+    "recompute": dict(CHUNK_ELEMENTS=1 << 16, SAVED_PROBS_BYTES=0, SAVED_PROBS_SHARE=0),
 }
 
 
@@ -323,3 +325,38 @@ def test_exact_when_scores_are_hundreds_apart(name, kw, mode, monkeypatch):
     torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
     for a, r in zip(_grads(out, (q, k, v), g), _grads(ref, (q, k, v), g)):
         torch.testing.assert_close(a, r, atol=1e-3, rtol=1e-3)
+
+
+def test_training_keeps_probabilities_within_a_share_of_the_available_memory(monkeypatch):
+    from core_attn import kernels
+
+    monkeypatch.setattr(kernels, "SAVED_PROBS_BYTES", 1024)
+    monkeypatch.setattr(kernels, "available_bytes", lambda device: 4 << 30)
+    assert kernels.saved_probs_limit(torch.device("cpu")) == 1 << 30  # a quarter of 4 GiB
+    monkeypatch.setattr(kernels, "available_bytes", lambda device: None)  # unknown: the fixed limit
+    assert kernels.saved_probs_limit(torch.device("cpu")) == 1024
+    monkeypatch.setattr(kernels, "SAVED_PROBS_SHARE", 0.0)
+    monkeypatch.setattr(kernels, "available_bytes", lambda device: 4 << 30)
+    assert kernels.saved_probs_limit(torch.device("cpu")) == 1024
+
+    # the forward keeps (16 KiB of probabilities > 1 KiB) under the share, recomputes without it: same gradients
+    attn = core_attn.build_attention("local", window=8, backend="blocked")
+    q, k, v = (torch.randn(1, 2, 64, 8, requires_grad=True) for _ in range(3))
+    grads, kept = [], []
+    real_limit = kernels.saved_probs_limit
+    monkeypatch.setattr(kernels, "saved_probs_limit", lambda device: kept.append(real_limit(device)) or kept[-1])
+    for share in (0.25, 0.0):
+        monkeypatch.setattr(kernels, "SAVED_PROBS_SHARE", share)
+        out = attn(q, k, v)
+        grads.append(torch.autograd.grad(out.square().sum(), (q, k, v)))
+    assert kept == [1 << 30, 1024]  # asked once per forward: kept under the share, recomputed without it
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_available_memory_is_known_on_linux():
+    from core_attn import kernels
+
+    avail = kernels.available_bytes(torch.device("cpu"))
+    if sys.platform.startswith("linux"):
+        assert avail is not None and avail > 0

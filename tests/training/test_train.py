@@ -30,6 +30,18 @@ def test_fast_dev_run_writes_metrics(tiny_cfg, tmp_path):
     assert not list(tmp_path.glob("run/.metrics.json*"))  # the temporary file was renamed away
 
 
+def test_learned_spans_are_logged_and_reported(tiny_cfg, tmp_path):
+    from tests.training.tiny import TINY
+
+    overrides = [o for o in TINY if not o.startswith("attention.")]
+    metrics = train(compose_config("vision", [*overrides, "attention=adaptive_span", "attention.max_span=16",
+                                              "attention.span_init=0.5", "trainer.fast_dev_run=true"], tmp_path / "run"))
+    assert metrics["variant"] == "adaptive_span"
+    assert 0 < metrics["mean_span"] <= metrics["max_span_learned"] <= 16  # spans start at 8 tokens
+    assert "train/mean_span" in _metrics(tmp_path / "run")["final"]
+    assert "mean_span" not in train(tiny_cfg("trainer.fast_dev_run=true"))  # no learned span: nothing reported
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One short real run (3 train batches, checkpointing on) shared by the checkpoint tests."""
