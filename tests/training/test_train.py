@@ -143,3 +143,20 @@ def test_resume_refuses_a_checkpoint_of_another_app(tmp_path):
         check_resume_app(OmegaConf.create({"app": "genomics", "ckpt_path": str(tmp_path / "vision.ckpt")}))
     with pytest.raises(ValueError, match=r"ckpt_path='.*notes\.ckpt' is not a PyTorch checkpoint: "):
         check_resume_app(OmegaConf.create({"app": "genomics", "ckpt_path": str(tmp_path / "notes.ckpt")}))
+
+
+def test_adaptive_span_step_benchmark_times_the_span_network_against_local_at_its_maximum(tmp_path):
+    from tests.audio.conftest import bench_script
+    from tests.training.tiny import TINY
+
+    overrides = [o for o in TINY if not o.startswith("attention.")]
+    metrics = train(compose_config("vision", [*overrides, "attention=adaptive_span", "attention.max_span=16",
+                                              "attention.span_init=0.25", "trainer=fast", "test=false"],
+                                   tmp_path / "run"))
+    out = tmp_path / "step.json"
+    assert bench_script("adaptive_span_step").main(["vision", "--ckpt", metrics["last_ckpt"], "--batch", "2",
+                                                    "--repeats", "1", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["max_span"] == 16 and result["input"] == [2, 1, 64, 64]
+    assert 0 < result["mean_span"] <= result["largest_span"] <= 16 and len(result["spans"]) == 1  # one layer
+    assert set(result["step_s"]) == {"adaptive_span", "local (window 16)"} and result["speedup"] > 0
