@@ -278,8 +278,21 @@ def _bmm(a: Tensor, b: Tensor, buf: Tensor, alpha: float = 1.0) -> Tensor:
         if alpha == 1.0:
             return torch.bmm(a, b, out=buf)
         return torch.baddbmm(buf, a, b, beta=0.0, alpha=alpha, out=buf)  # beta=0: buf's old values ignored
-    out = buf.copy_(torch.bmm(a, b))
-    return out if alpha == 1.0 else out.mul_(alpha)
+    # half inputs: the product in their dtype, into a reused scratch buffer (a fresh one per call cost page
+    # faults), then widened into buf
+    half = WORKSPACE.take(buf.numel(), a.dtype, a.device).view(buf.shape)
+    if alpha == 1.0:
+        torch.bmm(a, b, out=half)
+    else:
+        torch.baddbmm(half, a, b, beta=0.0, alpha=alpha, out=half)
+    return buf.copy_(half)
+
+
+def _narrow(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """``x`` in ``dtype`` (itself when it already is), through a reused buffer rather than a fresh tensor."""
+    if x.dtype == dtype:
+        return x
+    return WORKSPACE.take(x.numel(), dtype, x.device).view(x.shape).copy_(x)
 
 
 def _scores(qb: _Rows, keys: _Keys, bh0: int, bh1: int, r0: int, r1: int, out: Tensor, scale: float) -> Tensor:
@@ -475,7 +488,7 @@ def _forward(ctx, q, k, v, q_pos, k_pos, kv_index, block_q, block_k, part_mask, 
             l = p.sum(-1, keepdim=True)
             lse[bh0:bh1, r0:r1] = (mx + l.log()).squeeze(-1)
             p.div_(l.clamp_min(1e-30))
-        pv = p if p.dtype == v.dtype else p.to(v.dtype)
+        pv = _narrow(p, v.dtype)
         for i in range(bh0, bh1):
             torch.bmm(pv[i - bh0], vals.window(i, r0, r1), out=outb[i][r0:r1])
     lse = lse.view(b, h, lq)
@@ -535,8 +548,7 @@ def _backward(ctx, dout, dlse):
             hidden.apply(p, h, bh0, bh1)
             p.sub_(lse_safe[bh0:bh1, r0:r1]).exp_()
         ds.sub_(delta[bh0:bh1, r0:r1]).mul_(p)
-        pl = p if p.dtype == q.dtype else p.to(q.dtype)
-        dsl = ds if ds.dtype == q.dtype else ds.to(q.dtype)
+        pl, dsl = _narrow(p, q.dtype), _narrow(ds, q.dtype)
         for i in range(bh0, bh1):
             # scores = scale * q k^T: dq = scale * ds k, dk = scale * ds^T q
             _bmm(dsl[i - bh0], keys.window(i, r0, r1), dqb[i][r0:r1], scale)
