@@ -14,6 +14,7 @@ Gimelshein 2018 for merging partial softmaxes.
 from __future__ import annotations
 
 import math
+import os
 import threading
 
 import torch
@@ -27,8 +28,25 @@ CHUNK_ELEMENTS = 1 << 23
 # them, one more score matmul, mask and exp: ~25% of a local layer's fwd+bwd at 64k tokens) up to the
 # larger of SAVED_PROBS_BYTES and SAVED_PROBS_SHARE of the memory available when the forward runs, so
 # layers keep theirs while memory lasts and the last quarter is never taken; 0 and 0 always recompute.
+# The share can also be set for a whole process with the environment variable CORE_ATTN_SAVED_PROBS_SHARE.
 SAVED_PROBS_BYTES = 512 << 20
-SAVED_PROBS_SHARE = 0.25
+
+
+def _share_from_env(name: str = "CORE_ATTN_SAVED_PROBS_SHARE", default: float = 0.25) -> float:
+    text = os.environ.get(name)
+    if text is None:
+        return default
+    try:
+        share = float(text)
+    except ValueError:
+        share = -1.0
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"{name}={text!r} must be a number between 0 and 1 (the share of the available memory "
+                         "training may keep softmax probabilities in; 0: always recompute them)")
+    return share
+
+
+SAVED_PROBS_SHARE = _share_from_env()
 # A plan keeps its hidden-pair masks across calls up to this size (computing them was ~10% of a local
 # forward); inputs with a key padding mask recompute theirs every call.
 MASK_CACHE_BYTES = 96 << 20

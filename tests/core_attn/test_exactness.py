@@ -386,3 +386,15 @@ def test_bf16_kernel_gradients_match_the_fp32_reference(name, kw, recompute, mon
     for a, b in zip(grads, ref_grads):
         assert a.dtype == torch.bfloat16
         assert (a.float() - b).abs().max() < 0.03 * b.abs().max() + 0.02
+
+
+def test_the_keep_share_can_be_set_from_the_environment(monkeypatch):
+    from core_attn import kernels
+
+    monkeypatch.setenv("CORE_ATTN_SAVED_PROBS_SHARE", "0")
+    assert kernels._share_from_env() == 0.0
+    monkeypatch.delenv("CORE_ATTN_SAVED_PROBS_SHARE")
+    assert kernels._share_from_env() == 0.25
+    monkeypatch.setenv("CORE_ATTN_SAVED_PROBS_SHARE", "half")
+    with pytest.raises(ValueError, match=r"CORE_ATTN_SAVED_PROBS_SHARE='half' must be a number between 0 and 1"):
+        kernels._share_from_env()
