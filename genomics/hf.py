@@ -55,11 +55,11 @@ from torch.utils.checkpoint import checkpoint
 from core_attn.attention.base import AttentionBase
 from core_attn.layers import AttentionSpec, Mlp, MultiheadAttention, attention_factory
 from core_attn.registry import build_attention
+from core_attn.training.hf_files import WEIGHT_FILES, read_hf_weights
 from core_attn.validation import did_you_mean
 
 log = logging.getLogger(__name__)
 
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # the first one present is read
 MODEL_TYPES = ("longformer", "big_bird", "roberta", "bert")
 # the attribute the task models (…ForMaskedLM, …ForSequenceClassification) nest the encoder under
 PREFIXES = {"longformer": "longformer", "big_bird": "bert", "roberta": "roberta", "bert": "bert"}
@@ -350,20 +350,7 @@ def build_hf_encoder(config: Mapping[str, Any], *, attention: AttentionSpec = No
 def _read_weights(folder: Path, prefix: str) -> tuple[Path, dict[str, Tensor], list[str]]:
     """The first of :data:`WEIGHT_FILES` in ``folder``, its encoder tensors (``prefix.`` removed) and the names
     of the others (a task model's heads)."""
-    path = next((folder / name for name in WEIGHT_FILES if (folder / name).is_file()), None)
-    if path is None:
-        found = sorted(p.name for p in folder.iterdir())
-        raise FileNotFoundError(f"hf_path={str(folder)!r} has no {' or '.join(WEIGHT_FILES)} (found: {found}; "
-                                "sharded checkpoints are not supported)")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # safetensors / torch.load raise many types for a corrupt or foreign file
-        raise ValueError(f"{path}: unreadable weight file ({type(e).__name__}: {e})") from e
+    path, state = read_hf_weights(folder)
     # a task model (…ForMaskedLM) nests the encoder under `prefix.`; the bare encoder's own save has no prefix
     if not any(k.startswith(prefix + ".") for k in state):
         return path, state, []

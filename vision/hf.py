@@ -24,11 +24,11 @@ import torch
 from torch import Tensor, nn
 
 from core_attn.attention.base import AttentionBase
+from core_attn.training.hf_files import WEIGHT_FILES, read_hf_weights
 from vision.model import VisionTransformer
 
 log = logging.getLogger(__name__)
 
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # the first one present is read
 # ViTConfig's defaults, for keys a config.json leaves out (transformers fills them in the same way)
 HF_DEFAULTS = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
                "hidden_act": "gelu", "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0,
@@ -120,20 +120,7 @@ def vit_kwargs(config: Mapping[str, Any], *, img_size: int | list[int] | None = 
 
 def _read_weights(folder: Path) -> tuple[Path, dict[str, Tensor]]:
     """The first of :data:`WEIGHT_FILES` in ``folder`` and its tensors, ``vit.`` prefix removed."""
-    path = next((folder / name for name in WEIGHT_FILES if (folder / name).is_file()), None)
-    if path is None:
-        found = sorted(p.name for p in folder.iterdir())
-        raise FileNotFoundError(f"model.hf_path={str(folder)!r} has no {' or '.join(WEIGHT_FILES)} (found: {found}; "
-                                "sharded checkpoints are not supported)")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # safetensors / torch.load raise many types for a corrupt or foreign file
-        raise ValueError(f"{path}: unreadable weight file ({type(e).__name__}: {e})") from e
+    path, state = read_hf_weights(folder, "model.hf_path")
     # ViTForImageClassification nests the ViTModel under `vit.`; a ViTModel's own save has no prefix
     return path, {k.removeprefix("vit."): v for k, v in state.items()}
 
