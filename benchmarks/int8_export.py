@@ -15,7 +15,9 @@ freshly initialised. Prints a markdown table; ``--json`` writes its rows.
 The table's differences are on one random input, far from real data (a vision model's logits on Gaussian
 noise are ~100x larger than on images). ``--test-images N`` (vision) also runs N images of the checkpoint's
 test split through the eager fp32 network and the int8 model: accuracy of each, top-1 agreement, and the
-median of max |int8 - eager| / max |eager|.
+median of max |int8 - eager| / max |eager|. ``--test-manifest <manifest.jsonl>`` (audio) transcribes its clips
+greedily: the eager fp32 network on each clip, and the eager and int8 models on the clip padded to the
+artefact's fixed length (the longest clip; the dense backend's mask fixes it): WER and CER of each.
 """
 
 from __future__ import annotations
@@ -69,9 +71,10 @@ def exported(app: str, ckpt: Path, folder: Path, kwargs: dict) -> tuple[dict, nn
     else:
         from genomics.export import export
         from genomics.module import GenomicsModule as Module
-    result = export(ckpt_path=str(ckpt), format="onnx", out=str(folder / f"{app}.onnx"), attention_backend="dense",
+    backend = kwargs.pop("attention_backend", "dense")
+    result = export(ckpt_path=str(ckpt), format="onnx", out=str(folder / f"{app}.onnx"), attention_backend=backend,
                     quantize="int8", **kwargs)
-    _, net = checkpoint_network(Module, ckpt, attention_backend="dense",
+    _, net = checkpoint_network(Module, ckpt, attention_backend=backend,
                                 overrides={"decoder": "greedy"} if app == "audio" else None)
     gen = torch.Generator().manual_seed(1)  # another input than the export's check
     if app == "audio":
@@ -109,6 +112,59 @@ def on_test_images(ckpt: Path, net: nn.Module, int8, limit: int) -> dict:
             "median_rel_diff": statistics.median(rels)}
 
 
+def _manifest_features(ckpt: Path, manifest: str, limit: int | None) -> tuple[list[torch.Tensor], list[str]]:
+    """(1, T, n_mels) features of each clip of a JSONL manifest (the checkpoint's front end, no warp) and the
+    normalised transcripts."""
+    import sys
+
+    from audio.module import SpeechRecognizer
+    from audio.text import normalize_text
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    try:
+        from asr_peer import _clips, _wave  # the peer benchmark's clip reader (benchmarks/ is not a package)
+    finally:
+        sys.path.pop(0)
+    _, net = checkpoint_network(SpeechRecognizer, ckpt, overrides={"decoder": "greedy"})
+    feats = []
+    with torch.no_grad():
+        clips = _clips(manifest)[:limit]
+        for clip in clips:
+            feats.append(net.features(torch.from_numpy(_wave(clip, net.features.sample_rate))[None])[0])
+    return feats, [normalize_text(c["text"]) for c in clips]
+
+
+def on_test_manifest(feats: list[torch.Tensor], refs: list[str], net: nn.Module, int8, frames: int) -> dict:
+    """Greedy WER/CER on the clips' features ``feats``: the eager fp32 network on each clip as is, and the eager
+    and int8 models on the clip padded to the artefact's ``frames`` (its time axis is fixed: the dense
+    backend's mask has the exported length) with the clip's quietest frame."""
+    from audio.decoding import error_rates, greedy_texts
+    from audio.text import CharTokenizer
+
+    tok = CharTokenizer()
+    hyps: dict[str, list[str]] = {"fp32": [], "fp32_padded": [], "int8_padded": []}
+
+    def text(f, x: torch.Tensor, frames_used: int) -> str:
+        lp = f(x)
+        n = max(1, round(lp.shape[1] * frames_used / x.shape[1]))  # the output frames of the clip itself
+        return greedy_texts(lp[:, :n], torch.tensor([n]), tok)[0]
+
+    with torch.no_grad():
+        for x in feats:
+            t = x.shape[1]
+            quiet = x[:, x.sum(-1).argmin()]  # (1, n_mels)
+            padded = torch.cat([x, quiet[:, None].expand(1, frames - t, x.shape[2])], 1)
+            hyps["fp32"].append(text(net, x, t))
+            hyps["fp32_padded"].append(text(net, padded, t))
+            hyps["int8_padded"].append(text(int8, padded, t))
+    out = {"clips": len(feats), "frames": frames}
+    for name, h in hyps.items():
+        rates = error_rates(h, refs)
+        out[f"{name}_wer"], out[f"{name}_cer"] = rates["wer"], rates["cer"]
+    out["same_text"] = sum(a == b for a, b in zip(hyps["fp32_padded"], hyps["int8_padded"])) / max(1, len(feats))
+    return out
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("app", choices=APPS)
@@ -119,14 +175,25 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default=None, help="write the rows here")
     p.add_argument("--test-images", type=int, default=0, help="vision: compare on this many test-split images")
+    p.add_argument("--test-manifest", default=None, help="audio: greedy WER/CER of fp32 and int8 on this JSONL "
+                                                          "manifest's clips")
+    p.add_argument("--limit", type=int, default=None, help="--test-manifest: at most this many clips")
     a = p.parse_args(argv)
     if a.test_images and (a.app != "vision" or not a.ckpt):
         p.error("--test-images needs app vision and --ckpt (images of the checkpoint's stored data config)")
+    if a.test_manifest and (a.app != "audio" or not a.ckpt):
+        p.error("--test-manifest needs app audio and --ckpt (a trained speech model)")
+    kwargs = json.loads(a.export_kwargs)
+    if a.test_manifest:  # the artefact's fixed length: the longest clip (the others are padded to it)
+        feats, refs = _manifest_features(Path(a.ckpt), a.test_manifest, a.limit)
+        if not feats:
+            p.error(f"--test-manifest {a.test_manifest}: no clips")
+        kwargs["frames"] = max(f.shape[1] for f in feats)
     torch.set_num_threads(a.threads)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         ckpt = Path(a.ckpt) if a.ckpt else untrained_checkpoint(a.app, a.override, folder)
-        result, net, x = exported(a.app, ckpt, folder, json.loads(a.export_kwargs))
+        result, net, x = exported(a.app, ckpt, folder, kwargs)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.ao's notice that eager quantisation moves to torchao
             torch_int8 = torch.ao.quantization.quantize_dynamic(copy.deepcopy(net), {nn.Linear}, dtype=torch.qint8)
@@ -146,6 +213,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     times[k].append(time.perf_counter() - t)
         if a.test_images:
             test = on_test_images(ckpt, net, runs["int8 ONNX (onnxruntime)"][0], a.test_images)
+        if a.test_manifest:
+            speech = on_test_manifest(feats, refs, net, runs["int8 ONNX (onnxruntime)"][0], kwargs["frames"])
     base = statistics.median(times["fp32 eager (torch)"])
     rows = []
     for k, (_, size) in runs.items():
@@ -168,6 +237,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
               f"{test['int8_acc']:.1%}; top-1 agreement {test['agreement']:.1%}; median max abs diff / max abs "
               f"eager {test['median_rel_diff']:.2%}")
         rows.append({"model": "test images", **test})
+    if a.test_manifest:
+        print(f"{speech['clips']} clips of {a.test_manifest}, greedy WER / CER: fp32 eager {speech['fp32_wer']:.2%} / "
+              f"{speech['fp32_cer']:.2%}; padded to {speech['frames']} frames: fp32 eager {speech['fp32_padded_wer']:.2%} "
+              f"/ {speech['fp32_padded_cer']:.2%}, int8 ONNX {speech['int8_padded_wer']:.2%} / "
+              f"{speech['int8_padded_cer']:.2%}; same text {speech['same_text']:.1%} of clips")
+        rows.append({"model": "test manifest", **speech})
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=2) + "\n")
     return rows

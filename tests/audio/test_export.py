@@ -167,3 +167,26 @@ def test_audio_export_command_line(tmp_path):
     x = _feats(61)
     with torch.no_grad():
         torch.testing.assert_close(load_exported(out, "exported")(x), net.log_probs(x), atol=1e-4, rtol=1e-4)
+
+
+@needs_onnx
+def test_int8_benchmark_transcribes_a_manifest_with_both_models(tmp_path):
+    import json
+
+    import numpy as np
+    import soundfile as sf
+
+    from tests.audio.conftest import bench_script
+
+    _, ckpt = _checkpoint(tmp_path, {"_target_": "core_attn.attention.local.LocalAttention", "_partial_": True,
+                                     "window": 8})
+    rng = np.random.default_rng(0)
+    for name, seconds in (("a.wav", 0.7), ("b.wav", 1.3)):  # two lengths: the artefact's time axis is dynamic
+        sf.write(tmp_path / name, (0.1 * rng.standard_normal(int(16000 * seconds))).astype("float32"), 16000)
+    manifest = tmp_path / "test.jsonl"
+    manifest.write_text("".join(json.dumps({"audio": n, "text": "Hello there"}) + "\n" for n in ("a.wav", "b.wav")))
+    rows = bench_script("int8_export").main(["audio", "--ckpt", str(ckpt), "--test-manifest", str(manifest),
+                                             "--repeats", "1"])
+    speech = rows[-1]
+    assert speech["model"] == "test manifest" and speech["clips"] == 2
+    assert speech["frames"] > 100 and 0 <= speech["fp32_cer"] and 0 <= speech["int8_padded_cer"] and 0 <= speech["same_text"] <= 1
