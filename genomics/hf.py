@@ -55,7 +55,7 @@ from torch.utils.checkpoint import checkpoint
 from core_attn.attention.base import AttentionBase
 from core_attn.layers import AttentionSpec, Mlp, MultiheadAttention, attention_factory
 from core_attn.registry import build_attention
-from core_attn.training.hf_files import WEIGHT_FILES, read_hf_weights
+from core_attn.training.hf_files import WEIGHT_FILES, listed, load_mapped, read_hf_weights
 from core_attn.validation import did_you_mean
 
 log = logging.getLogger(__name__)
@@ -371,10 +371,6 @@ def _key_map(depth: int, qkv_bias: bool) -> dict[str, list[str]]:
     return ours
 
 
-def _listed(keys: Sequence[str], n: int = 8) -> str:
-    return f"{list(keys[:n])}" + (f" (+{len(keys) - n} more)" if len(keys) > n else "")
-
-
 def _is_global(key: str) -> bool:
     """A tensor of Longformer's global-attention projections (``...attention.self.query_global.weight``)."""
     parts = key.split(".")
@@ -394,27 +390,8 @@ def _check_keys(path: Path, state: Mapping[str, Tensor], key_map: Mapping[str, l
     unexpected = sorted(k for k in state.keys() - needed if not _unused(k))
     if missing or unexpected:
         raise ValueError(f"{path} does not fit its config.json (num_hidden_layers={depth}): missing keys "
-                         f"{_listed(missing)}, unexpected keys {_listed(unexpected)}; expected the tensors of a "
+                         f"{listed(missing)}, unexpected keys {listed(unexpected)}; expected the tensors of a "
                          f"{kind} encoder as save_pretrained writes them")
-
-
-def _load(model: nn.Module, tensors: Mapping[str, Tensor], key_map: Mapping[str, list[str]], path: Path) -> None:
-    """Copy ``tensors`` into ``model`` after checking every shape; what stays unloaded must be the attention
-    variants' own parameters."""
-    own = model.state_dict()
-    wrong = [f"{'+'.join(key_map[k])} {tuple(v.shape)} -> {k} {tuple(own[k].shape)}" for k, v in tensors.items()
-             if v.shape != own[k].shape]
-    if wrong:
-        raise ValueError(f"{path}: tensors whose shape does not fit the model built from config.json: {_listed(wrong)}")
-    variant = {f"{name}.{k}" for name, m in model.named_modules() if isinstance(m, AttentionBase)
-               for k in m.state_dict()}
-    result = model.load_state_dict(tensors, strict=False)
-    left = sorted(set(result.missing_keys) - variant)
-    if left or result.unexpected_keys:
-        raise RuntimeError(f"HF encoder mapping incomplete: {left} not loaded, {result.unexpected_keys} unused")
-    if variant:
-        log.info("%s: the attention variants' own parameters keep their initialisation (%d tensors)", path,
-                 len(variant))
 
 
 def load_hf_encoder(hf_path: str | Path, *, attention: AttentionSpec = None, dropout: float | None = None,
@@ -451,11 +428,11 @@ def load_hf_encoder(hf_path: str | Path, *, attention: AttentionSpec = None, dro
     _check_keys(path, state, key_map, kind, depth)
     if heads:
         log.info("%s: %d tensors outside the encoder (task heads) are not loaded: %s", path, len(heads),
-                 _listed(heads, 4))
+                 listed(heads, 4))
     dropped = sorted(k for k in state if _is_global(k))
     if dropped:
         log.warning("%s: Longformer's global-attention projections (%d tensors: query_global, key_global, "
                     "value_global) are not loaded; HFEncoder has no global attention", path, len(dropped))
     tensors = {own: torch.cat([state[hf] for hf in names]) for own, names in key_map.items()}
-    _load(model, tensors, key_map, path)
+    load_mapped(model, tensors, key_map, path, what="HF encoder")
     return model

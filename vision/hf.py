@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from core_attn.attention.base import AttentionBase
-from core_attn.training.hf_files import WEIGHT_FILES, read_hf_weights
+from core_attn.training.hf_files import WEIGHT_FILES, listed, load_mapped, read_hf_weights
 from vision.model import VisionTransformer
 
 log = logging.getLogger(__name__)
@@ -140,10 +140,6 @@ def _key_map(depth: int, head: bool) -> dict[str, list[str]]:
     return ours
 
 
-def _listed(keys: list[str], n: int = 8) -> str:
-    return f"{keys[:n]}" + (f" (+{len(keys) - n} more)" if len(keys) > n else "")
-
-
 def _check_keys(path: Path, state: Mapping[str, Tensor], key_map: Mapping[str, list[str]], depth: int) -> None:
     """Raise naming every HF key that is missing from the file or that nothing of ours takes."""
     needed = {hf for names in key_map.values() for hf in names}
@@ -151,7 +147,7 @@ def _check_keys(path: Path, state: Mapping[str, Tensor], key_map: Mapping[str, l
     unexpected = sorted(state.keys() - needed - set(UNUSED_KEYS) - set(HEAD_KEYS))
     if missing or unexpected:
         raise ValueError(f"{path} does not fit its config.json (num_hidden_layers={depth}): missing keys "
-                         f"{_listed(missing)}, unexpected keys {_listed(unexpected)}; expected the tensors of a "
+                         f"{listed(missing)}, unexpected keys {listed(unexpected)}; expected the tensors of a "
                          "ViTModel or ViTForImageClassification as save_pretrained writes them")
 
 
@@ -215,27 +211,8 @@ def load_hf_vit(hf_path: str | Path, *, img_size: int | list[int] | None = None,
 
         log.info("%s: patch embedding adapted from %d to %d input channels", path, conv.shape[1], kwargs["in_chans"])
         tensors["patch_embed.proj.weight"] = adapt_input_conv(kwargs["in_chans"], conv)
-    _load(model, tensors, key_map, path)
+    load_mapped(model, tensors, key_map, path, what="HF ViT", may_stay=("head.weight", "head.bias"))
     return model
-
-
-def _load(model: nn.Module, tensors: Mapping[str, Tensor], key_map: Mapping[str, list[str]], path: Path) -> None:
-    """Copy ``tensors`` into ``model`` after checking every shape; what stays unloaded must be the head or the
-    attention variants' own parameters."""
-    own = model.state_dict()
-    wrong = [f"{'+'.join(key_map[k])} {tuple(v.shape)} -> {k} {tuple(own[k].shape)}" for k, v in tensors.items()
-             if v.shape != own[k].shape]
-    if wrong:
-        raise ValueError(f"{path}: tensors whose shape does not fit the model built from config.json: {_listed(wrong)}")
-    variant = {f"{name}.{k}" for name, m in model.named_modules() if isinstance(m, AttentionBase)
-               for k in m.state_dict()}
-    result = model.load_state_dict(tensors, strict=False)
-    left = sorted(set(result.missing_keys) - variant - {"head.weight", "head.bias"})
-    if left or result.unexpected_keys:
-        raise RuntimeError(f"HF ViT mapping incomplete: {left} not loaded, {result.unexpected_keys} unused")
-    if variant:
-        log.info("%s: the attention variants' own parameters keep their initialisation (%d tensors)", path,
-                 len(variant))
 
 
 def vision_transformer_config(model: Mapping[str, Any]) -> dict[str, Any]:

@@ -3,10 +3,14 @@ genomics/hf.py). Nothing is downloaded."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # the first one present is read
 
@@ -32,3 +36,32 @@ def read_hf_weights(folder: Path, key: str = "hf_path") -> tuple[Path, dict[str,
         return path, torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # safetensors / torch.load raise many types for a corrupt or foreign file
         raise ValueError(f"{path}: unreadable weight file ({type(e).__name__}: {e})") from e
+
+
+def listed(keys, n: int = 8) -> str:
+    """The first ``n`` of ``keys`` for an error message, and how many more."""
+    keys = list(keys)
+    return f"{keys[:n]}" + (f" (+{len(keys) - n} more)" if len(keys) > n else "")
+
+
+def load_mapped(model: nn.Module, tensors: Mapping[str, Tensor], key_map: Mapping[str, list[str]], path: Path, *,
+                may_stay: Iterable[str] = (), what: str = "HF model") -> None:
+    """Copy ``tensors`` (our names) into ``model`` after checking every shape (``key_map``: our name -> the HF
+    names it came from, for the message); what stays unloaded must be the attention variants' own parameters
+    or one of ``may_stay`` (e.g. a new classification head)."""
+    from core_attn.attention.base import AttentionBase
+
+    own = model.state_dict()
+    wrong = [f"{'+'.join(key_map[k])} {tuple(v.shape)} -> {k} {tuple(own[k].shape)}" for k, v in tensors.items()
+             if v.shape != own[k].shape]
+    if wrong:
+        raise ValueError(f"{path}: tensors whose shape does not fit the model built from config.json: {listed(wrong)}")
+    variant = {f"{name}.{k}" for name, m in model.named_modules() if isinstance(m, AttentionBase)
+               for k in m.state_dict()}
+    result = model.load_state_dict(tensors, strict=False)
+    left = sorted(set(result.missing_keys) - variant - set(may_stay))
+    if left or result.unexpected_keys:
+        raise RuntimeError(f"{what} mapping incomplete: {left} not loaded, {result.unexpected_keys} unused")
+    if variant:
+        log.info("%s: the attention variants' own parameters keep their initialisation (%d tensors)", path,
+                 len(variant))
