@@ -212,6 +212,14 @@ def mix_lms(a: list[Ngrams], b: list[Ngrams], weight: float) -> list[Ngrams]:
     return mixed
 
 
+def _existing(lm: str, key: str) -> Path:
+    """The file of an ``lm``/``lm_mix`` setting; ``FileNotFoundError`` naming the key when it is missing."""
+    path = Path(str(lm))
+    if not path.is_file():
+        raise FileNotFoundError(f"{key}={lm!r}: no such file (expected {LM_CHOICES if key == 'lm' else MIX_CHOICES})")
+    return path
+
+
 def load_lm(lm: str, *, texts: Sequence[str] | None = None, words: Sequence[str] = (), order: int = 3,
             key: str = "lm") -> list[Ngrams]:
     """The n-grams of a setting of :func:`check_lm`: built (``train``, a ``.jsonl`` manifest) or read (``pocketsphinx``,
@@ -224,9 +232,7 @@ def load_lm(lm: str, *, texts: Sequence[str] | None = None, words: Sequence[str]
         raise ValueError(f"{key}='train' builds the language model from the training transcripts, which this "
                          "checkpoint does not carry (trained before checkpoints kept them): give "
                          f"{key}=<the training manifest .jsonl> or {key}=<a KenLM .arpa file>")
-    path = Path(str(lm))
-    if lm != "train" and not path.is_file():
-        raise FileNotFoundError(f"{key}={lm!r}: no such file (expected {LM_CHOICES if key == 'lm' else MIX_CHOICES})")
+    path = Path(str(lm)) if lm == "train" else _existing(lm, key)
     if path.suffix == ".arpa":
         return read_arpa(path)
     if path.suffix == ".bin":
@@ -246,18 +252,15 @@ def lm_file(lm: str | None, *, texts: Sequence[str] | None = None, words: Sequen
     one of its transcripts, built into a temporary folder with ``words`` (the lexicon) in its vocabulary;
     ``pocketsphinx``, the wheel's English trigram as ARPA. ``mix`` (the same settings but ``.bin``) is mixed in
     with weight ``mix_weight`` (:func:`mix_lms`)."""
+    check_lm(mix, "lm_mix")
     if check_lm(lm) is None:
-        if check_lm(mix, "lm_mix") is not None:
+        if mix is not None:
             raise ValueError(f"lm_mix={mix!r} mixes a second model into lm, which is null: set lm (e.g. lm=train), "
                              f"or give the model as lm={mix!r}")
         yield None
         return
-    check_lm(mix, "lm_mix")
-    path = Path(str(lm))
-    if mix is None and path.suffix in (".arpa", ".bin"):
-        if not path.is_file():
-            raise FileNotFoundError(f"lm={lm!r}: no such file (expected {LM_CHOICES})")
-        yield str(path)
+    if mix is None and Path(str(lm)).suffix in (".arpa", ".bin"):  # KenLM reads it as it is
+        yield str(_existing(lm, "lm"))
         return
     model = load_lm(lm, texts=texts, words=words, order=order)
     if mix is not None:

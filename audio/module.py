@@ -153,9 +153,9 @@ class SpeechRecognizer(TaskModule):
         """A context manager giving the KenLM file of the ``lm`` setting (``None`` for none) with ``words`` (the
         lexicon) in its vocabulary, ``lm_mix`` mixed in: :func:`audio.lm.lm_file` over :meth:`find_transcripts`
         for ``train``."""
-        mix = self.hparams.get("lm_mix")
+        mix = self.hparams.lm_mix
         texts = self.find_transcripts(datamodule) if "train" in (lm, mix) else None
-        return lm_file(lm, texts=texts, words=words or (), mix=mix, mix_weight=self.hparams.get("lm_mix_weight", 0.5))
+        return lm_file(lm, texts=texts, words=words or (), mix=mix, mix_weight=self.hparams.lm_mix_weight)
 
     def setup(self, stage: str) -> None:
         if stage == "fit":  # the checkpoint carries the training words and transcripts whatever the test decoder
@@ -171,7 +171,7 @@ class SpeechRecognizer(TaskModule):
             log.info("lexicon decoding: %d words; %.2f%% of the test words are outside the lexicon (never "
                      "recognised; module.word_list=pocketsphinx or <a file> to widen it)", len(words), 100 * rate)
             log.info("language model: lm=%s, lm_mix=%s (weight %g), lm_weight=%g, word_score=%g", self.hparams.lm,
-                     self.hparams.get("lm_mix"), self.hparams.get("lm_mix_weight", 0.5), self.hparams.lm_weight,
+                     self.hparams.lm_mix, self.hparams.lm_mix_weight, self.hparams.lm_weight,
                      self.hparams.word_score)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

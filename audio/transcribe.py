@@ -49,8 +49,10 @@ MODES = ("full", "chunked", "stream")
 STREAM_DECODERS = ("auto", "greedy")  # mode=stream decodes online, greedily
 OPTIONS = {"ckpt_path": str, "mode": str, "chunk_seconds": float, "overlap_seconds": float, "decoder": str,
            "beam_size": int, "lexicon": str, "word_list": str, "warps": str, "warp_seconds": float, "threads": int,
-           "block_seconds": float, "step_seconds": float, "lm": str, "lm_weight": float, "word_score": float, "lm_mix": str, "lm_mix_weight": float}
-CHECKPOINT_DEFAULTS = ("word_list", "lm", "lm_weight", "word_score", "lm_mix", "lm_mix_weight")  # None: the checkpoint's setting
+           "block_seconds": float, "step_seconds": float, "lm": str, "lm_weight": float, "word_score": float,
+           "lm_mix": str, "lm_mix_weight": float}
+# None: the checkpoint's setting
+CHECKPOINT_DEFAULTS = ("word_list", "lm", "lm_weight", "word_score", "lm_mix", "lm_mix_weight")
 
 
 def load_recognizer(ckpt_path: str | Path, **overrides):

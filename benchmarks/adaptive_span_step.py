@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core_attn.attention.adaptive_span import AdaptiveSpanAttention
+from core_attn.attention.adaptive_span import AdaptiveSpanAttention, learned_spans
 from core_attn.registry import build_attention
 from core_attn.training.callbacks import CONFIG_KEY
 
@@ -61,7 +61,7 @@ def local_twin(net: nn.Module) -> nn.Module:
 
 def spans(net: nn.Module) -> list[list[float]]:
     """The learned spans in tokens, one list of heads per adaptive-span layer."""
-    return [[round(float(z), 1) for z in m.spans().detach()] for m in net.modules() if isinstance(m, AdaptiveSpanAttention)]
+    return [[round(z, 1) for z in layer.tolist()] for layer in learned_spans(net)]
 
 
 def example(app: str, net: nn.Module, config: dict, batch: int, length: int | None) -> tuple[torch.Tensor, int]:

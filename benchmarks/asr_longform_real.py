@@ -17,7 +17,6 @@ normalisation and corpus WER/CER. Threads follow ``OMP_NUM_THREADS``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -121,12 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     text_table = table(report)
     print(text_table)
     if args.out:
-        out = Path(args.out)  # --out run_v1.2 writes run_v1.2.md and run_v1.2.json (only .md/.json are replaced)
-        out = out.with_suffix("") if out.suffix in (".md", ".json") else out
-        out.parent.mkdir(parents=True, exist_ok=True)
-        Path(f"{out}.md").write_text(text_table + f"\n`python benchmarks/asr_longform_real.py "
-                                          f"{' '.join(sys.argv[1:] if argv is None else argv)}`\n")
-        Path(f"{out}.json").write_text(json.dumps(report, indent=2) + "\n")
+        from asr_peer import write_outputs
+
+        write_outputs(args.out, text_table, report, "python benchmarks/asr_longform_real.py "
+                      + " ".join(sys.argv[1:] if argv is None else argv))
     return 0
 
 

@@ -304,15 +304,21 @@ def main(argv: list[str] | None = None) -> int:
                          "threads": args.threads, "rows": rows}, args)
 
 
+def write_outputs(out: str, text: str, data: dict, command: str) -> None:
+    """``<out>.md`` (the table ``text`` and the ``command`` behind it) and ``<out>.json`` (``data``); a trailing
+    .md/.json of ``out`` is dropped, any other dot kept (``run_v1.2`` -> ``run_v1.2.md``)."""
+    path = Path(out)
+    path = path.with_suffix("") if path.suffix in (".md", ".json") else path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{path}.md").write_text(text + f"\n`{command}`\n")
+    Path(f"{path}.json").write_text(json.dumps(data, indent=2) + "\n")
+
+
 def write_report(text: str, data: dict, args: argparse.Namespace) -> int:
     """Print the table; with ``--out``, also write it (.md, with the command) and ``data`` (.json)."""
     print(text)
     if args.out:
-        out = Path(args.out)  # --out run_v1.2 writes run_v1.2.md and run_v1.2.json (only .md/.json are replaced)
-        out = out.with_suffix("") if out.suffix in (".md", ".json") else out
-        out.parent.mkdir(parents=True, exist_ok=True)
-        Path(f"{out}.md").write_text(text + f"\n`python benchmarks/asr_peer.py {' '.join(sys.argv[1:])}`\n")
-        Path(f"{out}.json").write_text(json.dumps(data, indent=2))
+        write_outputs(args.out, text, data, f"python benchmarks/asr_peer.py {' '.join(sys.argv[1:])}")
     return 0
 
 

@@ -55,7 +55,7 @@ from torch.utils.checkpoint import checkpoint
 from core_attn.attention.base import AttentionBase
 from core_attn.layers import AttentionSpec, Mlp, MultiheadAttention, attention_factory
 from core_attn.registry import build_attention
-from core_attn.training.hf_files import WEIGHT_FILES, listed, load_mapped, read_hf_weights
+from core_attn.training.hf_files import WEIGHT_FILES, hf_folder, listed, load_mapped, read_hf_weights
 from core_attn.validation import did_you_mean
 
 log = logging.getLogger(__name__)
@@ -101,11 +101,7 @@ def _folder(hf_path: str | Path | None) -> Path:
     if not hf_path:
         raise ValueError(f"hf_path is not set: load_hf_encoder needs a local folder with config.json and "
                          f"{' or '.join(WEIGHT_FILES)}")
-    folder = Path(hf_path)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"hf_path={str(folder)!r}: no such folder (a local folder with config.json and "
-                                f"{' or '.join(WEIGHT_FILES)}, as save_pretrained writes it; nothing is downloaded)")
-    return folder
+    return hf_folder(hf_path, "hf_path")
 
 
 def _check_window(path: Path, config: dict[str, Any]) -> list[int]:

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from core_attn.attention.base import AttentionBase
-from core_attn.training.hf_files import WEIGHT_FILES, listed, load_mapped, read_hf_weights
+from core_attn.training.hf_files import WEIGHT_FILES, hf_folder, listed, load_mapped, read_hf_weights
 from vision.model import VisionTransformer
 
 log = logging.getLogger(__name__)
@@ -49,11 +49,7 @@ def _folder(hf_path: str | Path | None) -> Path:
     if not hf_path:
         raise ValueError("model.hf_path is not set: model=hf_vit needs model.hf_path=<a local folder with config.json "
                          f"and {' or '.join(WEIGHT_FILES)}>")
-    folder = Path(hf_path)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"model.hf_path={str(folder)!r}: no such folder (a local folder with config.json and "
-                                f"{' or '.join(WEIGHT_FILES)}, as save_pretrained writes it; nothing is downloaded)")
-    return folder
+    return hf_folder(hf_path, "model.hf_path")
 
 
 def _pair(value: int | list[int]) -> tuple[int, ...]:

@@ -190,8 +190,14 @@ def total_span_loss(module: nn.Module) -> Tensor | float:
     return torch.stack(losses).sum() if losses else 0.0
 
 
+def learned_spans(module: nn.Module) -> list[Tensor]:
+    """The learned spans in tokens, one (H,) tensor (detached) per :class:`AdaptiveSpanAttention` in ``module``,
+    in module order (empty when there is none)."""
+    return [m.spans().detach() for m in module.modules() if isinstance(m, AdaptiveSpanAttention)]
+
+
 def mean_span(module: nn.Module) -> float | None:
     """The mean learned span in tokens over every head of every :class:`AdaptiveSpanAttention` in ``module``
     (``None`` when there is none)."""
-    spans = [m.spans().detach() for m in module.modules() if isinstance(m, AdaptiveSpanAttention)]
+    spans = learned_spans(module)
     return float(torch.cat(spans).mean()) if spans else None

@@ -236,7 +236,8 @@ def cpu_model() -> str:
     if not text:
         return platform.processor() or "unknown"
     model = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), "unknown")
-    shown = [f for f in ISA_FLAGS if f in cpu_flags()]
+    flags = cpu_flags()
+    shown = [f for f in ISA_FLAGS if f in flags]
     return f"{model} ({', '.join(shown) or 'no AVX2'})"
 
 

@@ -144,11 +144,11 @@ class SpanMonitor(pl.Callback):
     def __init__(self):
         self.spans: list[float] | None = None
 
-    def _read(self, pl_module) -> list[float] | None:
-        from core_attn.attention.adaptive_span import AdaptiveSpanAttention
+    @staticmethod
+    def _read(pl_module) -> list[float] | None:
+        from core_attn.attention.adaptive_span import learned_spans
 
-        spans = [float(z) for m in pl_module.modules() if isinstance(m, AdaptiveSpanAttention) for z in m.spans()]
-        return spans or None
+        return [z for layer in learned_spans(pl_module) for z in layer.tolist()] or None
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self.spans = self._read(pl_module)

@@ -15,6 +15,15 @@ log = logging.getLogger(__name__)
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # the first one present is read
 
 
+def hf_folder(hf_path: str | Path, key: str) -> Path:
+    """The local folder ``hf_path`` (the setting ``key``); ``FileNotFoundError`` naming it when it is not one."""
+    folder = Path(hf_path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{key}={str(folder)!r}: no such folder (a local folder with config.json and "
+                                f"{' or '.join(WEIGHT_FILES)}, as save_pretrained writes it; nothing is downloaded)")
+    return folder
+
+
 def read_hf_weights(folder: Path, key: str = "hf_path") -> tuple[Path, dict[str, Tensor]]:
     """The first of :data:`WEIGHT_FILES` in ``folder`` and its tensors, as saved (``key`` names the setting
     that gave the folder in the errors).
