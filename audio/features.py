@@ -209,6 +209,44 @@ class Echo(nn.Module):
         return out * valid
 
 
+class SpeedPerturbation(nn.Module):
+    """Speed perturbation per utterance, in training only (Ko et al. 2015, Kaldi's ``speed`` 0.9/1.0/1.1):
+    the waveform resampled so that it plays ``factor`` times as fast, shorter or longer and with pitch and
+    formants moved together, as a faster or slower speaker with another vocal tract (torchaudio's
+    ``functional.speed``). VTLP moves only the frequency axis; this also changes the speaking rate.
+    Each chosen utterance draws one of ``factors``; the batch is re-padded and the lengths returned.
+
+    Args:
+        factors: the speeds to draw from (1.0 among them keeps some utterances as recorded).
+        sample_rate: of the waveforms.
+        p: probability that an utterance is perturbed at all.
+    """
+
+    def __init__(self, *, factors: Sequence[float] = (0.9, 1.0, 1.1), sample_rate: int = 16000, p: float = 1.0):
+        super().__init__()
+        if not factors:
+            raise ValueError("speed.factors must list at least one speed (e.g. [0.9, 1.0, 1.1]); got []")
+        self.factors = [check_float("speed.factors[]", f, min_value=0.5, max_value=2.0) for f in factors]
+        self.sample_rate = check_int("sample_rate", sample_rate, min_value=1000)
+        self.p = check_float("p", p, min_value=0.0, max_value=1.0)
+
+    def forward(self, audio: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, L), (B,) -> (B, L'), (B,): the perturbed utterances re-padded with zeros."""
+        if not self.training or self.p == 0.0:
+            return audio, lengths
+        b = audio.shape[0]
+        chosen = (torch.rand(b) < self.p).tolist()
+        picks = torch.randint(len(self.factors), (b,)).tolist()
+        waves = []
+        for i in range(b):
+            wave, factor = audio[i, :int(lengths[i])], self.factors[picks[i]]
+            if chosen[i] and factor != 1.0:
+                wave = AF.speed(wave, self.sample_rate, factor)[0]
+            waves.append(wave)
+        out = torch.nn.utils.rnn.pad_sequence(waves, batch_first=True)
+        return out, torch.tensor([len(w) for w in waves], device=lengths.device, dtype=lengths.dtype)
+
+
 class SpecAugment(nn.Module):
     """Frequency and time masks (torchaudio's ``FrequencyMasking``/``TimeMasking``, independent per
     utterance), applied in training only.

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from audio.features import Echo, LogMelFeatures, RandomEqualizer, SpecAugment, VocalTractPerturbation, WaveAugment
+from audio.features import (Echo, LogMelFeatures, RandomEqualizer, SpecAugment, SpeedPerturbation, VocalTractPerturbation,
+                            WaveAugment)
 from core_attn.layers import AttentionSpec, MultiheadAttention, attention_factory
 from core_attn.streaming import Reach, check_step, position_offset, receptive_field, stream
 from core_attn.validation import check_choice, check_float, check_int
@@ -294,14 +295,17 @@ class ConformerCTC(nn.Module):
         vtlp: vocal tract length perturbation in training (``None``: none).
         equalizer: random spectral balance in training (``None``: none).
         echo: a random echo in training (``None``: none).
+        speed: speed perturbation in training (``None``: none); it changes the utterances' lengths, so the
+            frame counts returned follow the perturbed audio.
     """
 
     def __init__(self, *, features: LogMelFeatures, encoder: ConformerEncoder, vocab_size: int = 29,
                  augment: WaveAugment | None = None, spec_augment: SpecAugment | None = None,
                  vtlp: VocalTractPerturbation | None = None, equalizer: RandomEqualizer | None = None,
-                 echo: Echo | None = None):
+                 echo: Echo | None = None, speed: SpeedPerturbation | None = None):
         super().__init__()
         self.features, self.encoder = features, encoder
+        self.speed = speed
         self.augment, self.spec_augment, self.vtlp = augment, spec_augment, vtlp
         self.equalizer, self.echo = equalizer, echo
         self.vocab_size = check_int("vocab_size", vocab_size, min_value=2)
@@ -316,6 +320,8 @@ class ConformerCTC(nn.Module):
         """(B, L) samples -> (B, N, vocab) log-probabilities and (B,) frame counts. ``warp``: a frequency
         axis factor for every utterance (a float) or each ((B,) tensor), in place of VTLP's random draw (the
         test-time warps of :class:`audio.module.SpeechRecognizer`)."""
+        if self.speed is not None:
+            audio, lengths = self.speed(audio, lengths)
         if self.echo is not None:
             audio = self.echo(audio, lengths)
         if self.augment is not None:

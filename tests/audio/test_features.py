@@ -14,6 +14,7 @@ from audio.features import (
     RandomEqualizer,
     LogMelFeatures,
     SpecAugment,
+    SpeedPerturbation,
     StreamingLogMel,
     StreamingResampler,
     VocalTractPerturbation,
@@ -229,3 +230,23 @@ def test_open_audio_names_a_missing_unreadable_or_truncated_file(tmp_path, caplo
         assert f.frames == 8000
     assert re.search(r"cut\.wav is truncated: its header announces 32000 bytes of audio but the file holds 16000; "
                      r"only the 0\.5 s present are used", caplog.text), caplog.text
+
+
+def test_speed_perturbation_changes_rate_and_lengths():
+    """A 440 Hz tone at speed 1.1 lasts 1/1.1 as long and sounds at 484 Hz; padding stays zero; eval passes."""
+    speed = SpeedPerturbation(factors=[1.1], p=1.0)
+    x = torch.zeros(2, 16000)
+    x[0] = torch.from_numpy(tone(1.0))
+    x[1, :8000] = torch.from_numpy(tone(0.5))
+    y, lengths = speed(x, torch.tensor([16000, 8000]))
+    assert lengths.tolist() == [math.ceil(16000 / 1.1), math.ceil(8000 / 1.1)] and y.shape == (2, lengths[0])
+    spectrum = torch.fft.rfft(y[0]).abs()
+    assert abs(spectrum.argmax().item() * 16000 / y.shape[1] - 484.0) < 2.0
+    assert (y[1, lengths[1]:] == 0).all()
+    torch.testing.assert_close(y[1, :lengths[1]], AF.speed(x[1, :8000], 16000, 1.1)[0])
+    same = SpeedPerturbation(factors=[0.9, 1.1], p=0.0)
+    assert same(x, torch.tensor([16000, 8000]))[0] is x
+    speed.eval()
+    assert speed(x, torch.tensor([16000, 8000]))[0] is x
+    with pytest.raises(ValueError, match="speed.factors must list at least one speed"):
+        SpeedPerturbation(factors=[])

@@ -8,7 +8,7 @@ import functools
 import pytest
 import torch
 
-from audio.features import LogMelFeatures
+from audio.features import LogMelFeatures, SpeedPerturbation
 from audio.model import ConformerCTC, ConformerEncoder, ConvSubsampling, MaskedBatchNorm, accepted_length
 from core_attn.registry import build_attention
 from core_attn.training.callbacks import peak_memory_mb, reset_peak_memory
@@ -47,6 +47,19 @@ def test_explicit_warp_replaces_vtlp():
     assert not torch.allclose(up, plain, atol=1e-3)
     torch.testing.assert_close(each[0], plain[0])
     torch.testing.assert_close(each[1, :-1], up[1, :-1], atol=1e-5, rtol=0)
+
+
+def test_speed_perturbation_frames_follow_the_perturbed_audio():
+    """In training, speed 0.5 doubles every utterance, and the frame counts returned (what CTC is given) are
+    those of the doubled audio; in eval the audio is untouched."""
+    enc = ConformerEncoder(in_features=80, dim=32, depth=1, num_heads=2, subsampling=4, subsampling_channels=8,
+                           dropout=0.0, conv_kernel=5)
+    m = ConformerCTC(features=LogMelFeatures(), encoder=enc, speed=SpeedPerturbation(factors=[0.5], p=1.0))
+    audio, lengths = torch.randn(2, 16000) * 0.1, torch.tensor([16000, 8000])
+    slow, slow_n = m.train()(audio, lengths)
+    _, n = m.eval()(audio, lengths)
+    _, doubled_n = m(torch.randn(2, 32000) * 0.1, torch.tensor([32000, 16000]))
+    assert slow_n.tolist() == doubled_n.tolist() != n.tolist() and slow.shape[1] == int(doubled_n[0])
 
 
 def test_padding_does_not_leak():
