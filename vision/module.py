@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -14,6 +17,10 @@ from torchmetrics.classification import MulticlassAccuracy
 from core_attn.attention.adaptive_span import total_span_loss
 from core_attn.training.bases import TaskModule
 from vision.hf import vision_transformer_config
+from vision.model import VisionTransformer
+
+log = logging.getLogger(__name__)
+POS_KEY = "net.encoder.pos_embed"
 
 
 class ImageClassifier(TaskModule):
@@ -79,6 +86,28 @@ class ImageClassifier(TaskModule):
 
     def test_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "test", self.test_acc)
+
+    def adapt_init_state(self, state: dict[str, Tensor], path: Path) -> dict[str, Tensor]:
+        """``init_from`` a run at another image size: its learned position embeddings resampled (bicubic, timm's
+        ``resample_abs_pos_embed``) from its patch grid to this model's; the prefix token's kept. The old grid
+        has this grid's aspect ratio (a square image gives a square grid); any other shape is left for the
+        shape check to report."""
+        net = self.net
+        if not isinstance(net, VisionTransformer) or net.encoder.pos_embed is None or POS_KEY not in state:
+            return state
+        pos, ours = state[POS_KEY], net.encoder.pos_embed
+        if pos.shape == ours.shape or pos.dim() != 3 or pos.shape[-1] != ours.shape[-1]:
+            return state
+        (gh, gw), prefix = net.patch_embed.grid, net.num_prefix_tokens
+        n = pos.shape[1] - prefix
+        old = (round(math.sqrt(n * gh / gw)), round(math.sqrt(n * gw / gh)))
+        if old[0] * old[1] != n:
+            return state
+        from timm.layers import resample_abs_pos_embed
+
+        log.info("init_from=%s: position embeddings resampled (bicubic) from a %dx%d to a %dx%d patch grid",
+                 path, *old, gh, gw)
+        return {**state, POS_KEY: resample_abs_pos_embed(pos, [gh, gw], list(old), num_prefix_tokens=prefix)}
 
     def predict_step(self, batch, batch_idx: int) -> Tensor:
         """Class probabilities (B, num_classes)."""
