@@ -18,6 +18,8 @@ test split through the eager fp32 network and the int8 model: accuracy of each, 
 median of max |int8 - eager| / max |eager|. ``--test-manifest <manifest.jsonl>`` (audio) transcribes its clips
 greedily: the eager fp32 network on each clip, and the eager and int8 models on the clip padded to the
 artefact's fixed length (the longest clip; the dense backend's mask fixes it): WER and CER of each.
+``--test-windows N`` (the genomics DNA language model) scores N windows of the checkpoint's test split with
+the eager fp32 network and the int8 model: bits per base of each over the same scored bases.
 """
 
 from __future__ import annotations
@@ -112,6 +114,44 @@ def on_test_images(ckpt: Path, net: nn.Module, int8, limit: int) -> dict:
             "median_rel_diff": statistics.median(rels)}
 
 
+def on_test_windows(ckpt: Path, net: nn.Module, int8, limit: int, length: int) -> dict:
+    """Bits per base of ``net`` and of the int8 model ``int8`` on up to ``limit`` windows of the test split of
+    the checkpoint's stored data config (a causal DNA LM), one window per call. Windows shorter than the
+    artefact's ``length`` are padded at the end (a causal model's earlier positions do not see it); only the
+    bases the test scores count (targets other than IGNORE, no padding)."""
+    from hydra.utils import instantiate
+
+    from core_attn.training.runtime import load_run_config
+    from genomics.datasets import IGNORE
+    from genomics.module import target_bits
+
+    data = instantiate(load_run_config(ckpt)["data"], _convert_="all")
+    data.setup("test")
+    n = 0
+    bits = {"fp32": 0.0, "int8": 0.0}
+    scored = 0
+    with torch.no_grad():
+        for batch in data.test_dataloader():
+            for tokens, targets in zip(batch["tokens"].split(1), batch["targets"].split(1)):
+                w = tokens.shape[1]
+                if w > length:
+                    raise ValueError(f"test windows of {w} tokens are longer than the artefact's {length}")
+                keep = targets != IGNORE
+                x = torch.nn.functional.pad(tokens, (0, length - w), value=int(tokens[0, -1]))
+                for name, f in (("fp32", net), ("int8", int8)):
+                    b = target_bits(f(x)[:, :w], targets)
+                    bits[name] += b[keep].double().sum().item()
+                scored += int(keep.sum())
+                n += 1
+                if n == limit:
+                    break
+            if n == limit:
+                break
+    if not scored:
+        raise ValueError("the test split has no scored bases")
+    return {"windows": n, "bases": scored, "fp32_bpb": bits["fp32"] / scored, "int8_bpb": bits["int8"] / scored}
+
+
 def _manifest_features(ckpt: Path, manifest: str, limit: int | None) -> tuple[list[torch.Tensor], list[str]]:
     """(1, T, n_mels) features of each clip of a JSONL manifest (the checkpoint's front end, no warp) and the
     normalised transcripts."""
@@ -177,12 +217,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--test-images", type=int, default=0, help="vision: compare on this many test-split images")
     p.add_argument("--test-manifest", default=None, help="audio: greedy WER/CER of fp32 and int8 on this JSONL "
                                                           "manifest's clips")
+    p.add_argument("--test-windows", type=int, default=0, help="genomics (DNA LM): bits per base of fp32 and int8 "
+                                                               "on this many test-split windows")
     p.add_argument("--limit", type=int, default=None, help="--test-manifest: at most this many clips")
     a = p.parse_args(argv)
     if a.test_images and (a.app != "vision" or not a.ckpt):
         p.error("--test-images needs app vision and --ckpt (images of the checkpoint's stored data config)")
     if a.test_manifest and (a.app != "audio" or not a.ckpt):
         p.error("--test-manifest needs app audio and --ckpt (a trained speech model)")
+    if a.test_windows and (a.app != "genomics" or not a.ckpt):
+        p.error("--test-windows needs app genomics and --ckpt (a trained DNA language model)")
     kwargs = json.loads(a.export_kwargs)
     if a.test_manifest:  # the artefact's fixed length: the longest clip (the others are padded to it)
         feats, refs = _manifest_features(Path(a.ckpt), a.test_manifest, a.limit)
@@ -213,6 +257,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     times[k].append(time.perf_counter() - t)
         if a.test_images:
             test = on_test_images(ckpt, net, runs["int8 ONNX (onnxruntime)"][0], a.test_images)
+        if a.test_windows:
+            dna = on_test_windows(ckpt, net, runs["int8 ONNX (onnxruntime)"][0], a.test_windows,
+                                  result["input_shape"][1])
         if a.test_manifest:
             speech = on_test_manifest(feats, refs, net, runs["int8 ONNX (onnxruntime)"][0], kwargs["frames"])
     base = statistics.median(times["fp32 eager (torch)"])
@@ -237,6 +284,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
               f"{test['int8_acc']:.1%}; top-1 agreement {test['agreement']:.1%}; median max abs diff / max abs "
               f"eager {test['median_rel_diff']:.2%}")
         rows.append({"model": "test images", **test})
+    if a.test_windows:
+        print(f"{dna['windows']} test windows ({dna['bases']} bases scored): bits per base fp32 eager "
+              f"{dna['fp32_bpb']:.4f}, int8 ONNX {dna['int8_bpb']:.4f} ({dna['int8_bpb'] - dna['fp32_bpb']:+.4f})")
+        rows.append({"model": "test windows", **dna})
     if a.test_manifest:
         print(f"{speech['clips']} clips of {a.test_manifest}, greedy WER / CER: fp32 eager {speech['fp32_wer']:.2%} / "
               f"{speech['fp32_cer']:.2%}; padded to {speech['frames']} frames: fp32 eager {speech['fp32_padded_wer']:.2%} "

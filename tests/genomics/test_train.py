@@ -173,3 +173,23 @@ def test_task_and_module_must_agree(task, target, ok):
                                          rf"its data\), or add module._target_=genomics.module.{cls.__name__} "
                                          rf"monitor={monitor} monitor_mode={mode}"):
         check_task(task, target)
+
+
+def test_int8_export_scores_test_windows(data_dir, genome, tmp_path):
+    """``benchmarks/int8_export.py genomics --test-windows``: bits per base of the fp32 network and the int8
+    ONNX model over the same scored bases of the checkpoint's test split."""
+    pytest.importorskip("onnxruntime")
+    import importlib.util
+    from pathlib import Path
+
+    metrics = train(_cfg("genomics", _lm(genome), data_dir, tmp_path / "run"))
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "int8_export.py"
+    spec = importlib.util.spec_from_file_location("int8_export", script)  # benchmarks/ is not a package
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = bench.main(["genomics", "--ckpt", metrics["last_ckpt"], "--test-windows", "3", "--repeats", "1"])
+    dna = rows[-1]
+    assert dna["model"] == "test windows" and dna["windows"] == 3 and 0 < dna["bases"] <= 3 * 128
+    assert abs(dna["fp32_bpb"] - dna["int8_bpb"]) < 0.1 and 0.5 < dna["fp32_bpb"] < 4
+    with pytest.raises(SystemExit):
+        bench.main(["vision", "--test-windows", "3"])
