@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import statistics
 import tempfile
@@ -88,28 +89,29 @@ def exported(app: str, ckpt: Path, folder: Path, kwargs: dict) -> tuple[dict, nn
     return result, net, x
 
 
-def on_test_images(ckpt: Path, net: nn.Module, int8, limit: int) -> dict:
-    """Accuracy of ``net`` and of the int8 model ``int8`` on up to ``limit`` images of the test split of the
-    checkpoint's stored data config, one image per call (the artefact's batch size)."""
+def _test_batches(ckpt: Path):
+    """The test dataloader of the checkpoint's stored data config."""
     from hydra.utils import instantiate
 
     from core_attn.training.runtime import load_run_config
 
     data = instantiate(load_run_config(ckpt)["data"], _convert_="all")
     data.setup("test")
+    return data.test_dataloader()
+
+
+def on_test_images(ckpt: Path, net: nn.Module, int8, limit: int) -> dict:
+    """Accuracy of ``net`` and of the int8 model ``int8`` on up to ``limit`` images of the test split of the
+    checkpoint's stored data config, one image per call (the artefact's batch size)."""
+    images = ((x, y) for xs, ys in _test_batches(ckpt) for x, y in zip(xs.split(1), ys.tolist()))
     n = right32 = right8 = same = 0
     rels = []
     with torch.no_grad():
-        for images, labels in data.test_dataloader():
-            for x, y in zip(images.split(1), labels.tolist()):
-                want, got = net(x), int8(x)
-                p32, p8 = want.argmax(-1).item(), got.argmax(-1).item()
-                n, right32, right8, same = n + 1, right32 + (p32 == y), right8 + (p8 == y), same + (p32 == p8)
-                rels.append(((got - want).abs().max() / want.abs().max()).item())
-                if n == limit:
-                    break
-            if n == limit:
-                break
+        for x, y in itertools.islice(images, limit):
+            want, got = net(x), int8(x)
+            p32, p8 = want.argmax(-1).item(), got.argmax(-1).item()
+            n, right32, right8, same = n + 1, right32 + (p32 == y), right8 + (p8 == y), same + (p32 == p8)
+            rels.append(((got - want).abs().max() / want.abs().max()).item())
     return {"images": n, "fp32_acc": right32 / n, "int8_acc": right8 / n, "agreement": same / n,
             "median_rel_diff": statistics.median(rels)}
 
@@ -119,34 +121,23 @@ def on_test_windows(ckpt: Path, net: nn.Module, int8, limit: int, length: int) -
     the checkpoint's stored data config (a causal DNA LM), one window per call. Windows shorter than the
     artefact's ``length`` are padded at the end (a causal model's earlier positions do not see it); only the
     bases the test scores count (targets other than IGNORE, no padding)."""
-    from hydra.utils import instantiate
-
-    from core_attn.training.runtime import load_run_config
     from genomics.datasets import IGNORE
     from genomics.module import target_bits
 
-    data = instantiate(load_run_config(ckpt)["data"], _convert_="all")
-    data.setup("test")
-    n = 0
+    windows = ((t, y) for b in _test_batches(ckpt) for t, y in zip(b["tokens"].split(1), b["targets"].split(1)))
+    n = scored = 0
     bits = {"fp32": 0.0, "int8": 0.0}
-    scored = 0
     with torch.no_grad():
-        for batch in data.test_dataloader():
-            for tokens, targets in zip(batch["tokens"].split(1), batch["targets"].split(1)):
-                w = tokens.shape[1]
-                if w > length:
-                    raise ValueError(f"test windows of {w} tokens are longer than the artefact's {length}")
-                keep = targets != IGNORE
-                x = torch.nn.functional.pad(tokens, (0, length - w), value=int(tokens[0, -1]))
-                for name, f in (("fp32", net), ("int8", int8)):
-                    b = target_bits(f(x)[:, :w], targets)
-                    bits[name] += b[keep].double().sum().item()
-                scored += int(keep.sum())
-                n += 1
-                if n == limit:
-                    break
-            if n == limit:
-                break
+        for tokens, targets in itertools.islice(windows, limit):
+            w = tokens.shape[1]
+            if w > length:
+                raise ValueError(f"test windows of {w} tokens are longer than the artefact's {length}")
+            keep = targets != IGNORE
+            x = torch.nn.functional.pad(tokens, (0, length - w), value=int(tokens[0, -1]))
+            for name, f in (("fp32", net), ("int8", int8)):
+                bits[name] += target_bits(f(x)[:, :w], targets)[keep].double().sum().item()
+            scored += int(keep.sum())
+            n += 1
     if not scored:
         raise ValueError("the test split has no scored bases")
     return {"windows": n, "bases": scored, "fp32_bpb": bits["fp32"] / scored, "int8_bpb": bits["int8"] / scored}

@@ -147,14 +147,16 @@ def _check_keys(path: Path, state: Mapping[str, Tensor], key_map: Mapping[str, l
                          "ViTModel or ViTForImageClassification as save_pretrained writes them")
 
 
-def _resample_positions(pos: Tensor, old: tuple[int, int], new: tuple[int, int], path: Path) -> Tensor:
-    """(1, 1 + old grid, C) -> (1, 1 + new grid, C): the patch positions resampled bicubically, the class
-    token's kept. Without antialiasing, as HF's ``interpolate_pos_encoding``, so the model computes what HF
-    computes at that size (timm's default antialiased kernel gives other values, even when upsampling)."""
+def resample_positions(pos: Tensor, old: tuple[int, int], new: tuple[int, int], source: str | Path, *,
+                       num_prefix_tokens: int = 1, antialias: bool = False) -> Tensor:
+    """(1, prefix + old grid, C) -> (1, prefix + new grid, C): the patch positions resampled bicubically (timm's
+    ``resample_abs_pos_embed``), the prefix tokens' kept; logged with ``source``. HF weights resample without
+    antialiasing, as HF's ``interpolate_pos_encoding``, so the model computes what HF computes at that size
+    (timm's default antialiased kernel gives other values, even when upsampling)."""
     from timm.layers import resample_abs_pos_embed
 
-    log.info("%s: position embeddings resampled (bicubic) from a %dx%d to a %dx%d patch grid", path, *old, *new)
-    return resample_abs_pos_embed(pos, list(new), list(old), num_prefix_tokens=1, antialias=False)
+    log.info("%s: position embeddings resampled (bicubic) from a %dx%d to a %dx%d patch grid", source, *old, *new)
+    return resample_abs_pos_embed(pos, list(new), list(old), num_prefix_tokens=num_prefix_tokens, antialias=antialias)
 
 
 def load_hf_vit(hf_path: str | Path, *, img_size: int | list[int] | None = None, in_chans: int | None = None,
@@ -200,7 +202,7 @@ def load_hf_vit(hf_path: str | Path, *, img_size: int | list[int] | None = None,
     old = tuple(s // p for s in _pair(config["image_size"]))
     new, pos = model.patch_embed.grid, tensors["encoder.pos_embed"]  # pos: (1, 1 + old grid, C)
     if old != new and pos.shape[1] == 1 + old[0] * old[1]:  # another length: a shape error below
-        tensors["encoder.pos_embed"] = _resample_positions(pos, old, new, path)
+        tensors["encoder.pos_embed"] = resample_positions(pos, old, new, path)
     conv = tensors["patch_embed.proj.weight"]
     if conv.shape[1] != kwargs["in_chans"]:
         from timm.models import adapt_input_conv

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,10 +15,9 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from core_attn.attention.adaptive_span import total_span_loss
 from core_attn.training.bases import TaskModule
-from vision.hf import vision_transformer_config
+from vision.hf import resample_positions, vision_transformer_config
 from vision.model import VisionTransformer
 
-log = logging.getLogger(__name__)
 POS_KEY = "net.encoder.pos_embed"
 
 
@@ -103,11 +101,8 @@ class ImageClassifier(TaskModule):
         old = (round(math.sqrt(n * gh / gw)), round(math.sqrt(n * gw / gh)))
         if old[0] * old[1] != n:
             return state
-        from timm.layers import resample_abs_pos_embed
-
-        log.info("init_from=%s: position embeddings resampled (bicubic) from a %dx%d to a %dx%d patch grid",
-                 path, *old, gh, gw)
-        return {**state, POS_KEY: resample_abs_pos_embed(pos, [gh, gw], list(old), num_prefix_tokens=prefix)}
+        return {**state, POS_KEY: resample_positions(pos, old, (gh, gw), f"init_from={path}", num_prefix_tokens=prefix,
+                                                     antialias=True)}
 
     def predict_step(self, batch, batch_idx: int) -> Tensor:
         """Class probabilities (B, num_classes)."""

@@ -208,3 +208,10 @@ class PatternAttention(AttentionBase):
 
     def extra_repr(self) -> str:
         return f"causal={self.causal}, backend={self.backend!r}"
+
+
+def attention_prefixes(module: nn.Module) -> tuple[str, ...]:
+    """State-dict prefixes (``"net.encoder.blocks.0.attn.attention."``) of the attention variants inside
+    ``module``: the keys under them are a variant's own parameters (spans, latents, projections), which
+    checkpoint loaders let differ between variants."""
+    return tuple(f"{name}." for name, sub in module.named_modules() if isinstance(sub, AttentionBase) and name)

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from core_attn.attention.base import AttentionBase
+from core_attn.attention.base import attention_prefixes
 from core_attn.training.hf_files import listed
 from core_attn.training.runtime import load_checkpoint, run_config
 
@@ -39,11 +39,6 @@ def check_init_path(init_from: str | Path) -> Path:
     if not Path(init_from).is_file():
         raise FileNotFoundError(f"init_from={str(init_from)!r}: no such checkpoint file ({INIT_HINT})")
     return Path(init_from)
-
-
-def attention_prefixes(module: torch.nn.Module) -> tuple[str, ...]:
-    """State-dict prefixes (``"net.encoder.blocks.0.attn.attention."``) of the attention variants in ``module``."""
-    return tuple(f"{name}." for name, sub in module.named_modules() if isinstance(sub, AttentionBase) and name)
 
 
 def _mismatches(ours: dict[str, torch.Tensor], theirs: dict[str, Any], variant: tuple[str, ...] = ()) -> list[str]:

@@ -58,19 +58,18 @@ def load_mapped(model: nn.Module, tensors: Mapping[str, Tensor], key_map: Mappin
     """Copy ``tensors`` (our names) into ``model`` after checking every shape (``key_map``: our name -> the HF
     names it came from, for the message); what stays unloaded must be the attention variants' own parameters
     or one of ``may_stay`` (e.g. a new classification head)."""
-    from core_attn.attention.base import AttentionBase
+    from core_attn.attention.base import attention_prefixes
 
     own = model.state_dict()
     wrong = [f"{'+'.join(key_map[k])} {tuple(v.shape)} -> {k} {tuple(own[k].shape)}" for k, v in tensors.items()
              if v.shape != own[k].shape]
     if wrong:
         raise ValueError(f"{path}: tensors whose shape does not fit the model built from config.json: {listed(wrong)}")
-    variant = {f"{name}.{k}" for name, m in model.named_modules() if isinstance(m, AttentionBase)
-               for k in m.state_dict()}
+    variant = attention_prefixes(model)
     result = model.load_state_dict(tensors, strict=False)
-    left = sorted(set(result.missing_keys) - variant - set(may_stay))
+    left = sorted(set(k for k in result.missing_keys if not k.startswith(variant)) - set(may_stay))
     if left or result.unexpected_keys:
         raise RuntimeError(f"{what} mapping incomplete: {left} not loaded, {result.unexpected_keys} unused")
-    if variant:
-        log.info("%s: the attention variants' own parameters keep their initialisation (%d tensors)", path,
-                 len(variant))
+    kept = sum(k.startswith(variant) for k in own)
+    if kept:
+        log.info("%s: the attention variants' own parameters keep their initialisation (%d tensors)", path, kept)
