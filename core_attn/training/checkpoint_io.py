@@ -12,8 +12,10 @@ renames it over the target (atomic on POSIX within one filesystem); a reader, or
 Lightning's behaviour. Selected in ``conf/trainer/default.yaml`` (``plugins``).
 
 :class:`PeriodicCheckpoint` writes ``last.ckpt`` every N optimizer steps and/or every M minutes from the first
-step on. Lightning's ``ModelCheckpoint(every_n_train_steps=...)`` defers its saves until the monitored metric
-(``val/acc``) exists, so before the first validation it protects nothing.
+step on, and once more when training ends. Lightning's ``ModelCheckpoint(every_n_train_steps=...)`` defers its
+saves until the monitored metric (``val/acc``) exists, so before the first validation it protects nothing; and
+its ``save_last=True`` writes ``last.ckpt`` only beside a new top-k checkpoint, so after the monitored metric's
+last improvement ``last.ckpt`` would stop following the weights.
 """
 
 from __future__ import annotations
@@ -68,7 +70,9 @@ class PeriodicCheckpoint(pl.Callback):
 
     The checkpoint is a full one (weights, optimizer, scheduler, loop position and every callback's state,
     including the best-checkpoint record of ``ModelCheckpoint``), written after the optimizer step of the
-    batch, as Lightning's own step checkpoints are. The clock restarts at every checkpoint the run writes
+    batch, as Lightning's own step checkpoints are. When training ends (max_steps, max_epochs, max_time,
+    early stopping) ``last.ckpt`` is written once more unless this callback wrote it at that step: it always
+    holds the final weights. The clock restarts at every checkpoint the run writes
     (the end-of-validation ones included). Under DDP rank 0's clock decides for all ranks.
 
     Args:
@@ -84,6 +88,7 @@ class PeriodicCheckpoint(pl.Callback):
             "every_minutes", every_minutes, min_value=0)
         self._clock = time.monotonic()
         self._step: int | None = None
+        self._written_step: int | None = None  # the global step this callback last wrote last.ckpt at
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._clock, self._step = time.monotonic(), trainer.global_step
@@ -102,10 +107,17 @@ class PeriodicCheckpoint(pl.Callback):
         if trainer.global_step == self._step or trainer.fast_dev_run:
             return  # no optimizer step since the last batch (gradient accumulation), or a smoke run
         self._step = trainer.global_step
-        if not self._due(trainer):
-            return
+        if self._due(trainer):
+            self._save_last(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._written_step != trainer.global_step and not trainer.fast_dev_run:
+            self._save_last(trainer)
+
+    def _save_last(self, trainer: pl.Trainer) -> None:
         path = checkpoint_dir(trainer) / "last.ckpt"
         for cb in trainer.checkpoint_callbacks:  # so ModelCheckpoint's record of last.ckpt stays true
             if isinstance(cb, ModelCheckpoint) and cb.save_last and cb.dirpath and Path(cb.dirpath) == path.parent:
                 cb.last_model_path = str(path)
         trainer.save_checkpoint(path)
+        self._written_step = trainer.global_step

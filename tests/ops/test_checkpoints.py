@@ -216,6 +216,19 @@ def test_periodic_checkpoint_step_and_clock_rules(tmp_path, monkeypatch):
     assert {path for _, path in trainer.saved} == {tmp_path / "checkpoints" / "last.ckpt"}
 
 
+def test_last_checkpoint_holds_the_final_weights(tmp_path):
+    """Lightning's ``save_last`` writes ``last.ckpt`` only beside a new top-k checkpoint; a monitor that
+    never improves after the first epoch (``epoch``, mode min) must still leave the final step in it."""
+    run = tmp_path / "run"
+    metrics = train(compose_config("vision", [
+        *TINY, "trainer=fast", "trainer.max_epochs=3", "test=false", "callbacks.periodic_checkpoint.every_minutes=null",
+        "callbacks.model_checkpoint.monitor=epoch", "callbacks.model_checkpoint.mode=min"], run))
+    saved = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    best = torch.load(run / "checkpoints" / "epoch_000.ckpt", map_location="cpu", weights_only=True)
+    assert metrics["steps"] == 9 and saved["global_step"] == 9 and best["global_step"] == 3
+    assert metrics["last_ckpt"] == str(run / "checkpoints" / "last.ckpt")
+
+
 def _same(a, b) -> bool:
     if isinstance(a, dict):
         return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
