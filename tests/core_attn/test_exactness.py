@@ -36,10 +36,11 @@ def _check(attn, b, h, n, d, padded, dtype=torch.float32, atol=1e-5):
         torch.testing.assert_close(a, r, atol=atol, rtol=1e-4)
 
 
+@pytest.mark.parametrize("backend", ["blocked", "dense"])
 @pytest.mark.parametrize("padded", [False, True], ids=["nopad", "pad"])
 @pytest.mark.parametrize("name,kw", PATTERN_CASES)
-def test_pattern_variant_exact(name, kw, padded):
-    attn = core_attn.build_attention(name, backend="blocked", **kw)
+def test_pattern_variant_exact(name, kw, padded, backend):
+    attn = core_attn.build_attention(name, backend=backend, **kw)
     for n in (61, 96):  # one length not a multiple of any block size, one that is
         _check(attn, b=2, h=3, n=n, d=8, padded=padded)
 
@@ -398,3 +399,19 @@ def test_the_keep_share_can_be_set_from_the_environment(monkeypatch):
     monkeypatch.setenv("CORE_ATTN_SAVED_PROBS_SHARE", "half")
     with pytest.raises(ValueError, match=r"CORE_ATTN_SAVED_PROBS_SHARE='half' must be a number between 0 and 1"):
         kernels._share_from_env()
+
+
+def test_dense_backend_rows_without_visible_keys():
+    """A sequence that is all padding: zeros and zero gradients, as the reference (no NaN from the bias)."""
+    attn = core_attn.build_attention("local", window=4, backend="dense")
+    q, k, v = (torch.randn(2, 2, 24, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    kpm = torch.zeros(2, 24, dtype=torch.bool)
+    kpm[1] = True
+    out = attn(q, k, v, key_padding_mask=kpm)
+    ref = reference_attention(q, k, v, mask=attn.dense_mask(24), key_padding_mask=kpm)
+    assert torch.equal(out[1], torch.zeros_like(out[1]))
+    g = torch.randn_like(out)
+    torch.testing.assert_close(out, ref)
+    for a, r in zip(_grads(out, (q, k, v), g), _grads(ref, (q, k, v), g)):
+        assert torch.isfinite(a).all()
+        torch.testing.assert_close(a, r)
