@@ -136,7 +136,8 @@ class PatternAttention(AttentionBase):
     def _dense_mask_cached(self, n: int, device) -> Tensor:
         """The pattern's (n, n) mask for the dense backend, kept per length up to ``AUTO_DENSE_MAX_N`` (a
         longer one, 4 MB at n = 2048 and growing as n^2, is rebuilt per call as before)."""
-        if n > self.AUTO_DENSE_MAX_N:
+        if n > self.AUTO_DENSE_MAX_N or torch.compiler.is_exporting() or torch.jit.is_tracing():
+            # an export computes it in the graph (index comparisons) instead of storing n^2 bytes per layer
             return self.pattern(n).dense_mask(n, device)
         key = ("dense", n, str(device))
         if key not in self._parts_cache:
