@@ -104,10 +104,10 @@ class PatternAttention(AttentionBase):
     """
 
     exact = True
-    # auto's short-input rule, measured (docs/performance.md "Backends"): local window 64 + a global token,
-    # fwd+bwd at 16 x 4 heads (benchmarks/short_inputs.py): dense / blocked time 0.17 at N = 64, 0.66 at 128 (density
-    # 0.76), 0.7-1.2 at 192 (0.57, break-even), 1.7-2.3 at 256 (0.45)
-    AUTO_DENSE_MIN_DENSITY = 0.6
+    # auto's short-input rule, measured (docs/performance.md "Backends", benchmarks/short_inputs.py, fwd+bwd, one
+    # thread): dense / blocked time crosses 1 at density 0.22 (local window 64 + a global token, B16 H4 D36),
+    # 0.29-0.55 (bigbird block 16, same shapes: 1.39 at 0.29, 0.64 at 0.55) and 0.44 (local window 256, B8 H2 D32: 1.05)
+    AUTO_DENSE_MIN_DENSITY = 0.3
     AUTO_DENSE_MAX_N = 2048
     # On CUDA, inputs up to this length run dense whatever the density (docs/performance.md "On a GPU",
     # benchmarks/flex_lengths.py on an H200: local window 64, B 8, H 4, D 64, fwd+bwd, N 300-1,290: dense

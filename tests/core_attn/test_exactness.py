@@ -135,11 +135,11 @@ def test_flex_backend_refuses_cpu_training_with_reasons():
 def test_auto_on_cpu_is_dense_for_dense_patterns_and_blocked_otherwise():
     attn = core_attn.build_attention("local", window=8)
     choice = {}
-    for n in (12, 16, 32, 256):
+    for n in (12, 16, 64, 256):
         q = torch.randn(1, 1, n, 8)
         choice[n] = attn.select_backend(q, q, q)
-    assert attn.density(16) >= attn.AUTO_DENSE_MIN_DENSITY > attn.density(32)
-    assert choice == {12: "dense", 16: "dense", 32: "blocked", 256: "blocked"}
+    assert attn.density(16) >= attn.AUTO_DENSE_MIN_DENSITY > attn.density(64)
+    assert choice == {12: "dense", 16: "dense", 64: "blocked", 256: "blocked"}
     assert [k for k in attn._parts_cache if k[0] == "dense"] == []  # choosing kept decisions, not N x N masks
     wide = core_attn.build_attention("local", window=4096)  # a dense pattern, but past AUTO_DENSE_MAX_N
     q = torch.randn(1, 1, wide.AUTO_DENSE_MAX_N + 8, 8)
