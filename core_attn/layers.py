@@ -58,13 +58,16 @@ class RotaryEmbedding(nn.Module):
         head_dim: channels per head; must be even.
         base: the wavelength base (10000 in the paper).
 
-    cos/sin tables from position 0 are cached per (length, device, dtype, inference mode): inference-mode
-    tensors cannot be saved for backward, so a table built during validation is never reused in training.
+    cos/sin tables from position 0 are cached per (head_dim, base, length, device, dtype, inference mode) and
+    shared by every layer with the same settings (an exported graph then stores them once, not once per
+    layer): inference-mode tensors cannot be saved for backward, so a table built during validation is never
+    reused in training.
     ``position_offset`` (0 unless :func:`core_attn.streaming.position_offset` sets it) is the absolute
     position of the first row, so a slice of a longer sequence is rotated exactly as in one pass.
     """
 
-    _MAX_CACHE = 8
+    _MAX_CACHE = 16
+    _cache: dict[tuple, tuple[Tensor, Tensor]] = {}  # shared by all instances (see above)
 
     def __init__(self, head_dim: int, *, base: float = 10000.0):
         super().__init__()
@@ -73,14 +76,13 @@ class RotaryEmbedding(nn.Module):
             raise ValueError(f"rotary embedding needs an even head dimension; got head_dim={head_dim}")
         self.head_dim = head_dim
         self.base = check_float("rotary_base", base, min_value=1.0)
-        self._cache: dict[tuple, tuple[Tensor, Tensor]] = {}
         self.position_offset = 0
 
     def cos_sin(self, n: int, device, dtype: torch.dtype, offset: int = 0) -> tuple[Tensor, Tensor]:
         """The (n, head_dim) cos and sin tables for positions ``offset .. offset+n-1``."""
         if offset:  # a slice of a stream: used once, so not cached (the cache would hold stale slices)
             return self._table(n, device, dtype, offset)
-        key = (n, str(device), dtype, torch.is_inference_mode_enabled())
+        key = (self.head_dim, self.base, n, str(device), dtype, torch.is_inference_mode_enabled())
         if key not in self._cache:
             if len(self._cache) >= self._MAX_CACHE:  # lengths vary (padding buckets): keep the table small
                 self._cache.clear()

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from core_attn.patterns import Pattern
 from core_attn.validation import check_choice
 
-BACKENDS = ("auto", "blocked", "flex", "dense")
+BACKENDS = ("auto", "blocked", "flex", "dense", "banded")
 
 
 def check_qkv(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None, *, self_attention: bool = False) -> None:
@@ -97,7 +97,10 @@ class PatternAttention(AttentionBase):
         ``flex``: compiled FlexAttention with the pattern's ``BlockMask`` (no backward on CPU).
         ``dense``: SDPA with ``dense_mask(n)`` as an additive bias (:func:`masked_dense_attention`): O(N^2),
         for checking, for short inputs and for export (ONNX, torch.export).
+        ``banded``: plain tensor ops over blocks of queries and the band of keys around them
+        (:func:`banded_attention`): O(N w), traceable, for exporting a plain sliding window (:meth:`band`).
         ``auto``: ``dense`` when the pattern allows at least ``AUTO_DENSE_MIN_DENSITY`` of the score matrix
+        (``AUTO_DENSE_MIN_DENSITY_SMALL_HEADS`` for heads of at most ``AUTO_DENSE_SMALL_HEAD_DIM`` channels)
         (short inputs, ``n <= AUTO_DENSE_MAX_N``: the same result, and the masked dense product beats block
         bookkeeping there) and on CUDA for any ``n <= AUTO_DENSE_MAX_N_CUDA``; else ``flex`` on CUDA (head
         dim >= 16) and ``blocked`` elsewhere.
@@ -105,9 +108,12 @@ class PatternAttention(AttentionBase):
 
     exact = True
     # auto's short-input rule, measured (docs/performance.md "Backends", benchmarks/short_inputs.py, fwd+bwd, one
-    # thread): dense / blocked time crosses 1 at density 0.22 (local window 64 + a global token, B16 H4 D36),
-    # 0.29-0.55 (bigbird block 16, same shapes: 1.39 at 0.29, 0.64 at 0.55) and 0.44 (local window 256, B8 H2 D32: 1.05)
-    AUTO_DENSE_MIN_DENSITY = 0.3
+    # thread): dense / blocked time crosses 1 at a density that grows with the head dimension: 0.22 (local window
+    # 64 + a global token, B16 H4 D36), 0.3-0.55 (bigbird block 16, same shapes), 0.44 (local window 256, B8 H2
+    # D32: 1.05) and 0.65 (local window 256, B1 H8 D64: 0.82 at 0.75, 1.17 at 0.56, 1.58 at 0.44)
+    AUTO_DENSE_MIN_DENSITY = 0.6
+    AUTO_DENSE_MIN_DENSITY_SMALL_HEADS = 0.3  # head dimension <= AUTO_DENSE_SMALL_HEAD_DIM
+    AUTO_DENSE_SMALL_HEAD_DIM = 48
     AUTO_DENSE_MAX_N = 2048
     # On CUDA, inputs up to this length run dense whatever the density (docs/performance.md "On a GPU",
     # benchmarks/flex_lengths.py on an H200: local window 64, B 8, H 4, D 64, fwd+bwd, N 300-1,290: dense
@@ -144,6 +150,11 @@ class PatternAttention(AttentionBase):
             self._parts_cache[key] = self.pattern(n).dense_mask(n, device)
         return self._parts_cache[key]
 
+    def band(self) -> tuple[int, int] | None:
+        """``(left, right)`` when the pattern is exactly a sliding window (query i sees keys i - left .. i +
+        right, nothing else) at every length, else ``None``: what the ``banded`` backend needs."""
+        return None
+
     def density(self, n: int) -> float:
         """Fraction of the (n, n) score matrix the pattern allows (builds the mask; not kept)."""
         return float(self.pattern(n).dense_mask(n).float().mean())
@@ -162,15 +173,19 @@ class PatternAttention(AttentionBase):
 
         grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
         reasons = {"blocked": None, "dense": None,
-                   "flex": flex_mod.unusable_reason(q.device, grad, q.shape[-1])}
+                   "flex": flex_mod.unusable_reason(q.device, grad, q.shape[-1]),
+                   "banded": None if self.band() is not None else
+                   "needs a plain sliding window (local without global tokens or dilation)"}
         if self.backend == "auto":
             n = q.shape[-2]
             key = ("auto", n, str(q.device), q.shape[-1])
             if key not in self._parts_cache:
                 if torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting():
                     return "blocked"  # a length never run eagerly: the density is not traceable
+                least = (self.AUTO_DENSE_MIN_DENSITY_SMALL_HEADS if q.shape[-1] <= self.AUTO_DENSE_SMALL_HEAD_DIM
+                         else self.AUTO_DENSE_MIN_DENSITY)
                 short = (q.device.type == "cuda" and n <= self.AUTO_DENSE_MAX_N_CUDA) or (
-                    n <= self.AUTO_DENSE_MAX_N and self.density(n) >= self.AUTO_DENSE_MIN_DENSITY)
+                    n <= self.AUTO_DENSE_MAX_N and self.density(n) >= least)
                 # short dense patterns: the masked dense kernel; else FlexAttention on CUDA, blocked on CPU
                 longer = "flex" if q.device.type == "cuda" and reasons["flex"] is None else "blocked"
                 self._parts_cache[key] = "dense" if short else longer
@@ -204,6 +219,8 @@ class PatternAttention(AttentionBase):
                 from core_attn import flex as flex_mod
 
                 return flex_mod.flex_pattern_attention(q, k, v, self.pattern(n), key_padding_mask, self._flex_cache)
+            if backend == "banded":
+                return banded_attention(q, k, v, *self.band(), key_padding_mask=key_padding_mask)
             return masked_dense_attention(q, k, v, self._dense_mask_cached(n, q.device), key_padding_mask)
 
     def extra_repr(self) -> str:
@@ -226,6 +243,55 @@ def masked_dense_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor,
     bias = torch.zeros(allowed.shape, dtype=acc, device=q.device).masked_fill(~allowed, torch.finfo(acc).min)
     out = F.scaled_dot_product_attention(q.to(acc), k.to(acc), v.to(acc), attn_mask=bias)
     return (out * allowed.any(-1, keepdim=True).to(acc)).to(q.dtype)  # (.., N, 1): rows with a visible key
+
+
+_FAR = -1e30  # a masked score: finite, so sums of a few stay finite and no row turns into NaN
+
+
+def banded_attention(q: Tensor, k: Tensor, v: Tensor, left: int, right: int,
+                     key_padding_mask: Tensor | None = None, *, block: int = 64) -> Tensor:
+    """Sliding-window attention (query i sees keys i - left .. i + right) from plain tensor ops: the
+    ``banded`` backend, for graphs that are exported (ONNX, torch.export), where the blocked kernel cannot go.
+
+    Queries in blocks of ``block``; each block gathers the ``block + left + right`` keys its rows can see
+    (one ``Gather``), scores them with one batched matmul and masks the band's corners and the sequence ends
+    with an additive bias. Time and memory O(N (block + left + right)) instead of the dense backend's
+    O(N^2). Math in fp32 as the reference; a query with no visible key gets zeros.
+
+    Args:
+        q, k, v: (B, H, N, D), (B, H, N, D), (B, H, N, Dv).
+        left, right: keys visible before / after each query.
+        key_padding_mask: (B, N) bool, True = padding.
+        block: queries per block.
+    """
+    b, h, n, _ = q.shape
+    acc = torch.promote_types(q.dtype, torch.float32)
+    c = min(block, n)
+    nb = -(-n // c)
+    span = c + left + right
+    tail = nb * c - n + right
+    kp = F.pad(k.to(acc), (0, 0, left, tail))  # (B, H, left + N + tail, D): key j at row j + left
+    vp = F.pad(v.to(acc), (0, 0, left, tail))
+    rows = torch.arange(nb, device=q.device)[:, None] * c + torch.arange(span, device=q.device)  # (nb, span)
+    qb = F.pad(q.to(acc), (0, 0, 0, nb * c - n)).reshape(b, h, nb, c, -1)
+    s = torch.matmul(qb, kp[:, :, rows].transpose(-1, -2)) * q.shape[-1] ** -0.5  # (B, H, nb, c, span)
+    r = torch.arange(c, device=q.device)[:, None]
+    t = torch.arange(span, device=q.device)[None, :]
+    keys = rows - left  # (nb, span): the key position in each slot
+    in_band = (t >= r) & (t <= r + left + right)  # (c, span): the same for every block
+    if key_padding_mask is None:
+        real = ((keys >= 0) & (keys < n))[:, None]  # (nb, 1, span)
+    else:
+        real = ~F.pad(key_padding_mask.to(torch.bool), (left, tail), value=True)[:, rows][:, None, :, None]
+    # two small biases added one after the other: an exported graph keeps them small instead of folding
+    # their (nb, c, span) sum into a constant per layer
+    s = s + torch.zeros(in_band.shape, dtype=acc, device=q.device).masked_fill(~in_band, _FAR)
+    s = s + torch.zeros(real.shape, dtype=acc, device=q.device).masked_fill(~real, _FAR)
+    p = torch.softmax(s, -1)
+    if key_padding_mask is not None:  # rows with no visible key
+        p = p * (in_band & real).any(-1, keepdim=True).to(acc)
+    out = torch.matmul(p, vp[:, :, rows])  # (B, H, nb, c, Dv)
+    return out.reshape(b, h, nb * c, -1)[:, :, :n].to(q.dtype)
 
 
 def attention_prefixes(module: nn.Module) -> tuple[str, ...]:

@@ -25,7 +25,7 @@ class LocalAttention(PatternAttention):
         dilation: gap between visible keys (Longformer's dilated window).
         global_tokens: positions that attend globally (negative counts from the end), e.g. ``[0]`` for CLS.
         causal: hide future keys.
-        backend: ``auto`` | ``blocked`` | ``flex`` | ``dense``.
+        backend: ``auto`` | ``blocked`` | ``flex`` | ``dense`` | ``banded`` (no global tokens, dilation 1).
         block_size: kernel block size (default: chosen from the window, see docs/performance.md).
 
     Time O(N * window), memory O(N * window) (plus O(N * g) for g global tokens).
@@ -63,6 +63,9 @@ class LocalAttention(PatternAttention):
         for t in self.global_tokens:
             if not -n <= t < n:
                 raise ValueError(f"global_tokens contains {t}, outside a sequence of length N={n}")
+
+    def band(self) -> tuple[int, int] | None:
+        return None if self.global_tokens or self.dilation != 1 else (self.window_left, self.window_right)
 
     def pattern(self, n: int) -> Pattern:
         p = Pattern([self._local] + ([self._global] if self._global is not None else []))

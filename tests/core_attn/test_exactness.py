@@ -138,8 +138,11 @@ def test_auto_on_cpu_is_dense_for_dense_patterns_and_blocked_otherwise():
     for n in (12, 16, 64, 256):
         q = torch.randn(1, 1, n, 8)
         choice[n] = attn.select_backend(q, q, q)
-    assert attn.density(16) >= attn.AUTO_DENSE_MIN_DENSITY > attn.density(64)
+    assert attn.density(16) >= attn.AUTO_DENSE_MIN_DENSITY_SMALL_HEADS > attn.density(64)  # heads of 8 channels
     assert choice == {12: "dense", 16: "dense", 64: "blocked", 256: "blocked"}
+    wide_heads = [attn.select_backend(*(torch.randn(1, 1, 32, 64),) * 3), attn.select_backend(*(torch.randn(1, 1, 32, 8),) * 3)]
+    assert attn.AUTO_DENSE_MIN_DENSITY > attn.density(32) >= attn.AUTO_DENSE_MIN_DENSITY_SMALL_HEADS
+    assert wide_heads == ["blocked", "dense"]
     assert [k for k in attn._parts_cache if k[0] == "dense"] == []  # choosing kept decisions, not N x N masks
     wide = core_attn.build_attention("local", window=4096)  # a dense pattern, but past AUTO_DENSE_MAX_N
     q = torch.randn(1, 1, wide.AUTO_DENSE_MAX_N + 8, 8)
@@ -415,3 +418,24 @@ def test_dense_backend_rows_without_visible_keys():
     for a, r in zip(_grads(out, (q, k, v), g), _grads(ref, (q, k, v), g)):
         assert torch.isfinite(a).all()
         torch.testing.assert_close(a, r)
+
+
+@pytest.mark.parametrize("padded", [False, True], ids=["nopad", "pad"])
+@pytest.mark.parametrize("kw", [{"window": 5}, {"window": 7, "causal": True}, {"window": 64},
+                                {"window": 20, "window_right": 3}, {"window": 3, "window_left": 0}],
+                         ids=["w5", "causal", "w64", "asym", "right-only"])
+def test_banded_backend_exact(kw, padded):
+    attn = core_attn.build_attention("local", backend="banded", **kw)
+    for n in (70, 128):  # a partial last block of queries, and whole blocks
+        _check(attn, b=2, h=3, n=n, d=8, padded=padded)
+
+
+def test_banded_backend_refuses_other_patterns():
+    q = torch.randn(1, 1, 32, 8)
+    for kw in ({"global_tokens": [0]}, {"dilation": 2}):
+        attn = core_attn.build_attention("local", window=4, backend="banded", **kw)
+        with pytest.raises(ValueError, match=r"backend='banded' cannot run this input .*banded: needs a plain sliding "
+                                             r"window \(local without global tokens or dilation\)"):
+            attn(q, q, q)
+    with pytest.raises(ValueError, match=r"backend='banded' cannot run this input"):
+        core_attn.build_attention("bigbird", block_size=8, backend="banded")(*(torch.randn(1, 1, 64, 8) for _ in range(3)))

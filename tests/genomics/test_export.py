@@ -55,11 +55,12 @@ def test_dense_lm_exports_and_matches_eager(tmp_path):
         torch.testing.assert_close(load_exported(result["path"], "exported")(x), net(x), atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("backend", ["dense", "banded"])
 @pytest.mark.parametrize("fmt", ["exported", pytest.param("onnx", marks=needs_onnx)])
-def test_local_exports_with_dense_backend(fmt, tmp_path):
+def test_local_exports_with_dense_or_banded_backend(fmt, backend, tmp_path):
     net, ckpt = _checkpoint(tmp_path, _attention("local", window=8, causal=True))
     out = tmp_path / f"lm.{fmt}"
-    result = export(ckpt_path=str(ckpt), format=fmt, out=str(out), attention_backend="dense")
+    result = export(ckpt_path=str(ckpt), format=fmt, out=str(out), attention_backend=backend)
     assert result["max_abs_diff"] <= 1e-4 and out.is_file()
     x = _tokens(1, 64)
     with torch.no_grad():  # the artefact computes the local pattern: compare with the blocked kernel's eager output
