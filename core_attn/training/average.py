@@ -25,7 +25,7 @@ import torch
 from core_attn.training.checkpoint_io import save_atomic
 from core_attn.training.runtime import load_checkpoint
 
-__all__ = ["average_checkpoints", "main"]
+__all__ = ["average_best", "average_checkpoints", "check_average_best", "main"]
 
 _RESUME_ONLY = ("optimizer_states", "lr_schedulers", "loops", "callbacks")
 
@@ -71,6 +71,32 @@ def average_checkpoints(paths: Sequence[str | Path]) -> dict[str, Any]:
         out.pop(key, None)
     out["averaged_from"] = [str(p) for p in paths]
     return out
+
+
+def check_average_best(n: Any, save_top_k: Any) -> int:
+    """``average_best`` as an int (0: off), checked against ``callbacks.model_checkpoint.save_top_k`` before
+    training starts: averaging the N best checkpoints needs the N best kept.
+
+    Raises:
+        ValueError: a negative or non-integer N, or a ``save_top_k`` below N (not -1, which keeps all).
+    """
+    from core_attn.validation import check_int
+
+    n = check_int("average_best", n or 0, min_value=0)
+    if n > 1 and save_top_k != -1 and (save_top_k is None or save_top_k < n):
+        raise ValueError(f"average_best={n} needs the {n} best checkpoints, but callbacks.model_checkpoint.save_top_k="
+                         f"{save_top_k} keeps fewer: set callbacks.model_checkpoint.save_top_k={n} (or -1)")
+    return n
+
+
+def average_best(best_k_models: dict[str, Any], n: int, mode: str, out: str | Path) -> list[str]:
+    """Average the ``n`` best of ``best_k_models`` (``ModelCheckpoint.best_k_models``: path -> monitored score;
+    ``mode`` ``min`` or ``max``) into ``out`` (written atomically); return the files averaged, best first."""
+    ranked = sorted(best_k_models, key=lambda p: float(best_k_models[p]), reverse=mode == "max")[:n]
+    if not ranked:
+        raise ValueError("average_best: no checkpoint was kept (no validation ran?)")
+    save_atomic(average_checkpoints(ranked[::-1]), out)  # the best last: its run config and step are kept
+    return ranked
 
 
 def main(argv: Sequence[str] | None = None) -> int:

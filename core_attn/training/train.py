@@ -32,6 +32,7 @@ from core_attn.training.callbacks import (
     peak_memory_mb,
     reset_peak_memory,
 )
+from core_attn.training.average import average_best, check_average_best
 from core_attn.training.checkpoint_io import checkpoint_dir
 from core_attn.training.finetune import check_init_path, init_weights
 from core_attn.training.offload import offloading_callbacks
@@ -320,6 +321,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     check_resume_app(cfg)
     if cfg.get("init_from"):
         check_init_path(cfg.init_from)  # before the data is prepared
+    n_average = check_average_best(cfg.get("average_best"),
+                                   OmegaConf.select(cfg, "callbacks.model_checkpoint.save_top_k"))
     output_dir = Path(cfg.paths.output_dir)
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
@@ -356,6 +359,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             metrics["best_" + str(cb.monitor)] = float(cb.best_model_score)
         metrics["last_ckpt"] = cb.last_model_path if cb is not None and cb.last_model_path else None
         ckpt_for_test = best or None
+        if n_average > 1 and cb is not None and cb.best_k_models:
+            ckpt_for_test = str(checkpoint_dir(trainer, output_dir) / "averaged.ckpt")
+            if trainer.is_global_zero:
+                metrics["averaged_from"] = average_best(cb.best_k_models, n_average, cb.mode, ckpt_for_test)
+                log.info("average_best=%d: %s is the mean of %s", n_average, ckpt_for_test, metrics["averaged_from"])
+            trainer.strategy.barrier()
+            metrics["averaged_ckpt"] = ckpt_for_test
         if not best:
             log.warning("no best checkpoint was saved (no checkpoint callback, or fast_dev_run): "
                         "testing the weights at the end of training")

@@ -92,3 +92,26 @@ def test_average_command_line_errors(two_checkpoints, tmp_path):
     proc = _cli("core_attn.training.average", str(first), str(tmp_path / "junk.ckpt"), "--out", str(tmp_path / "b.ckpt"))
     assert proc.returncode == 2 and "junk.ckpt" in proc.stderr and "not a PyTorch checkpoint" in proc.stderr
     assert not (tmp_path / "a.ckpt").exists() and not (tmp_path / "b.ckpt").exists()
+
+
+def test_average_best_tests_the_mean_of_the_best_checkpoints(tmp_path):
+    run = tmp_path / "run"
+    metrics = train(compose_config("vision", [*TINY, "trainer=fast", "trainer.max_epochs=3", "average_best=2",
+                                              "callbacks.model_checkpoint.save_top_k=3",
+                                              "callbacks.model_checkpoint.monitor=epoch",
+                                              "callbacks.model_checkpoint.mode=max"], run))
+    folder = run / "checkpoints"
+    assert metrics["averaged_ckpt"] == metrics["test_ckpt"] == str(folder / "averaged.ckpt")
+    assert metrics["averaged_from"] == [str(folder / "epoch_002.ckpt"), str(folder / "epoch_001.ckpt")]  # best first
+    avg = torch.load(folder / "averaged.ckpt", map_location="cpu", weights_only=False)
+    a, b = (torch.load(p, map_location="cpu", weights_only=False)["state_dict"] for p in metrics["averaged_from"])
+    key = next(k for k, v in a.items() if v.is_floating_point() and not torch.equal(v, b[k]))
+    torch.testing.assert_close(avg["state_dict"][key], (a[key] + b[key]) / 2)
+    assert avg["global_step"] == 9 and 0.0 <= metrics["metric"] <= 1.0
+
+
+def test_average_best_needs_the_checkpoints_kept(tmp_path):
+    with pytest.raises(ValueError, match=r"average_best=3 needs the 3 best checkpoints, but "
+                                         r"callbacks.model_checkpoint.save_top_k=1 keeps fewer"):
+        train(compose_config("vision", [*TINY, "trainer=fast", "average_best=3"], tmp_path / "run"))
+    assert not (tmp_path / "run" / "checkpoints").exists()  # refused before any training
