@@ -32,7 +32,6 @@ from core_attn.training.callbacks import (
     peak_memory_mb,
     reset_peak_memory,
 )
-from core_attn.training.average import average_best, check_average_best
 from core_attn.training.checkpoint_io import checkpoint_dir
 from core_attn.training.finetune import check_init_path, init_weights
 from core_attn.training.offload import offloading_callbacks
@@ -321,6 +320,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     check_resume_app(cfg)
     if cfg.get("init_from"):
         check_init_path(cfg.init_from)  # before the data is prepared
+    from core_attn.training.average import average_best, check_average_best  # here: `python -m` runs that module
+
     n_average = check_average_best(cfg.get("average_best"),
                                    OmegaConf.select(cfg, "callbacks.model_checkpoint.save_top_k"))
     output_dir = Path(cfg.paths.output_dir)
