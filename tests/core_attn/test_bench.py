@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -266,3 +268,13 @@ def test_peers_compute_our_local_pattern():
     x = torch.randn(1, 1024, 512, requires_grad=True)
     peer(x).sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_worker_path_is_the_checkout_not_the_package_folder():
+    """The workers' PYTHONPATH puts the folder that holds ``core_attn/`` first: with ``core_attn/`` itself
+    there, its modules (``kernels``, ``patterns``, ...) would shadow top-level packages of the same name
+    (transformers imports the ``kernels`` package of the Hugging Face hub)."""
+    from core_attn.bench.runner import _worker_env
+
+    first = Path(_worker_env(1)["PYTHONPATH"].split(os.pathsep)[0])
+    assert (first / "core_attn" / "__init__.py").is_file() and not (first / "kernels.py").exists()
