@@ -227,6 +227,14 @@ class PatternAttention(AttentionBase):
         return f"causal={self.causal}, backend={self.backend!r}"
 
 
+_FAR = -1e30  # a masked score: finite, so sums of a few stay finite and no row turns into NaN
+
+
+def _bias(allowed: Tensor, dtype: torch.dtype, hidden: float) -> Tensor:
+    """An additive mask: 0 where ``allowed``, ``hidden`` elsewhere."""
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, hidden)
+
+
 def masked_dense_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor,
                            key_padding_mask: Tensor | None = None) -> Tensor:
     """The ``dense`` backend: SDPA over the whole (N, N) score matrix with ``mask`` (bool, True = attend,
@@ -240,12 +248,11 @@ def masked_dense_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor,
     """
     acc = torch.promote_types(q.dtype, torch.float32)
     allowed = mask if key_padding_mask is None else mask & ~key_padding_mask.to(torch.bool)[:, None, None, :]
-    bias = torch.zeros(allowed.shape, dtype=acc, device=q.device).masked_fill(~allowed, torch.finfo(acc).min)
+    bias = _bias(allowed, acc, torch.finfo(acc).min)
     out = F.scaled_dot_product_attention(q.to(acc), k.to(acc), v.to(acc), attn_mask=bias)
     return (out * allowed.any(-1, keepdim=True).to(acc)).to(q.dtype)  # (.., N, 1): rows with a visible key
 
 
-_FAR = -1e30  # a masked score: finite, so sums of a few stay finite and no row turns into NaN
 
 
 def banded_attention(q: Tensor, k: Tensor, v: Tensor, left: int, right: int,
@@ -277,16 +284,16 @@ def banded_attention(q: Tensor, k: Tensor, v: Tensor, left: int, right: int,
     s = torch.matmul(qb, kp[:, :, rows].transpose(-1, -2)) * q.shape[-1] ** -0.5  # (B, H, nb, c, span)
     r = torch.arange(c, device=q.device)[:, None]
     t = torch.arange(span, device=q.device)[None, :]
-    keys = rows - left  # (nb, span): the key position in each slot
     in_band = (t >= r) & (t <= r + left + right)  # (c, span): the same for every block
     if key_padding_mask is None:
+        keys = rows - left  # (nb, span): the key position in each slot
         real = ((keys >= 0) & (keys < n))[:, None]  # (nb, 1, span)
     else:
         real = ~F.pad(key_padding_mask.to(torch.bool), (left, tail), value=True)[:, rows][:, None, :, None]
     # two small biases added one after the other: an exported graph keeps them small instead of folding
     # their (nb, c, span) sum into a constant per layer
-    s = s + torch.zeros(in_band.shape, dtype=acc, device=q.device).masked_fill(~in_band, _FAR)
-    s = s + torch.zeros(real.shape, dtype=acc, device=q.device).masked_fill(~real, _FAR)
+    s = s + _bias(in_band, acc, _FAR)
+    s = s + _bias(real, acc, _FAR)
     p = torch.softmax(s, -1)
     if key_padding_mask is not None:  # rows with no visible key
         p = p * (in_band & real).any(-1, keepdim=True).to(acc)

@@ -48,9 +48,9 @@ def average_checkpoints(paths: Sequence[str | Path]) -> dict[str, Any]:
     if not paths:
         raise ValueError("no checkpoints to average: pass at least one .ckpt file")
     paths = [Path(p) for p in paths]
-    first = _state(paths[0], load_checkpoint(paths[0]))
+    last = load_checkpoint(paths[0])
+    first = _state(paths[0], last)
     sums = {k: v.to(torch.float32).clone() for k, v in first.items() if v.is_floating_point()}
-    last = None
     for path in paths[1:]:
         last = load_checkpoint(path)
         state = _state(path, last)
@@ -63,14 +63,13 @@ def average_checkpoints(paths: Sequence[str | Path]) -> dict[str, Any]:
                 raise ValueError(f"{str(path)!r}: {k!r} has shape {tuple(state[k].shape)}, {str(paths[0])!r} "
                                  f"{tuple(total.shape)}: average checkpoints of one run only")
             total += state[k].to(torch.float32)
-    out = last if last is not None else load_checkpoint(paths[0])
-    state = _state(paths[-1], out)
+    state = _state(paths[-1], last)
     for k, total in sums.items():
         state[k] = (total / len(paths)).to(state[k].dtype)
     for key in _RESUME_ONLY:
-        out.pop(key, None)
-    out["averaged_from"] = [str(p) for p in paths]
-    return out
+        last.pop(key, None)
+    last["averaged_from"] = [str(p) for p in paths]
+    return last
 
 
 def check_average_best(n: Any, save_top_k: Any) -> int:

@@ -115,3 +115,16 @@ def test_average_best_needs_the_checkpoints_kept(tmp_path):
                                          r"callbacks.model_checkpoint.save_top_k=1 keeps fewer"):
         train(compose_config("vision", [*TINY, "trainer=fast", "average_best=3"], tmp_path / "run"))
     assert not (tmp_path / "run" / "checkpoints").exists()  # refused before any training
+
+
+def test_average_refuses_nothing_or_no_weights(tmp_path):
+    from core_attn.training.average import average_best
+
+    with pytest.raises(ValueError, match=r"no checkpoints to average: pass at least one \.ckpt file"):
+        average_checkpoints([])
+    torch.save({"epoch": 3}, tmp_path / "bare.ckpt")
+    with pytest.raises(ValueError, match=r"bare\.ckpt.* has no 'state_dict' of weights"):
+        average_checkpoints([tmp_path / "bare.ckpt"])
+    with pytest.raises(ValueError, match=r"average_best: no checkpoint was kept"):
+        average_best({}, 2, "max", tmp_path / "averaged.ckpt")
+    assert not (tmp_path / "averaged.ckpt").exists()
