@@ -54,6 +54,12 @@ MASK_CACHE_BYTES = 96 << 20
 # many bytes in all; 0 turns the reuse off. A fresh buffer costs a page fault per 4 KiB on first touch:
 # ~0.7 s of page faults per 16k local forward+backward here (its probabilities alone are 335 MB).
 WORKSPACE_BYTES = 1 << 30
+# bf16 inputs: scores, saved probabilities and score gradients stay in bf16 between the bf16 matmuls (the
+# products are rounded to bf16 by the matmul either way); softmax runs in fp32 inside torch's kernel, the
+# row log-sum-exp and the key/value gradient accumulators are fp32, and recomputed probabilities are
+# computed in fp32. False: fp32 score buffers with a widening copy after every product and a narrowing
+# copy before every matmul (five score-sized copies per forward+backward).
+BF16_SCORES = True
 
 
 class _Workspace:
@@ -110,6 +116,56 @@ def empty_workspace() -> None:
     WORKSPACE.clear()
 
 
+# Linear layers take their outputs (and, in training, their input gradients) from the workspace above this
+# many output elements: smaller ones come from malloc's pools, which already reuse their memory.
+LINEAR_WORKSPACE_ELEMENTS = 1 << 20
+
+
+class _WorkspaceLinear(torch.autograd.Function):
+    """``F.linear`` whose output and input gradient are workspace buffers (see :func:`linear`)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        x2 = x.reshape(-1, x.shape[-1])
+        y = WORKSPACE.take(x2.shape[0] * weight.shape[0], x.dtype, x.device).view(x2.shape[0], weight.shape[0])
+        if bias is None:
+            torch.mm(x2, weight.t(), out=y)
+        else:
+            torch.addmm(bias, x2, weight.t(), out=y)
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return y.view(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight = ctx.saved_tensors
+        dy2 = dy.reshape(-1, dy.shape[-1])
+        dx = dw = db = None
+        if ctx.needs_input_grad[0]:
+            dx = WORKSPACE.take(dy2.shape[0] * weight.shape[1], dy.dtype, dy.device).view(dy2.shape[0], -1)
+            torch.mm(dy2, weight, out=dx)
+            dx = dx.view(x.shape)
+        if ctx.needs_input_grad[1]:
+            dw = dy2.t().mm(x.reshape(-1, x.shape[-1]))
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            db = dy2.sum(0)
+        return dx, dw, db
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``F.linear(x, weight, bias)``; on CPU, a large output and its input gradient come from the workspace.
+
+    A fresh buffer above glibc's mmap threshold (32 MB) is page-faulted in on first touch every step: at
+    64k tokens a width-512 attention layer's projections allocate ~770 MB per training step that way.
+    Eager fp32/bf16 CPU calls only; under autocast, tracing or compiling this is ``F.linear``."""
+    if (x.device.type != "cpu" or WORKSPACE_BYTES <= 0 or not _USE_COUNT or torch.compiler.is_compiling()
+            or torch.jit.is_tracing() or torch.is_autocast_enabled("cpu") or x.dtype != weight.dtype
+            or (bias is not None and bias.dtype != x.dtype) or x.numel() // max(x.shape[-1], 1) * weight.shape[0]
+            < LINEAR_WORKSPACE_ELEMENTS):
+        return torch.nn.functional.linear(x, weight, bias)
+    return _WorkspaceLinear.apply(x, weight, bias)
+
+
 def available_bytes(device: torch.device) -> int | None:
     """Memory a new allocation can take on ``device``: on CPU, Linux's ``MemAvailable`` capped by the cgroup's
     (container's) limit; on CUDA, free device memory plus what the caching allocator holds unused; ``None``
@@ -146,6 +202,15 @@ def saved_probs_limit(device: torch.device) -> int:
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     """Softmax statistics and gradient accumulators: fp32 for half types, fp64 stays fp64."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _score_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Scores, probabilities and their gradients: bf16 inputs keep them in bf16 (``BF16_SCORES``), as the
+    matmuls produce them; everything else, and traced runs (whose softmax takes separate passes), in
+    :func:`_acc_dtype`."""
+    if dtype == torch.bfloat16 and BF16_SCORES and not torch.compiler.is_compiling():
+        return dtype
+    return _acc_dtype(dtype)
 
 
 def _chunk_blocks(b: int, h: int, block_q: int, keys: int) -> int:
@@ -211,6 +276,7 @@ class _Keys:
         self.nkb, self.bk, self.d, self.band, self.kv_index = lk // block_k, block_k, d, band, kv_index
         self.cols = kv_index.shape[1]
         self.buf: Tensor | None = None
+        self.xt: Tensor | None = None  # the padded band transposed (B * H, D, rows), made on first use
         if band is None:
             self.x = x.reshape(bh, self.nkb, block_k, d).contiguous()  # rows gathered as flat blocks
             self.lead = 0
@@ -245,6 +311,19 @@ class _Keys:
         # offsets from the padded tensor itself (storage offset 0), which exporters translate faithfully
         start = self.x.storage_offset() + i * self.x.shape[1] * self.d + (r0 + self.band + self.lead) * self.bk * self.d
         return self.x.as_strided((r1 - r0, self.cols * self.bk, self.d), (self.bk * self.d, self.d, 1), start)
+
+    def window_t(self, i: int, r0: int, r1: int) -> Tensor:
+        """The transposed window (r1 - r0, D, cols * bk). bf16 bands read it from a transposed copy of the
+        padded band: the overlapping transposed views of :meth:`window` sent torch's bf16 bmm through a
+        slow copy of every window (measured 9.2 vs 6.5 ms per head at 16k, one core; fp32 is unaffected)."""
+        if self.band is None or self.x.dtype != torch.bfloat16 or torch.compiler.is_compiling():
+            return self.window(i, r0, r1).transpose(1, 2)
+        rows = self.x.shape[1]
+        if self.xt is None:
+            self.xt = WORKSPACE.take(self.x.numel(), self.x.dtype, self.x.device).view(self.x.shape[0], self.d, rows)
+            self.xt.copy_(self.x.transpose(1, 2))
+        start = self.xt.storage_offset() + i * self.d * rows + (r0 + self.band + self.lead) * self.bk
+        return self.xt.as_strided((r1 - r0, self.d, self.cols * self.bk), (self.bk, rows, 1), start)
 
     def grad_buffer(self, dtype: torch.dtype) -> Tensor:
         shape = (self.x.shape[0], self.x.shape[1] // self.bk if self.band is not None else self.nkb, self.bk * self.d)
@@ -317,7 +396,7 @@ def _scores(qb: _Rows, keys: _Keys, bh0: int, bh1: int, r0: int, r1: int, out: T
     """scale * q k^T of heads bh0..bh1-1, query blocks r0..r1-1, into ``out`` (heads, c, bq, C * bk): one
     routine for the forward, its exact-lse fallback and the recomputing backward, so all see equal scores."""
     for i in range(bh0, bh1):
-        _bmm(qb[i][r0:r1], keys.window(i, r0, r1).transpose(1, 2), out[i - bh0], scale)
+        _bmm(qb[i][r0:r1], keys.window_t(i, r0, r1), out[i - bh0], scale)
     return out
 
 
@@ -447,7 +526,7 @@ def _forward(ctx, q, k, v, q_pos, k_pos, kv_index, block_q, block_k, part_mask, 
     b, h, lq, d = q.shape
     lk, dv = k.shape[2], v.shape[-1]
     bh, nqb, nkb = b * h, lq // block_q, lk // block_k
-    acc = _acc_dtype(q.dtype)
+    acc, sdt = _acc_dtype(q.dtype), _score_dtype(q.dtype)
     # the softmax scale is applied by the score matmul itself (baddbmm's alpha): no scaled copy of q,
     # which at long lengths is a whole activation (512 MB at 1M tokens x 128 channels)
     qb = _Rows(q, block_q)
@@ -463,19 +542,19 @@ def _forward(ctx, q, k, v, q_pos, k_pos, kv_index, block_q, block_k, part_mask, 
     chunks = _chunks(bh, nqb, cq)
     # Training keeps the probabilities when they fit (saved_probs_limit): the backward then skips
     # recomputing scores, mask and exp, a third of its work; otherwise it recomputes.
-    need = bh * nqb * block_q * ck * _itemsize(acc)
+    need = bh * nqb * block_q * ck * _itemsize(sdt)
     keep = training and (need <= SAVED_PROBS_BYTES or (not torch.compiler.is_compiling()
                                                        and need <= saved_probs_limit(q.device)))
     if keep:  # back to the workspace once the graph releases it
-        probs = WORKSPACE.take(bh * nqb * block_q * ck, acc, q.device).view(bh, nqb, block_q, ck)
+        probs = WORKSPACE.take(bh * nqb * block_q * ck, sdt, q.device).view(bh, nqb, block_q, ck)
     else:
-        scores = WORKSPACE.take(min(cq, bh * nqb) * block_q * ck, acc, q.device)
+        scores = WORKSPACE.take(min(cq, bh * nqb) * block_q * ck, sdt, q.device)
     masks: dict = {}
     fused_softmax = not torch.compiler.is_compiling()  # exporters do not take the aliased out= call
     for chunk in chunks:
         bh0, bh1, r0, r1 = chunk
         c = r1 - r0
-        hidden = _chunk_hidden(masks, part_mask, q_pos_b, k_pos_b, kv_index, key_pad, r0, r1, acc, persist)
+        hidden = _chunk_hidden(masks, part_mask, q_pos_b, k_pos_b, kv_index, key_pad, r0, r1, sdt, persist)
         sc = probs[bh0:bh1, r0:r1] if keep else scores[:(bh1 - bh0) * c * block_q * ck].view(bh1 - bh0, c, block_q, ck)
         _scores(qb, keys, bh0, bh1, r0, r1, sc, scale)
         hidden.apply(sc, h, bh0, bh1)
@@ -484,9 +563,9 @@ def _forward(ctx, q, k, v, q_pos, k_pos, kv_index, block_q, block_k, part_mask, 
             # 25 vs 33 ms for 10M scores on one core against separate sub/exp/sum/div passes); the
             # log-sum-exp follows from one visible column j per row: p_j = exp(s_j - lse)
             ref, dead = hidden.rows(sc, h, bh0, bh1)
-            s_ref = sc.gather(-1, ref)
+            s_ref = sc.gather(-1, ref).to(acc)
             p = torch.ops.aten._softmax.out(sc, -1, False, out=sc)
-            p_ref = p.gather(-1, ref)
+            p_ref = p.gather(-1, ref).to(acc)
             lse_c = s_ref - p_ref.log()
             if hidden.any_dead:  # rows with no visible key: softmax gives NaN there
                 p.masked_fill_(dead, 0.0)
@@ -497,7 +576,7 @@ def _forward(ctx, q, k, v, q_pos, k_pos, kv_index, block_q, block_k, part_mask, 
             if bool(low.any()):
                 full = _scores(qb, keys, bh0, bh1, r0, r1, torch.empty_like(sc), scale)
                 hidden.apply(full, h, bh0, bh1)
-                lse_c = torch.where(low, full.logsumexp(-1, keepdim=True), lse_c)
+                lse_c = torch.where(low, full.to(acc).logsumexp(-1, keepdim=True), lse_c)
             lse[bh0:bh1, r0:r1] = lse_c.squeeze(-1)
         else:
             mx = sc.amax(-1, keepdim=True)
@@ -523,7 +602,7 @@ def _backward(ctx, dout, dlse):
     b, h, lq, dv = out.shape
     bh, nqb, d, lk = b * h, lq // block_q, q.shape[3], k.shape[2]
     qb = _Rows(q, block_q)  # the scale is applied by the matmuls (alpha), as in forward
-    acc = _acc_dtype(q.dtype)
+    acc, sdt = _acc_dtype(q.dtype), _score_dtype(q.dtype)
     ck = kv_index.shape[-1] * block_k
     lse_safe = lse.masked_fill(torch.isinf(lse), 0.0).view(bh, nqb, block_q, 1)  # no visible key
     # dL/dscores = p * (dp - rowsum(dp * p) + dlse), and rowsum(dp * p) = rowsum(dout * out)
@@ -535,7 +614,7 @@ def _backward(ctx, dout, dlse):
         delta = (dout.to(acc) * out.to(acc)).sum(-1)
     if dlse is not None:
         delta = delta - dlse.to(acc)
-    delta = delta.view(bh, nqb, block_q, 1)
+    delta = delta.view(bh, nqb, block_q, 1).to(sdt)  # bf16 scores: a mixed-dtype pass would cost two casts
     doutb = _Rows(dout, block_q)
     keys = _Keys(k, kv_index, block_k, band)
     vals = _Keys(v, kv_index, block_k, band)
@@ -548,7 +627,7 @@ def _backward(ctx, dout, dlse):
     dk, dvv = keys.grad_buffer(acc), vals.grad_buffer(acc)
     cq = max(ch[3] - ch[2] for ch in chunks) * max(ch[1] - ch[0] for ch in chunks)
     pbuf = None if probs is not None else WORKSPACE.take(cq * block_q * ck, acc, q.device)
-    dpbuf = WORKSPACE.take(cq * block_q * ck, acc, q.device)
+    dpbuf = WORKSPACE.take(cq * block_q * ck, sdt, q.device)
     cmax = max(ch[3] - ch[2] for ch in chunks)
     dk_buf = WORKSPACE.take(cmax * ck * d, acc, q.device).view(cmax, ck, d)
     dv_buf = WORKSPACE.take(cmax * ck * dv, acc, q.device).view(cmax, ck, dv)
@@ -557,7 +636,7 @@ def _backward(ctx, dout, dlse):
         c, nh = r1 - r0, bh1 - bh0
         ds = dpbuf[:nh * c * block_q * ck].view(nh, c, block_q, ck)
         for i in range(bh0, bh1):
-            _bmm(doutb[i][r0:r1], vals.window(i, r0, r1).transpose(1, 2), ds[i - bh0])
+            _bmm(doutb[i][r0:r1], vals.window_t(i, r0, r1), ds[i - bh0])
         if probs is not None:
             p = probs[bh0:bh1, r0:r1]
         else:  # recompute the probabilities
@@ -565,8 +644,9 @@ def _backward(ctx, dout, dlse):
             p = _scores(qb, keys, bh0, bh1, r0, r1, pbuf[:nh * c * block_q * ck].view(nh, c, block_q, ck), scale)
             hidden.apply(p, h, bh0, bh1)
             p.sub_(lse_safe[bh0:bh1, r0:r1]).exp_()
-        ds.sub_(delta[bh0:bh1, r0:r1]).mul_(p)
-        pl, dsl = _narrow(p, q.dtype), _narrow(ds, q.dtype)
+        pl = _narrow(p, q.dtype)
+        ds.sub_(delta[bh0:bh1, r0:r1]).mul_(pl if pl.dtype == ds.dtype else p)
+        dsl = _narrow(ds, q.dtype)
         for i in range(bh0, bh1):
             # scores = scale * q k^T: dq = scale * ds k, dk = scale * ds^T q
             _bmm(dsl[i - bh0], keys.window(i, r0, r1), dqb[i][r0:r1], scale)

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from core_attn.kernels import linear
 from core_attn.attention.base import AttentionBase, PatternAttention
 from core_attn.registry import build_attention
 from core_attn.validation import check_choice, check_float, check_int
@@ -110,6 +111,19 @@ class RotaryEmbedding(nn.Module):
         return f"head_dim={self.head_dim}, base={self.base}"
 
 
+def _project(linear_module: nn.Module, x: Tensor) -> Tensor:
+    """``linear_module(x)``; a plain ``nn.Linear`` without hooks runs :func:`core_attn.kernels.linear` (its
+    large CPU outputs and input gradients reuse workspace buffers). Anything else (a quantised or wrapped
+    layer, a module with hooks) is called as itself."""
+    from torch.nn.modules import module as _m
+
+    if (type(linear_module) is not nn.Linear or linear_module._forward_hooks or linear_module._forward_pre_hooks
+            or linear_module._backward_hooks or linear_module._backward_pre_hooks or _m._global_forward_hooks
+            or _m._global_forward_pre_hooks or _m._global_backward_hooks or _m._global_backward_pre_hooks):
+        return linear_module(x)
+    return linear(x, linear_module.weight, linear_module.bias)
+
+
 class MultiheadAttention(nn.Module):
     """Multi-head self-attention (Vaswani et al. 2017) around any attention variant.
 
@@ -144,7 +158,7 @@ class MultiheadAttention(nn.Module):
         if x.dim() != 3 or x.shape[-1] != self.dim:
             raise ValueError(f"x must have shape (B, N, C={self.dim}); got {tuple(x.shape)}")
         b, n, c = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, H, N, hd)
+        qkv = _project(self.qkv, x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, H, N, hd)
         q, k, v = qkv.unbind(0)  # each (B, H, N, hd)
         if self.rotary is not None:
             q, k = self.rotary(q), self.rotary(k)
@@ -153,7 +167,7 @@ class MultiheadAttention(nn.Module):
         else:
             out = self.attention(q, k, v, key_padding_mask=key_padding_mask)
         out = out.transpose(1, 2).reshape(b, n, c)  # (B, N, C)
-        return self.proj_drop(self.proj(out))
+        return self.proj_drop(_project(self.proj, out))
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, num_heads={self.num_heads}"

@@ -307,3 +307,72 @@ def test_packed_qkv_gradients_equal_separate_ones(n, padded, monkeypatch):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match=r"packed must have shape \(3, \*q.shape\)"):
         layer.attention(q, k, v, packed=torch.stack([q, k]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_workspace_linear_matches_f_linear(dtype, bias, contiguous, monkeypatch):
+    """kernels.linear (workspace output and input gradient) against F.linear: outputs and the gradients
+    of input, weight and bias; an input that needs no gradient gets none; the second identical step
+    takes no new buffer and hands the input gradient over without a copy."""
+    from core_attn import kernels
+
+    monkeypatch.setattr(kernels, "LINEAR_WORKSPACE_ELEMENTS", 1)
+    kernels.empty_workspace()
+    torch.manual_seed(0)
+    lin = nn.Linear(24, 40, bias=bias).to(dtype)
+    x0 = torch.randn(3, 50, 24, dtype=dtype) if contiguous else torch.randn(3, 24, 50, dtype=dtype).transpose(1, 2)
+    g = torch.randn(3, 50, 40, dtype=dtype)
+    grads = []
+    for fn in (nn.functional.linear, kernels.linear):
+        x = x0.detach().clone().requires_grad_(True)
+        lin.zero_grad(set_to_none=True)
+        y = fn(x, lin.weight, lin.bias)
+        y.backward(g)
+        grads.append((y.detach(), x.grad, lin.weight.grad, lin.bias.grad if bias else None))
+    tol = {"rtol": 0, "atol": 0} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 2e-2}
+    for a, b in zip(*grads):
+        if a is not None:
+            torch.testing.assert_close(b, a, **tol)
+
+    x = x0.detach().clone().requires_grad_(True)
+    for step in range(2):
+        x.grad = None
+        kernels.linear(x, lin.weight, lin.bias).backward(g)
+        if step == 0:
+            owned = len(kernels.WORKSPACE.owned)
+    assert len(kernels.WORKSPACE.owned) == owned, "an identical step took new buffers"
+    if contiguous:  # autograd keeps the workspace buffer as x.grad (no copy)
+        ptrs = {r.data_ptr() for r in kernels.WORKSPACE.owned}
+        assert x.grad.data_ptr() in ptrs
+    y = kernels.linear(x0, lin.weight, lin.bias)  # no gradient wanted anywhere below x
+    y.sum().backward()
+    assert lin.weight.grad is not None
+
+
+def test_workspace_linear_falls_back_to_f_linear_where_it_cannot_run(monkeypatch):
+    """Under autocast or tracing, and for small outputs, kernels.linear is F.linear."""
+    from core_attn import kernels
+
+    monkeypatch.setattr(kernels, "LINEAR_WORKSPACE_ELEMENTS", 1)
+    lin = nn.Linear(8, 8)
+    x = torch.randn(2, 8, requires_grad=True)
+    assert type(kernels.linear(x, lin.weight, lin.bias).grad_fn).__name__ == "_WorkspaceLinearBackward"
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = kernels.linear(x, lin.weight, lin.bias)
+    assert y.dtype == torch.bfloat16 and "Workspace" not in type(y.grad_fn).__name__
+
+    class Wrap(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = lin
+
+        def forward(self, t):
+            return kernels.linear(t, self.lin.weight, self.lin.bias)
+
+    traced = torch.jit.trace(Wrap(), x)
+    assert "aten::linear" in str(traced.graph)
+    torch.testing.assert_close(traced(x), nn.functional.linear(x, lin.weight, lin.bias))
+    monkeypatch.setattr(kernels, "LINEAR_WORKSPACE_ELEMENTS", 1 << 30)  # small outputs: plain
+    assert "Workspace" not in type(kernels.linear(x, lin.weight, lin.bias).grad_fn).__name__
