@@ -366,12 +366,15 @@ def test_available_memory_is_known_on_linux():
         assert avail is not None and avail > 0
 
 
+@pytest.mark.parametrize("bf16_scores", [True, False])
 @pytest.mark.parametrize("recompute", [False, True])
 @pytest.mark.parametrize("name,kw", [("local", dict(window=8)), ("bigbird", dict(block_size=8, num_random_blocks=1))])
-def test_bf16_kernel_gradients_match_the_fp32_reference(name, kw, recompute, monkeypatch):
-    # bf16 inputs: products in bf16, softmax statistics and gradient accumulation in fp32
+def test_bf16_kernel_gradients_match_the_fp32_reference(name, kw, recompute, bf16_scores, monkeypatch):
+    # bf16 inputs: products in bf16, softmax statistics and gradient accumulation in fp32; scores and
+    # probabilities in bf16 (BF16_SCORES) or fp32
     from core_attn import kernels
 
+    monkeypatch.setattr(kernels, "BF16_SCORES", bf16_scores)
     if recompute:
         monkeypatch.setattr(kernels, "SAVED_PROBS_BYTES", 0)
         monkeypatch.setattr(kernels, "SAVED_PROBS_SHARE", 0.0)
@@ -439,3 +442,20 @@ def test_banded_backend_refuses_other_patterns():
             attn(q, q, q)
     with pytest.raises(ValueError, match=r"backend='banded' cannot run this input"):
         core_attn.build_attention("bigbird", block_size=8, backend="banded")(*(torch.randn(1, 1, 64, 8) for _ in range(3)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_band_transposed_window_is_the_window_transposed(dtype):
+    """_Keys.window_t (bf16 bands: a view of a transposed copy) equals window(...).transpose(1, 2)."""
+    from core_attn import kernels
+
+    attn = core_attn.build_attention("local", window=16, backend="blocked")
+    part = attn.parts(256, torch.device("cpu"))[0]
+    offset = kernels.band_offset(part.kv_index)
+    assert offset is not None
+    x = torch.randn(2, 3, 256, 8).to(dtype)
+    keys = kernels._Keys(x, part.kv_index, part.block_k, offset)
+    nqb = part.kv_index.shape[0]
+    for i in (0, 4):
+        for r0, r1 in ((0, nqb), (1, nqb - 1)):
+            assert torch.equal(keys.window_t(i, r0, r1), keys.window(i, r0, r1).transpose(1, 2))
