@@ -22,8 +22,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from core_attn.kernels import linear
 from core_attn.attention.base import AttentionBase, PatternAttention
+from core_attn.kernels import linear
 from core_attn.registry import build_attention
 from core_attn.validation import check_choice, check_float, check_int
 
