@@ -20,6 +20,7 @@ from typing import Union
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules import module as _m
 from torch.utils.checkpoint import checkpoint
 
 from core_attn.attention.base import AttentionBase, PatternAttention
@@ -115,8 +116,6 @@ def _project(linear_module: nn.Module, x: Tensor) -> Tensor:
     """``linear_module(x)``; a plain ``nn.Linear`` without hooks runs :func:`core_attn.kernels.linear` (its
     large CPU outputs and input gradients reuse workspace buffers). Anything else (a quantised or wrapped
     layer, a module with hooks) is called as itself."""
-    from torch.nn.modules import module as _m
-
     if (type(linear_module) is not nn.Linear or linear_module._forward_hooks or linear_module._forward_pre_hooks
             or linear_module._backward_hooks or linear_module._backward_pre_hooks or _m._global_forward_hooks
             or _m._global_forward_pre_hooks or _m._global_backward_hooks or _m._global_backward_pre_hooks):

@@ -253,8 +253,6 @@ def masked_dense_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor,
     return (out * allowed.any(-1, keepdim=True).to(acc)).to(q.dtype)  # (.., N, 1): rows with a visible key
 
 
-
-
 def banded_attention(q: Tensor, k: Tensor, v: Tensor, left: int, right: int,
                      key_padding_mask: Tensor | None = None, *, block: int = 64) -> Tensor:
     """Sliding-window attention (query i sees keys i - left .. i + right) from plain tensor ops: the
