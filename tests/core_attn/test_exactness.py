@@ -445,8 +445,10 @@ def test_banded_backend_refuses_other_patterns():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_band_transposed_window_is_the_window_transposed(dtype):
-    """_Keys.window_t (bf16 bands: a view of a transposed copy) equals window(...).transpose(1, 2)."""
+@pytest.mark.parametrize("alpha", [1.0, 0.125])
+def test_band_product_with_the_transposed_window(dtype, alpha):
+    """_Keys.product_t (bf16 bands: column by column from the padded band) equals one matmul with the window,
+    for a non-contiguous left operand (the layer's q is a view of its qkv projection)."""
     from core_attn import kernels
 
     attn = core_attn.build_attention("local", window=16, backend="blocked")
@@ -455,7 +457,11 @@ def test_band_transposed_window_is_the_window_transposed(dtype):
     assert offset is not None
     x = torch.randn(2, 3, 256, 8).to(dtype)
     keys = kernels._Keys(x, part.kv_index, part.block_k, offset)
-    nqb = part.kv_index.shape[0]
+    nqb, cols, bk = part.kv_index.shape[0], part.kv_index.shape[1], part.block_k
+    a = torch.randn(nqb, 2, bk, 8).to(dtype).transpose(0, 1)[0]  # (nqb, bk, 8), not contiguous
     for i in (0, 4):
         for r0, r1 in ((0, nqb), (1, nqb - 1)):
-            assert torch.equal(keys.window_t(i, r0, r1), keys.window(i, r0, r1).transpose(1, 2))
+            out = torch.full((r1 - r0, bk, cols * bk), float("nan"), dtype=dtype)
+            keys.product_t(a[r0:r1], i, r0, r1, out, alpha)
+            want = alpha * (a[r0:r1].float() @ keys.window(i, r0, r1).transpose(1, 2).float())
+            torch.testing.assert_close(out.float(), want, rtol=1e-2 if dtype == torch.bfloat16 else 1e-5, atol=1e-5)
