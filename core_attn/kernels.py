@@ -32,7 +32,8 @@ CHUNK_ELEMENTS = 1 << 23
 SAVED_PROBS_BYTES = 512 << 20
 
 
-def _share_from_env(name: str = "CORE_ATTN_SAVED_PROBS_SHARE", default: float = 0.25) -> float:
+def _share_from_env(name: str = "CORE_ATTN_SAVED_PROBS_SHARE", default: float = 0.25,
+                    what: str = "training may keep softmax probabilities in; 0: always recompute them") -> float:
     text = os.environ.get(name)
     if text is None:
         return default
@@ -42,7 +43,7 @@ def _share_from_env(name: str = "CORE_ATTN_SAVED_PROBS_SHARE", default: float = 
         share = -1.0
     if not 0.0 <= share <= 1.0:
         raise ValueError(f"{name}={text!r} must be a number between 0 and 1 (the share of the available memory "
-                         "training may keep softmax probabilities in; 0: always recompute them)")
+                         f"{what})")
     return share
 
 
@@ -50,10 +51,15 @@ SAVED_PROBS_SHARE = _share_from_env()
 # A plan keeps its hidden-pair masks across calls up to this size (computing them was ~10% of a local
 # forward); inputs with a key padding mask recompute theirs every call.
 MASK_CACHE_BYTES = 96 << 20
-# CPU scratch buffers (saved probabilities, padded K/V, score chunks) are kept for later calls up to this
-# many bytes in all; 0 turns the reuse off. A fresh buffer costs a page fault per 4 KiB on first touch:
-# ~0.7 s of page faults per 16k local forward+backward here (its probabilities alone are 335 MB).
+# CPU scratch buffers (saved probabilities, padded K/V, score chunks) are kept for later calls up to the
+# larger of WORKSPACE_BYTES and WORKSPACE_SHARE of the memory available (counting what the workspace holds)
+# when a buffer would exceed WORKSPACE_BYTES; WORKSPACE_BYTES = 0 turns the reuse off, WORKSPACE_SHARE = 0
+# keeps the fixed limit (environment: CORE_ATTN_WORKSPACE_SHARE). A fresh buffer costs a page fault per
+# 4 KiB on first touch: ~0.7 s of page faults per 16k local forward+backward here (its probabilities alone
+# are 335 MB), and at 64k tokens a layer's buffers (~3.5 GB) outgrow the fixed limit.
 WORKSPACE_BYTES = 1 << 30
+WORKSPACE_SHARE = _share_from_env("CORE_ATTN_WORKSPACE_SHARE", 0.25,
+                                  "the kernels' workspace may keep for later calls; 0: at most WORKSPACE_BYTES")
 # bf16 inputs: scores, saved probabilities and score gradients stay in bf16 between the bf16 matmuls (the
 # products are rounded to bf16 by the matmul either way); softmax runs in fp32 inside torch's kernel, the
 # row log-sum-exp and the key/value gradient accumulators are fp32, and recomputed probabilities are
@@ -91,16 +97,26 @@ class _Workspace:
             if fits:  # the smallest idle buffer that fits
                 return min(fits, key=lambda r: r.numel())[:nbytes].view(dtype)
             total = sum(r.numel() for r in self.owned)
+            limit = self.limit(total + nbytes, total, device)
             for r in sorted(idle, key=lambda r: r.numel()):  # make room: drop idle buffers that do not fit
-                if total + nbytes <= WORKSPACE_BYTES:
+                if total + nbytes <= limit:
                     break
                 self.owned = [o for o in self.owned if o is not r]
                 total -= r.numel()
-            if total + nbytes > WORKSPACE_BYTES:
+            if total + nbytes > limit:
                 return torch.empty(numel, dtype=dtype, device=device)
             raw = torch.empty(nbytes, dtype=torch.uint8, device=device)
             self.owned.append(raw)
             return raw.view(dtype)
+
+    @staticmethod
+    def limit(wanted: int, owned: int, device: torch.device) -> int:
+        """Bytes the workspace may own: WORKSPACE_BYTES, or up to WORKSPACE_SHARE of the available memory
+        (plus what it owns) when ``wanted`` exceeds that; memory is only read in that case."""
+        if wanted <= WORKSPACE_BYTES or WORKSPACE_SHARE <= 0:
+            return WORKSPACE_BYTES
+        avail = available_bytes(device)
+        return WORKSPACE_BYTES if avail is None else max(WORKSPACE_BYTES, int(WORKSPACE_SHARE * (avail + owned)))
 
     def clear(self) -> None:
         with self.lock:

@@ -407,6 +407,35 @@ def test_the_keep_share_can_be_set_from_the_environment(monkeypatch):
         kernels._share_from_env()
 
 
+def test_workspace_grows_within_a_share_of_the_available_memory(monkeypatch):
+    """Past WORKSPACE_BYTES the workspace keeps buffers up to WORKSPACE_SHARE of the available memory (plus what
+    it holds); with the share 0, or the memory unknown, the fixed limit holds."""
+    from core_attn import kernels
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(kernels, "WORKSPACE_BYTES", 1 << 20)
+    kernels.empty_workspace()
+    try:
+        for share, avail, kept in ((0.25, 64 << 20, True), (0.25, 8 << 20, False), (0.0, 64 << 20, False),
+                                   (0.25, None, False)):
+            monkeypatch.setattr(kernels, "WORKSPACE_SHARE", share)
+            monkeypatch.setattr(kernels, "available_bytes", lambda device, avail=avail: avail)
+            kernels.empty_workspace()
+            buf = kernels.WORKSPACE.take(3 << 18, torch.float32, cpu)  # 3 MiB
+            assert buf.numel() == 3 << 18
+            assert (len(kernels.WORKSPACE.owned) == 1) == kept, (share, avail)
+            if kept:  # handed out again once idle, not allocated anew
+                ptr = buf.data_ptr()
+                del buf
+                assert kernels.WORKSPACE.take(3 << 18, torch.float32, cpu).data_ptr() == ptr
+    finally:
+        kernels.empty_workspace()
+    monkeypatch.setenv("CORE_ATTN_WORKSPACE_SHARE", "2")
+    with pytest.raises(ValueError, match=r"CORE_ATTN_WORKSPACE_SHARE='2' must be a number between 0 and 1 \(the share "
+                                         r"of the available memory the kernels' workspace may keep"):
+        kernels._share_from_env("CORE_ATTN_WORKSPACE_SHARE", 0.25, "the kernels' workspace may keep for later calls")
+
+
 def test_dense_backend_rows_without_visible_keys():
     """A sequence that is all padding: zeros and zero gradients, as the reference (no NaN from the bias)."""
     attn = core_attn.build_attention("local", window=4, backend="dense")
