@@ -330,11 +330,11 @@ class _Keys:
     def product_t(self, a: Tensor, i: int, r0: int, r1: int, out: Tensor, alpha: float = 1.0) -> Tensor:
         """out (c, bq, cols * bk) = alpha * a @ window(i, r0, r1)^T for a (c, bq, D): the scores q k^T, or dout v^T.
 
-        bf16 bands multiply column by column, each key block a slice of the padded band: torch's bf16
+        bf16 bands on CPU multiply column by column, each key block a slice of the padded band: torch's bf16
         (oneDNN) bmm copies any operand that is neither contiguous nor a transposed contiguous batch, so the
         overlapping windows were copied on every call (measured at 16k, 2 threads: 3.5 vs 4.7-5.4 ms per
         head and chunk). Each product is the same dot product over D either way."""
-        if (self.band is None or a.dtype != torch.bfloat16 or out.dtype != a.dtype
+        if (self.band is None or a.dtype != torch.bfloat16 or out.dtype != a.dtype or a.device.type != "cpu"
                 or torch.compiler.is_compiling()):
             return _bmm(a, self.window(i, r0, r1).transpose(1, 2), out, alpha)
         c = r1 - r0
