@@ -113,10 +113,9 @@ class _Workspace:
     def limit(wanted: int, owned: int, device: torch.device) -> int:
         """Bytes the workspace may own: WORKSPACE_BYTES, or up to WORKSPACE_SHARE of the available memory
         (plus what it owns) when ``wanted`` exceeds that; memory is only read in that case."""
-        if wanted <= WORKSPACE_BYTES or WORKSPACE_SHARE <= 0:
+        if wanted <= WORKSPACE_BYTES:
             return WORKSPACE_BYTES
-        avail = available_bytes(device)
-        return WORKSPACE_BYTES if avail is None else max(WORKSPACE_BYTES, int(WORKSPACE_SHARE * (avail + owned)))
+        return _memory_limit(WORKSPACE_BYTES, WORKSPACE_SHARE, device, held=owned)
 
     def clear(self) -> None:
         with self.lock:
@@ -207,12 +206,18 @@ def available_bytes(device: torch.device) -> int | None:
         return None
 
 
+def _memory_limit(fixed: int, share: float, device: torch.device, held: int = 0) -> int:
+    """The larger of ``fixed`` bytes and ``share`` of the memory available on ``device`` plus ``held`` (memory the
+    caller holds and could give back); ``fixed`` when the share is 0 or the available memory unknown."""
+    if share <= 0:
+        return fixed
+    avail = available_bytes(device)
+    return fixed if avail is None else max(fixed, int(share * (avail + held)))
+
+
 def saved_probs_limit(device: torch.device) -> int:
     """Bytes of probabilities a training forward keeps for its backward (see ``SAVED_PROBS_SHARE``)."""
-    if SAVED_PROBS_SHARE <= 0:
-        return SAVED_PROBS_BYTES
-    avail = available_bytes(device)
-    return SAVED_PROBS_BYTES if avail is None else max(SAVED_PROBS_BYTES, int(SAVED_PROBS_SHARE * avail))
+    return _memory_limit(SAVED_PROBS_BYTES, SAVED_PROBS_SHARE, device)
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -343,11 +348,7 @@ class _Keys:
         first = r0 + self.band + self.lead
         for o in range(self.cols):
             kt = blocks[first + o:first + o + c].transpose(1, 2)  # (c, D, bk): a transposed contiguous batch
-            dst = out[..., o * self.bk:(o + 1) * self.bk]
-            if alpha == 1.0:
-                torch.bmm(a, kt, out=dst)
-            else:
-                torch.baddbmm(dst, a, kt, beta=0.0, alpha=alpha, out=dst)
+            _bmm(a, kt, out[..., o * self.bk:(o + 1) * self.bk], alpha)
         return out
 
     def grad_buffer(self, dtype: torch.dtype) -> Tensor:
