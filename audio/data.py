@@ -385,7 +385,7 @@ class SyntheticSpeechDataModule(SpeechDataModule):
     Args:
         cache_dir: where corpora are kept (``${paths.data_dir}/audio/synthetic``).
         train / val / test / longform_recordings / longform_minutes / engines / sentences_file / corpus_seed /
-            random_voices: the corpus (see :class:`audio.synth.CorpusSpec`).
+            random_voices / flite_share: the corpus (see :class:`audio.synth.CorpusSpec`).
         test_split: ``test`` (single utterances), ``long-form`` (whole recordings) or
             ``long-form-segments`` (the long-form recordings cut per utterance).
         synth_workers: synthesiser processes run in parallel while generating.
@@ -397,7 +397,8 @@ class SyntheticSpeechDataModule(SpeechDataModule):
                  sentences_file: str | None = None, corpus_seed: int = 0, test_split: str = "test",
                  synth_workers: int = 2, sample_rate: int = 16000, batch_size: int = 16, num_workers: int = 0,
                  max_train_seconds: float = 20.0, silence_db: float = -60.0, skip_bad: bool = False, seed: int = 0,
-                 concat_p: float = 0.0, concat_pause: tuple[float, float] = (0.3, 1.2), random_voices: int = 0):
+                 concat_p: float = 0.0, concat_pause: tuple[float, float] = (0.3, 1.2), random_voices: int = 0,
+                 flite_share: float | None = None):
         super().__init__(sample_rate=sample_rate, batch_size=batch_size, num_workers=num_workers,
                          max_train_seconds=max_train_seconds, silence_db=silence_db, skip_bad=skip_bad, seed=seed,
                          concat_p=concat_p, concat_pause=tuple(concat_pause))
@@ -409,12 +410,21 @@ class SyntheticSpeechDataModule(SpeechDataModule):
             check_int(name, n, min_value=1)
         check_int("longform_recordings", longform_recordings, min_value=0)
         check_int("random_voices", random_voices, min_value=0)
+        if flite_share is not None:
+            if not isinstance(flite_share, (int, float)) or isinstance(flite_share, bool) or not 0 <= flite_share <= 1:
+                raise ValueError(f"data.flite_share={flite_share!r} is not allowed; expected a number from 0 to 1 "
+                                 "(the share of training utterances spoken by flite) or null")
+            if set(engines) != {"espeak-ng", "flite"}:
+                raise ValueError(f"data.flite_share={flite_share!r} needs both synthesisers, but data.engines="
+                                 f"{list(engines)}; use data.engines=[espeak-ng,flite] (experiment=audio_flite)")
+            flite_share = float(flite_share)
         if test_split not in ("test", "long-form", "long-form-segments"):
             raise ValueError(f"test_split={test_split!r} is not allowed; expected one of "
                              "['test', 'long-form', 'long-form-segments']")
         self.spec = CorpusSpec(train=train, val=val, test=test, longform_recordings=longform_recordings,
                                longform_minutes=float(longform_minutes), engines=tuple(engines),
-                               sentences_file=sentences_file, seed=corpus_seed, random_voices=random_voices)
+                               sentences_file=sentences_file, seed=corpus_seed, random_voices=random_voices,
+                               flite_share=flite_share)
         self.cache_dir, self.test_split, self.synth_workers = Path(cache_dir), test_split, synth_workers
         self._folder: Path | None = None
 

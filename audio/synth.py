@@ -392,6 +392,9 @@ class CorpusSpec:
         sentences_file: a text file with one sentence per line to use instead of the grammar.
         seed: every choice (sentences, voices, rates, pitches, gaps) derives from it.
         random_voices: generated espeak-ng voice variants added to the training voices (:func:`random_variant`).
+        flite_share: with both engines, the share of training utterances spoken by a flite voice (``None``: every
+            training voice equally likely, so flite's 3 voices get 3 of several hundred). Validation and test
+            keep their voices.
     """
 
     train: int = 4000
@@ -403,6 +406,7 @@ class CorpusSpec:
     sentences_file: str | None = None
     seed: int = 0
     random_voices: int = 0
+    flite_share: float | None = None
 
     def key(self) -> str:
         import hashlib
@@ -412,6 +416,8 @@ class CorpusSpec:
         fields = dict(self.__dict__)
         if not self.random_voices:  # corpora made before random voices existed keep their folder
             del fields["random_voices"]
+        if self.flite_share is None:  # nor does a corpus that draws its voices uniformly
+            del fields["flite_share"]
         blob = json.dumps([CORPUS_VERSION, fields, versions], sort_keys=True, default=list)
         return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
@@ -452,6 +458,16 @@ def plan(spec: CorpusSpec) -> dict[str, list[Utterance]]:
         share = len(extra) / (len(extra) + len(fixed))
         vrng = np.random.default_rng([spec.seed, 4])
         out["train"] = [replace(u, voice=extra[int(vrng.integers(len(extra)))]) if vrng.random() < share else u
+                        for u in out["train"]]
+    if spec.flite_share is not None and set(spec.engines) == {"espeak-ng", "flite"}:
+        # its own draws again: each training utterance keeps its sentence, rate and pitch, and is given to a flite
+        # voice with probability flite_share, else to one of the espeak-ng voices it would have had
+        frng = np.random.default_rng([spec.seed, 5])
+        flite = [f"flite:{v}" for v in FLITE_VOICES["train"]]
+        espeak = voices("train", ("espeak-ng",), spec.random_voices)
+        out["train"] = [replace(u, voice=flite[int(frng.integers(len(flite)))]) if frng.random() < spec.flite_share
+                        else (u if u.voice.startswith("espeak-ng:") else
+                              replace(u, voice=espeak[int(frng.integers(len(espeak)))]))
                         for u in out["train"]]
     pool = voices("test", spec.engines)
     out["long-form"] = []

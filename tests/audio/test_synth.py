@@ -105,7 +105,7 @@ def test_random_voices_join_training_only(monkeypatch):
     # without random voices the spec hashes as before they existed (corpora already made keep their folder)
     monkeypatch.setattr(synth, "engine_version", lambda engine: "eSpeak NG 1.51")
     old = dict(CorpusSpec().__dict__)
-    del old["random_voices"]
+    del old["random_voices"], old["flite_share"]
     blob = json.dumps([synth.CORPUS_VERSION, old, ["eSpeak NG 1.51"]], sort_keys=True, default=list)
     assert CorpusSpec().key() == hashlib.sha1(blob.encode()).hexdigest()[:12] != spec.key()
     with pytest.raises(ValueError, match=r"random_voices=-1 is out of range; expected 0 <= random_voices"):
@@ -156,3 +156,34 @@ def test_random_voices_leave_the_other_splits_alone():
     with_flite = plan(CorpusSpec(**spec, engines=("espeak-ng", "flite"), random_voices=8))["train"]
     assert {u.voice for u in with_flite} - {u.voice for u in plan(CorpusSpec(**spec, engines=("espeak-ng", "flite")))["train"]} \
         <= {v for v in voices("train", ["espeak-ng"], 8) if "+rand" in v}
+
+
+def test_flite_share_sets_the_training_voices_only(monkeypatch):
+    spec = dict(train=1000, val=20, test=30, longform_recordings=1, longform_minutes=0.5, engines=("espeak-ng", "flite"))
+    plain, shared = plan(CorpusSpec(**spec)), plan(CorpusSpec(**spec, flite_share=0.6))
+    for split in ("val", "test", "long-form"):
+        assert plain[split] == shared[split]
+    assert [(u.text, u.rate, u.pitch) for u in plain["train"]] == [(u.text, u.rate, u.pitch) for u in shared["train"]]
+    flite = [u.voice for u in shared["train"] if u.voice.startswith("flite:")]
+    assert sum(u.voice.startswith("flite:") for u in plain["train"]) < 20  # 3 of 427 voices
+    assert 0.55 < len(flite) / 1000 < 0.65 and set(flite) == {f"flite:{v}" for v in synth.FLITE_VOICES["train"]}
+    assert {u.voice for u in shared["train"]} <= set(voices("train", spec["engines"]))
+    none = plan(CorpusSpec(**spec, flite_share=0.0))["train"]
+    assert not any(u.voice.startswith("flite:") for u in none)
+    with_random = plan(CorpusSpec(**spec, flite_share=0.6, random_voices=8))["train"]
+    assert 0.55 < sum(u.voice.startswith("flite:") for u in with_random) / 1000 < 0.65
+    assert any("+rand" in u.voice for u in with_random)
+    # without a share the spec hashes as before (corpora already made keep their folder)
+    monkeypatch.setattr(synth, "engine_version", lambda engine: "1")
+    assert CorpusSpec(**spec).key() != CorpusSpec(**spec, flite_share=0.6).key() != CorpusSpec(**spec, flite_share=0.5).key()
+    old = {k: v for k, v in CorpusSpec(**spec).__dict__.items() if k not in ("random_voices", "flite_share")}
+    blob = json.dumps([synth.CORPUS_VERSION, old, ["1", "1"]], sort_keys=True, default=list)
+    assert CorpusSpec(**spec).key() == hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def test_bad_flite_share():
+    with pytest.raises(ValueError, match=r"data.flite_share=1.5 is not allowed; expected a number from 0 to 1"):
+        SyntheticSpeechDataModule(engines=["espeak-ng", "flite"], flite_share=1.5)
+    with pytest.raises(ValueError, match=r"data.flite_share=0.5 needs both synthesisers, but data.engines=\['espeak-ng'\]"):
+        SyntheticSpeechDataModule(flite_share=0.5)
+    assert SyntheticSpeechDataModule(engines=["espeak-ng", "flite"], flite_share=1).spec.flite_share == 1.0
