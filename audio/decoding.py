@@ -215,7 +215,15 @@ class BeamSearchDecoder:
         words: the lexicon as a list of words instead of a file.
         lm_weight: language model weight.
         word_score: score added per word.
+
+    An empty transcript pays no language-model cost for words, so a strong language model can prefer silence
+    over a short utterance it finds unlikely (a single letter or month name spoken alone). Where the best
+    hypothesis is empty but greedy decoding of the same frames spells characters, the best non-empty
+    hypothesis among the final beam's ``NBEST`` is returned instead: the language model ranks what was said,
+    it does not erase it.
     """
+
+    NBEST = 16
 
     def __init__(self, tokenizer: CharTokenizer, *, beam_size: int = 16, beam_threshold: float = 25.0,
                  lm: str | None = None, lexicon: str | None = None, words: Sequence[str] | None = None,
@@ -227,7 +235,7 @@ class BeamSearchDecoder:
             raise ImportError(BEAM_HINT) from e
         self.tokenizer = tokenizer
         tokens = ["-", "|"] + list(tokenizer.vocab[2:])
-        kwargs = {"tokens": tokens, "lm": lm, "nbest": 1, "beam_size": check_int("beam_size", beam_size, min_value=1),
+        kwargs = {"tokens": tokens, "lm": lm, "nbest": self.NBEST, "beam_size": check_int("beam_size", beam_size, min_value=1),
                   "beam_threshold": check_float("beam_threshold", beam_threshold, min_value=0.0),
                   "lm_weight": lm_weight, "word_score": word_score, "blank_token": "-", "sil_token": "|"}
         if words is None:
@@ -240,9 +248,20 @@ class BeamSearchDecoder:
             write_lexicon(words, path, tokenizer)
             self.decoder = ctc_decoder(lexicon=str(path), **kwargs)
 
+    def _best(self, hyps: list, log_probs: Tensor, length: int):
+        """The first of ``hyps`` (best first), or the first non-empty one when that is empty but greedy decoding
+        of the (N, V) ``log_probs`` over ``length`` frames spells characters."""
+        def empty(hyp) -> bool:
+            return not self.tokenizer.decode([int(t) for t in hyp.tokens]).strip()
+
+        if hyps and empty(hyps[0]) and self.tokenizer.decode(
+                collapse(log_probs[:length].argmax(-1), self.tokenizer.blank)[0]).strip():
+            return next((h for h in hyps if not empty(h)), hyps[0])
+        return hyps[0]
+
     def decode(self, log_probs: Tensor, frame_seconds: float) -> Transcript:
         """Best hypothesis of (N, V) log-probabilities, with word timestamps."""
-        hyp = self.decoder(log_probs[None].float().cpu().contiguous())[0][0]
+        hyp = self._best(self.decoder(log_probs[None].float().cpu().contiguous())[0], log_probs, len(log_probs))
         tokens = [int(t) for t in hyp.tokens]
         steps = [int(s) for s in hyp.timesteps]
         keep = [(t, (s, s)) for t, s in zip(tokens, steps) if t != self.tokenizer.blank]
@@ -256,8 +275,8 @@ class BeamSearchDecoder:
     def scored(self, log_probs: Tensor, lengths: Tensor) -> list[tuple[str, float]]:
         """Transcripts of a batch (B, N, V) with valid ``lengths``, each with its beam score."""
         hyps = self.decoder(log_probs.float().cpu().contiguous(), lengths.cpu().to(torch.int32))
-        return [(" ".join(self.tokenizer.decode([int(t) for t in h[0].tokens]).split()), float(h[0].score))
-                for h in hyps]
+        best = [self._best(h, log_probs[b], int(lengths[b])) for b, h in enumerate(hyps)]
+        return [(" ".join(self.tokenizer.decode([int(t) for t in h.tokens]).split()), float(h.score)) for h in best]
 
 
 def scored_texts(decoder: BeamSearchDecoder | None, log_probs: Tensor, lengths: Tensor,

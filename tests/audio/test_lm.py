@@ -273,3 +273,24 @@ def test_read_arpa_names_the_line_it_cannot_read(tmp_path):
     empty.write_text("nothing here\n")
     with pytest.raises(ValueError, match=r"empty\.arpa: no \\1-grams: section"):
         read_arpa(empty)
+
+
+@needs_flashlight
+def test_a_strong_language_model_does_not_erase_a_short_utterance():
+    # one word the text never uses, spoken alone: the empty transcript pays no word cost and, at a high lm_weight,
+    # would win the search; the decoder then returns the best non-empty hypothesis, since greedy hears "zed"
+    path = ["", "z", "", "e", "", "d", ""]
+    logits = torch.full((len(path), len(TOK)), -4.0)
+    logits[torch.arange(len(path)), [TOK.index[c] if c else 0 for c in path]] = 3.0
+    logits[[1, 3, 5], 0] = 1.0  # the letters' frames not quite sure
+    lp = logits.log_softmax(-1)
+    words = ["cat", "sat", "the", "zed"]
+    with lm_file("train", texts=["the cat sat"] * 5 + ["the cat"], words=words) as arpa:
+        dec = make_decoder("lexicon", TOK, beam_size=16, words=words, lm=arpa, lm_weight=8.0)
+        raw = dec.decoder(lp[None].contiguous())[0]
+        assert not TOK.decode([int(t) for t in raw[0].tokens]).strip()  # the search itself prefers silence
+        assert dec.decode(lp, 0.04).text == "zed"
+        assert dec.texts(torch.stack([lp, lp]), torch.tensor([7, 7])) == ["zed", "zed"]
+        silence = torch.full((len(path), len(TOK)), -4.0)
+        silence[:, 0] = 3.0
+        assert dec.decode(silence.log_softmax(-1), 0.04).text == ""  # nothing heard: empty stays empty
