@@ -235,7 +235,8 @@ class BeamSearchDecoder:
             raise ImportError(BEAM_HINT) from e
         self.tokenizer = tokenizer
         tokens = ["-", "|"] + list(tokenizer.vocab[2:])
-        kwargs = {"tokens": tokens, "lm": lm, "nbest": self.NBEST, "beam_size": check_int("beam_size", beam_size, min_value=1),
+        kwargs = {"tokens": tokens, "lm": lm, "nbest": self.NBEST,
+                  "beam_size": check_int("beam_size", beam_size, min_value=1),
                   "beam_threshold": check_float("beam_threshold", beam_threshold, min_value=0.0),
                   "lm_weight": lm_weight, "word_score": word_score, "blank_token": "-", "sil_token": "|"}
         if words is None:
