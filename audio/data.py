@@ -411,13 +411,10 @@ class SyntheticSpeechDataModule(SpeechDataModule):
         check_int("longform_recordings", longform_recordings, min_value=0)
         check_int("random_voices", random_voices, min_value=0)
         if flite_share is not None:
-            if not isinstance(flite_share, (int, float)) or isinstance(flite_share, bool) or not 0 <= flite_share <= 1:
-                raise ValueError(f"data.flite_share={flite_share!r} is not allowed; expected a number from 0 to 1 "
-                                 "(the share of training utterances spoken by flite) or null")
+            flite_share = check_float("flite_share", flite_share, min_value=0.0, max_value=1.0)
             if set(engines) != {"espeak-ng", "flite"}:
                 raise ValueError(f"data.flite_share={flite_share!r} needs both synthesisers, but data.engines="
                                  f"{list(engines)}; use data.engines=[espeak-ng,flite] (experiment=audio_flite)")
-            flite_share = float(flite_share)
         if test_split not in ("test", "long-form", "long-form-segments"):
             raise ValueError(f"test_split={test_split!r} is not allowed; expected one of "
                              "['test', 'long-form', 'long-form-segments']")

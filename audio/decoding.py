@@ -255,8 +255,7 @@ class BeamSearchDecoder:
         def empty(hyp) -> bool:
             return not self.tokenizer.decode([int(t) for t in hyp.tokens]).strip()
 
-        if hyps and empty(hyps[0]) and self.tokenizer.decode(
-                collapse(log_probs[:length].argmax(-1), self.tokenizer.blank)[0]).strip():
+        if hyps and empty(hyps[0]) and greedy_texts(log_probs[None], torch.tensor([length]), self.tokenizer)[0]:
             return next((h for h in hyps if not empty(h)), hyps[0])
         return hyps[0]
 

@@ -182,8 +182,10 @@ def test_flite_share_sets_the_training_voices_only(monkeypatch):
 
 
 def test_bad_flite_share():
-    with pytest.raises(ValueError, match=r"data.flite_share=1.5 is not allowed; expected a number from 0 to 1"):
+    with pytest.raises(ValueError, match=r"flite_share=1.5 is out of range; expected 0.0 <= flite_share <= 1.0"):
         SyntheticSpeechDataModule(engines=["espeak-ng", "flite"], flite_share=1.5)
     with pytest.raises(ValueError, match=r"data.flite_share=0.5 needs both synthesisers, but data.engines=\['espeak-ng'\]"):
         SyntheticSpeechDataModule(flite_share=0.5)
+    with pytest.raises(ValueError, match=r"flite_share='half' must be a number"):
+        SyntheticSpeechDataModule(engines=["espeak-ng", "flite"], flite_share="half")
     assert SyntheticSpeechDataModule(engines=["espeak-ng", "flite"], flite_share=1).spec.flite_share == 1.0
