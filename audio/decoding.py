@@ -15,6 +15,7 @@ import re
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 
 import torch
@@ -140,6 +141,45 @@ def greedy_scored(log_probs: Tensor, lengths: Tensor, tokenizer: CharTokenizer) 
     best = log_probs.max(-1)
     return [(text, float(best.values[b, :n].sum()))
             for b, (text, n) in enumerate(zip(greedy_texts(log_probs, lengths, tokenizer), lengths.tolist()))]
+
+
+def best_candidate(candidates: Sequence[tuple[str, float]]) -> int:
+    """Index of the best-scoring ``(text, score)`` candidate (the first on a tie) among those with words, or
+    among all when none has any: where some test-time warp hears speech, silence is not the answer (an empty
+    hypothesis pays no word costs, so its score can beat every transcript of a short utterance)."""
+    spoken = [i for i, (text, _) in enumerate(candidates) if text.strip()]
+    return max(spoken or range(len(candidates)), key=lambda i: candidates[i][1])
+
+
+def pause_cuts(log_probs: Tensor, min_frames: int, blank: int = 0) -> list[int]:
+    """Frames at which to cut (N, V) log-probabilities into segments: the middle of every run of at least
+    ``min_frames`` frames whose best class is the blank (a pause), leading and trailing runs excepted."""
+    best = (log_probs.argmax(-1) == blank).tolist() + [False]
+    cuts, start = [], None
+    for t, is_blank in enumerate(best):
+        if is_blank and start is None:
+            start = t
+        elif not is_blank and start is not None:
+            if t - start >= min_frames and start > 0 and t < len(log_probs):
+                cuts.append((start + t) // 2)
+            start = None
+    return cuts
+
+
+def decode_at_pauses(decoder: BeamSearchDecoder, log_probs: Tensor, frame_seconds: float,
+                     pause_seconds: float | None) -> Transcript:
+    """``decoder.decode`` of (N, V) log-probabilities, segment by segment between pauses of at least
+    ``pause_seconds`` (``None`` or 0: one segment): the language model starts a new word sequence after each
+    pause, as it does for every clip decoded alone, instead of scoring word histories across sentences."""
+    if not pause_seconds:
+        return decoder.decode(log_probs, frame_seconds)
+    min_frames = max(1, round(check_float("pause_seconds", pause_seconds, min_value=0.0) / frame_seconds))
+    bounds = [0] + pause_cuts(log_probs, min_frames, decoder.tokenizer.blank) + [len(log_probs)]
+    words = []
+    for a, b in pairwise(bounds):
+        for w in decoder.decode(log_probs[a:b], frame_seconds).words:
+            words.append(Word(w.word, round(w.start + a * frame_seconds, 3), round(w.end + a * frame_seconds, 3)))
+    return Transcript(" ".join(w.word for w in words), words)
 
 
 def lexicon_words(texts: Sequence[str]) -> list[str]:

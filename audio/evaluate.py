@@ -19,7 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from audio.data import SyntheticSpeechDataModule, load_audio, read_manifest
-from audio.decoding import error_rates, scored_texts
+from audio.decoding import best_candidate, error_rates, scored_texts
 from audio.model import ConformerCTC
 from audio.text import CharTokenizer, normalize_text
 from audio.transcribe import load_recognizer, log_probs_of, transcribe
@@ -45,13 +45,13 @@ def longform_report(model: ConformerCTC, datamodule: SyntheticSpeechDataModule, 
     hyps = []
     for seg in segments:
         wave = load_audio(seg, model.features.sample_rate)
-        best = ("", float("-inf"))  # the transcript of the best-scoring warp, as the test keeps
+        candidates = []  # the transcript of the best-scoring warp, as the test keeps
         for w in warps or [1.0]:
             with torch.inference_mode():
                 feats, _ = model.features(wave[None], warp=torch.tensor([w]) if w != 1.0 else None)
             lp = log_probs_of(model, feats[0])
-            best = max(best, scored_texts(decoder, lp[None], torch.tensor([len(lp)]), tok)[0], key=lambda h: h[1])
-        hyps.append(best[0])
+            candidates.append(scored_texts(decoder, lp[None], torch.tensor([len(lp)]), tok)[0])
+        hyps.append(candidates[best_candidate(candidates)][0])
     refs = [normalize_text(s.text) for s in segments]
     out["segments"] = {**error_rates(hyps, refs), "seconds": round(time.perf_counter() - t0, 1)}
     refs = [normalize_text(r.text) for r in recordings]

@@ -14,6 +14,7 @@ from torchmetrics.text import CharErrorRate, WordErrorRate
 
 from audio.decoding import (
     DECODERS,
+    best_candidate,
     greedy_texts,
     lexicon_words,
     make_decoder,
@@ -219,14 +220,14 @@ class SpeechRecognizer(TaskModule):
         self.log(f"{stage}/cer", self.cer[stage], on_epoch=True, prog_bar=True, batch_size=n)
 
     def warped_texts(self, batch: dict, log_probs: Tensor, lengths: Tensor) -> list[str]:
-        """Per utterance, the best-scoring transcript over ``test_warps`` (``log_probs``: the unwarped pass)."""
-        best = [("", float("-inf"))] * len(lengths)
+        """Per utterance, the best-scoring transcript over ``test_warps`` (``log_probs``: the unwarped pass), an
+        empty one only when every warp's is (:func:`audio.decoding.best_candidate`)."""
+        candidates = [[] for _ in range(len(lengths))]
         for w in self.test_warps:
             lp = log_probs if w == 1.0 else self.net(batch["audio"], batch["audio_lens"], warp=w)[0]
-            for i, (text, score) in enumerate(scored_texts(self.test_decoder, lp, lengths, self.tokenizer)):
-                if score > best[i][1]:
-                    best[i] = (text, score)
-        return [text for text, _ in best]
+            for i, hyp in enumerate(scored_texts(self.test_decoder, lp, lengths, self.tokenizer)):
+                candidates[i].append(hyp)
+        return [c[best_candidate(c)][0] for c in candidates]
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, "val")

@@ -23,6 +23,8 @@ those words and ``word_list=pocketsphinx`` (or a file, one word per line) adds a
 default: the checkpoint's settings). ``warps`` (default: the checkpoint's
 ``test_warps``) are frequency warps tried on the first ``warp_seconds`` of the recording; the one the
 decoder scores best is used for the whole recording (vocal tract length normalisation per recording).
+Beam decoders decode the stretches between pauses of at least ``pause_seconds`` (default 0.5; 0: none) one
+after another, so the language model reads each sentence as it reads a clip, not across sentence ends.
 """
 
 from __future__ import annotations
@@ -36,21 +38,23 @@ from pathlib import Path
 
 import torch
 
-from audio.decoding import DECODERS, GreedyStream, Transcript, greedy_decode, scored_texts
+from audio.decoding import (DECODERS, GreedyStream, Transcript, best_candidate, decode_at_pauses, greedy_decode,
+                            scored_texts)
 from audio.features import feature_blocks, stream_features
 from audio.lm import check_lm
 from audio.model import ConformerCTC
 from audio.text import CharTokenizer
 from core_attn.errors import run_main
-from core_attn.validation import check_choice, did_you_mean
+from core_attn.validation import check_choice, check_float, did_you_mean
 
 FORMATS = ("txt", "json", "srt")
 MODES = ("full", "chunked", "stream")
 STREAM_DECODERS = ("auto", "greedy")  # mode=stream decodes online, greedily
+PAUSE_SECONDS = 0.5  # beam decoders start a new word sequence after a pause this long
 OPTIONS = {"ckpt_path": str, "mode": str, "chunk_seconds": float, "overlap_seconds": float, "decoder": str,
            "beam_size": int, "lexicon": str, "word_list": str, "warps": str, "warp_seconds": float, "threads": int,
            "block_seconds": float, "step_seconds": float, "lm": str, "lm_weight": float, "word_score": float,
-           "lm_mix": str, "lm_mix_weight": float}
+           "lm_mix": str, "lm_mix_weight": float, "pause_seconds": float}
 # None: the checkpoint's setting
 CHECKPOINT_DEFAULTS = ("word_list", "lm", "lm_weight", "word_score", "lm_mix", "lm_mix_weight")
 
@@ -83,20 +87,23 @@ def log_probs_of(model: ConformerCTC, feats: torch.Tensor, *, mode: str = "full"
 
 
 def choose_warp(model: ConformerCTC, feats: torch.Tensor, warps: Sequence[float], decoder=None) -> int:
-    """Index of the warp whose features (W, T, F) the decoder (``None``: greedy) scores best."""
-    scores = []
+    """Index of the warp whose features (W, T, F) the decoder (``None``: greedy) scores best, an empty transcript
+    only when every warp's is (:func:`audio.decoding.best_candidate`)."""
+    candidates = []
     for i in range(len(warps)):
         lp = log_probs_of(model, feats[i])
-        scores.append(scored_texts(decoder, lp[None], torch.tensor([len(lp)]), CharTokenizer())[0][1])
-    return max(range(len(warps)), key=scores.__getitem__)
+        candidates.append(scored_texts(decoder, lp[None], torch.tensor([len(lp)]), CharTokenizer())[0])
+    return best_candidate(candidates)
 
 
 def transcribe(model: ConformerCTC, path: str | Path, *, mode: str = "full", chunk_seconds: float = 20.0,
                overlap_seconds: float = 2.0, decoder=None, block_seconds: float = 30.0,
                warps: Sequence[float] | None = None, warp_seconds: float = 60.0,
-               step_seconds: float = 300.0) -> tuple[Transcript, dict]:
+               step_seconds: float = 300.0, pause_seconds: float | None = PAUSE_SECONDS) -> tuple[Transcript, dict]:
     """Transcribe the file ``path`` (``mode``: ``full``, ``chunked`` or ``stream``, the last greedy only:
-    :func:`transcribe_stream`, ``step_seconds`` of output at a time); return the transcript and
+    :func:`transcribe_stream`, ``step_seconds`` of output at a time); a beam decoder decodes the segments between
+    pauses of at least ``pause_seconds`` one after another (:func:`audio.decoding.decode_at_pauses`; ``None`` or
+    0: the whole recording as one word sequence). Return the transcript and
     ``{"duration", "seconds", "real_time_factor"}`` (plus ``"warp"``, the one chosen, with ``warps``: the warp
     the decoder scores best on the first ``warp_seconds`` is used for the whole recording)."""
     t0 = time.perf_counter()
@@ -125,7 +132,7 @@ def transcribe(model: ConformerCTC, path: str | Path, *, mode: str = "full", chu
     if decoder is None:
         out = greedy_decode(log_probs, CharTokenizer(), model.frame_seconds)
     else:
-        out = decoder.decode(log_probs, model.frame_seconds)
+        out = decode_at_pauses(decoder, log_probs, model.frame_seconds, pause_seconds)
     seconds = time.perf_counter() - t0
     return out, {"duration": round(duration, 3), "seconds": round(seconds, 3),
                  "real_time_factor": round(seconds / max(duration, 1e-9), 5), **extra}
@@ -240,7 +247,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict]:
     opts: dict = {"mode": "full", "chunk_seconds": 20.0, "overlap_seconds": 2.0, "decoder": "auto",
                   "beam_size": 128, "lexicon": None, "word_list": None, "warps": None, "warp_seconds": 60.0, "threads": None,
                   "block_seconds": 30.0, "step_seconds": 300.0, "ckpt_path": None, "lm": None, "lm_weight": None,
-                  "word_score": None, "lm_mix": None, "lm_mix_weight": None}
+                  "word_score": None, "lm_mix": None, "lm_mix_weight": None, "pause_seconds": PAUSE_SECONDS}
     files = []
     for item in args.inputs:
         key, eq, value = item.partition("=")
@@ -263,6 +270,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict]:
             opts["warps"] = parse_warps(opts["warps"])
         check_lm(opts["lm"])
         check_lm(opts["lm_mix"], "lm_mix")
+        check_float("pause_seconds", opts["pause_seconds"], min_value=0.0)
     except ValueError as e:
         parser.error(str(e))
     if not opts["ckpt_path"]:
@@ -297,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         out, stats = transcribe(model, path, mode=opts["mode"], chunk_seconds=opts["chunk_seconds"],
                                 overlap_seconds=opts["overlap_seconds"], decoder=decoder,
                                 block_seconds=opts["block_seconds"], warps=warps, warp_seconds=opts["warp_seconds"],
-                                step_seconds=opts["step_seconds"])
+                                step_seconds=opts["step_seconds"], pause_seconds=opts["pause_seconds"])
         meta = {"audio": str(path), "ckpt_path": str(opts["ckpt_path"]), "mode": opts["mode"],
                 "decoder": opts["decoder"], **stats}
         text = format_transcript(out, args.format, meta)

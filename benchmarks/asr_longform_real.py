@@ -44,14 +44,16 @@ def join_clips(clips: list[dict], wav: Path, pause: float, rate: int = 16000) ->
     return samples / rate
 
 
-def one_pass(wav: Path, ckpt: str, options: dict, mode: str) -> tuple[str, dict]:
-    """The checkpoint's transcript of the whole recording in one pass, and its timing stats."""
+def one_pass(wav: Path, ckpt: str, options: dict, mode: str, pause_seconds: float) -> tuple[str, dict]:
+    """The checkpoint's transcript of the whole recording in one pass (a beam decoder restarting its word
+    sequence after pauses of ``pause_seconds``), and its timing stats."""
     from asr_peer import load_model
 
     from audio.transcribe import transcribe
 
     recognizer, warps = load_model(ckpt, options)
-    out, stats = transcribe(recognizer.net, wav, mode=mode, decoder=recognizer.make_test_decoder(), warps=warps)
+    out, stats = transcribe(recognizer.net, wav, mode=mode, decoder=recognizer.make_test_decoder(), warps=warps,
+                            pause_seconds=pause_seconds)
     return out.text, {**stats, "decoder": recognizer.hparams.decoder}
 
 
@@ -94,8 +96,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from audio.decoding import error_rates
     from audio.text import normalize_text
+    from audio.transcribe import PAUSE_SECONDS
 
     options = dict(o.split("=", 1) for o in args.option)
+    pause_seconds = float(options.pop("pause_seconds", PAUSE_SECONDS))  # audio.transcribe's, not the checkpoint's
     clips = _clips(args.manifest)[:args.limit]
     refs = [normalize_text(c["text"]) for c in clips]
     work = Path(args.workdir)
@@ -106,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
 
     hyps, clip_seconds, _ = run_model(clips, args.ckpt, dict(options))
     hyps = [normalize_text(h) for h in hyps]
-    text, stats = one_pass(wav, args.ckpt, options, args.mode)
+    text, stats = one_pass(wav, args.ckpt, options, args.mode, pause_seconds)
     text = normalize_text(text)
     wav.with_suffix(".hyp.txt").write_text(text + "\n", encoding="utf-8")
 
@@ -115,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     one, each = rows[f"one pass ({args.mode})"], rows["clip by clip"]
     report = {"manifest": args.manifest, "clips": len(clips), "minutes": round(seconds / 60, 3), "pause": args.pause,
               "wav": str(wav), "reference": str(wav.with_suffix(".txt")), "decoder": stats["decoder"],
-              "warp": stats.get("warp"), "rows": rows,
+              "warp": stats.get("warp"), "pause_seconds": pause_seconds, "rows": rows,
               "one_pass_minus_clips_wer_points": round(100 * (one["wer"] - each["wer"]), 2)}
     text_table = table(report)
     print(text_table)

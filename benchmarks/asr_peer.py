@@ -142,15 +142,14 @@ def warp_log_probs(model, wave, warps: list[float]) -> list:
 
 
 def best_warp(decoder, log_probs: list, tok) -> str:
-    """The transcript the decoder (``None``: greedy) scores best over one clip's warps (the first on a tie)."""
+    """The transcript the decoder (``None``: greedy) scores best over one clip's warps (the first on a tie; an
+    empty one only when every warp's is: ``audio.decoding.best_candidate``)."""
     import torch
 
-    from audio.decoding import scored_texts
+    from audio.decoding import best_candidate, scored_texts
 
-    best = ("", float("-inf"))
-    for lp in log_probs:
-        best = max(best, scored_texts(decoder, lp[None], torch.tensor([len(lp)]), tok)[0], key=lambda h: h[1])
-    return best[0]
+    candidates = [scored_texts(decoder, lp[None], torch.tensor([len(lp)]), tok)[0] for lp in log_probs]
+    return candidates[best_candidate(candidates)][0]
 
 
 def tune_lm(clips: list[dict], ckpt: str, options: dict, weights: list[float], scores: list[float]) -> list[dict]:

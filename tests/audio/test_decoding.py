@@ -11,12 +11,15 @@ import torch
 from audio.decoding import (
     BEAM_HINT,
     BeamSearchDecoder,
+    best_candidate,
     collapse,
+    decode_at_pauses,
     error_rates,
     greedy_decode,
     greedy_texts,
     lexicon_words,
     make_decoder,
+    pause_cuts,
     read_lexicon,
     write_lexicon,
 )
@@ -136,3 +139,39 @@ def test_lexicon_decoding_spells_only_lexicon_words():
     assert make_decoder("beam", TOK, beam_size=8).decode(lp, 0.04).text == "cat sqt"  # lexicon-free
     with pytest.raises(ValueError, match="the lexicon is empty"):
         make_decoder("lexicon", TOK, words=[])
+
+
+def test_best_candidate_prefers_a_transcript_with_words():
+    # an empty transcript pays no word costs and can outscore every spoken one: it wins only when all are empty
+    assert best_candidate([("", -1.0), ("zed", -5.0), ("said", -4.0)]) == 2
+    assert best_candidate([("", -3.0), (" ", -1.0), ("", -2.0)]) == 1  # all empty: the best score
+    assert best_candidate([("a", -2.0), ("b", -2.0)]) == 0  # a tie: the first
+
+
+def test_pause_cuts_at_the_middle_of_long_blank_runs():
+    path = ["", "", "a", "", "", "", "", "", "", "b", "", "", "c", "", "", "", "", ""]
+    lp = posterior(path)
+    assert pause_cuts(lp, 6) == [6]  # frames 3..8; the run at 10..11 is short, leading/trailing runs are no pause
+    assert pause_cuts(lp, 2) == [6, 11]
+    assert pause_cuts(lp, 7) == []
+
+
+@pytest.mark.skipif(not HAS_FLASHLIGHT, reason="flashlight-text is not installed (pip install flashlight-text)")
+def test_decode_at_pauses_decodes_each_stretch_on_its_own():
+    first = ["c", "a", "t", "", " ", "s", "a", "t"]
+    second = ["m", "a", "t", "", " ", "c", "a", "t"]
+    pause = [""] * 10
+    lp = posterior(first + pause + second)
+    dec = make_decoder("lexicon", TOK, beam_size=8, words=["cat", "mat", "sat"])
+    whole = dec.decode(lp, 0.04)
+    assert decode_at_pauses(dec, lp, 0.04, None).words == whole.words  # no pauses: one word sequence
+    assert decode_at_pauses(dec, lp, 0.04, 0.0).words == whole.words
+    assert decode_at_pauses(dec, lp, 0.04, 0.5).words == whole.words  # 0.4 s of blanks is no 0.5 s pause
+    out = decode_at_pauses(dec, lp, 0.04, 0.4)
+    cut = 8 + 5  # the middle of the pause
+    a, b = dec.decode(lp[:cut], 0.04), dec.decode(lp[cut:], 0.04)
+    assert out.text == "cat sat mat cat" == f"{a.text} {b.text}"
+    assert [w.start for w in out.words] == [w.start for w in a.words] + [round(w.start + cut * 0.04, 3) for w in b.words]
+    assert out.words[2].start >= len(first + pause) * 0.04 - 1e-6
+    with pytest.raises(ValueError, match="pause_seconds=-1.0 is out of range"):
+        decode_at_pauses(dec, lp, 0.04, -1.0)

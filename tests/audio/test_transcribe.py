@@ -57,6 +57,7 @@ def test_command_line_options(tmp_path):
     (["ckpt_path=m"], "give at least one audio file"),
     (["a.wav", "ckpt_path=m", "warps=a,b"], r"warps='a,b' must be comma-separated numbers, e.g. warps=0.9,1.0,1.1"),
     (["a.wav", "ckpt_path=m", "warps=1,3"], r"warps='1,3' must be one or more factors in \[0.5, 2.0\]"),
+    (["a.wav", "ckpt_path=m", "pause_seconds=-1"], r"pause_seconds=-1.0 is out of range; expected 0.0 <= pause_seconds"),
 ])
 def test_command_line_errors(argv, message, capsys):
     with pytest.raises(SystemExit):
