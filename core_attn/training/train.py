@@ -128,8 +128,21 @@ def check_trainer_device(trainer_cfg: DictConfig) -> None:
                          "trainer.sync_batchnorm=false")
 
 
+def check_max_time(trainer_cfg: DictConfig) -> None:
+    """``trainer.max_time`` in the form Lightning's ``Timer`` reads (``DD:HH:MM:SS`` or a mapping of
+    ``timedelta`` fields such as ``{hours: 1}``): one line naming the key instead of its traceback."""
+    value = trainer_cfg.get("max_time")
+    if value is None or isinstance(value, Mapping):
+        return
+    if not (isinstance(value, str) and re.fullmatch(r"\s*\d+:\d+:\d+:\d+\s*", value)):
+        raise ValueError(f"trainer.max_time={value!r} is not a duration Lightning reads; expected DD:HH:MM:SS "
+                         "(days:hours:minutes:seconds, e.g. trainer.max_time=00:01:20:00 for 1 h 20 min) or "
+                         "null for no limit")
+
+
 def _make_trainer(cfg: DictConfig, callbacks: list[pl.Callback]) -> pl.Trainer:
     check_trainer_device(cfg.trainer)
+    check_max_time(cfg.trainer)
     loggers = instantiate_loggers(cfg.get("logger"))
     if not loggers:  # LearningRateMonitor raises without a logger; it has nothing to log to anyway
         from lightning.pytorch.callbacks import LearningRateMonitor

@@ -14,7 +14,7 @@ from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
 from core_attn.errors import EXIT_USER_ERROR
 from core_attn.layers import TransformerBlock
-from core_attn.training.train import check_trainer_device
+from core_attn.training.train import check_max_time, check_trainer_device
 from tests.training.tiny import TINY, compose_config
 
 
@@ -50,6 +50,16 @@ def test_sync_batchnorm_on_cpu_names_ddp_cpu(tmp_path, monkeypatch):
     for ok in (["trainer=ddp_cpu"], ["trainer=cpu"], ["trainer=ddp", "trainer.accelerator=cpu",
                                                       "trainer.sync_batchnorm=false"]):
         check_trainer_device(compose_config("vision", [*TINY, *ok], tmp_path).trainer)
+
+
+@pytest.mark.parametrize("value", ["01:20:00", "80 minutes", "3600"])
+def test_max_time_that_lightning_cannot_read(value, tmp_path):
+    cfg = compose_config("audio", [f"trainer.max_time={value}"], tmp_path)
+    with pytest.raises(ValueError, match=r"trainer.max_time=.* is not a duration Lightning reads; expected "
+                                         r"DD:HH:MM:SS .*trainer.max_time=00:01:20:00"):
+        check_max_time(cfg.trainer)
+    for ok in ("00:01:20:00", "null", "{hours: 2}"):
+        check_max_time(compose_config("audio", [f"trainer.max_time={ok}"], tmp_path).trainer)
 
 
 def test_gpu_trainer_without_gpu_is_one_line(tmp_path):
