@@ -175,10 +175,8 @@ def decode_at_pauses(decoder: BeamSearchDecoder, log_probs: Tensor, frame_second
         return decoder.decode(log_probs, frame_seconds)
     min_frames = max(1, round(check_float("pause_seconds", pause_seconds, min_value=0.0) / frame_seconds))
     bounds = [0] + pause_cuts(log_probs, min_frames, decoder.tokenizer.blank) + [len(log_probs)]
-    words = []
-    for a, b in pairwise(bounds):
-        for w in decoder.decode(log_probs[a:b], frame_seconds).words:
-            words.append(Word(w.word, round(w.start + a * frame_seconds, 3), round(w.end + a * frame_seconds, 3)))
+    words = [w for a, b in pairwise(bounds)
+             for w in decoder.decode(log_probs[a:b], frame_seconds, offset=a * frame_seconds).words]
     return Transcript(" ".join(w.word for w in words), words)
 
 
@@ -299,13 +297,13 @@ class BeamSearchDecoder:
             return next((h for h in hyps if not empty(h)), hyps[0])
         return hyps[0]
 
-    def decode(self, log_probs: Tensor, frame_seconds: float) -> Transcript:
-        """Best hypothesis of (N, V) log-probabilities, with word timestamps."""
+    def decode(self, log_probs: Tensor, frame_seconds: float, offset: float = 0.0) -> Transcript:
+        """Best hypothesis of (N, V) log-probabilities, with word timestamps (``offset`` seconds added)."""
         hyp = self._best(self.decoder(log_probs[None].float().cpu().contiguous())[0], log_probs, len(log_probs))
         tokens = [int(t) for t in hyp.tokens]
         steps = [int(s) for s in hyp.timesteps]
         keep = [(t, (s, s)) for t, s in zip(tokens, steps) if t != self.tokenizer.blank]
-        words = words_from_tokens([t for t, _ in keep], [f for _, f in keep], self.tokenizer, frame_seconds)
+        words = words_from_tokens([t for t, _ in keep], [f for _, f in keep], self.tokenizer, frame_seconds, offset)
         return Transcript(" ".join(w.word for w in words), words)
 
     def texts(self, log_probs: Tensor, lengths: Tensor) -> list[str]:
