@@ -14,15 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from audio.data import SyntheticSpeechDataModule, load_audio, read_manifest
-from audio.decoding import best_candidate, error_rates, scored_texts
+from audio.decoding import error_rates
 from audio.model import ConformerCTC
 from audio.text import CharTokenizer, normalize_text
-from audio.transcribe import load_recognizer, log_probs_of, transcribe
+from audio.transcribe import best_warp, load_recognizer, transcribe, warp_log_probs
 from core_attn.training import evaluate
 from core_attn.training.atomic import write_json_atomic
 from core_attn.training.cli import CONF_DIR, run as cli_run
@@ -45,13 +44,8 @@ def longform_report(model: ConformerCTC, datamodule: SyntheticSpeechDataModule, 
     hyps = []
     for seg in segments:
         wave = load_audio(seg, model.features.sample_rate)
-        candidates = []  # the transcript of the best-scoring warp, as the test keeps
-        for w in warps or [1.0]:
-            with torch.inference_mode():
-                feats, _ = model.features(wave[None], warp=torch.tensor([w]) if w != 1.0 else None)
-            lp = log_probs_of(model, feats[0])
-            candidates.append(scored_texts(decoder, lp[None], torch.tensor([len(lp)]), tok)[0])
-        hyps.append(candidates[best_candidate(candidates)][0])
+        # the transcript of the best-scoring warp, as the test keeps
+        hyps.append(best_warp(decoder, warp_log_probs(model, wave, warps or [1.0]), tok))
     refs = [normalize_text(s.text) for s in segments]
     out["segments"] = {**error_rates(hyps, refs), "seconds": round(time.perf_counter() - t0, 1)}
     refs = [normalize_text(r.text) for r in recordings]

@@ -96,6 +96,23 @@ def choose_warp(model: ConformerCTC, feats: torch.Tensor, warps: Sequence[float]
     return best_candidate(candidates)
 
 
+def warp_log_probs(model: ConformerCTC, wave: torch.Tensor, warps: Sequence[float]) -> list[torch.Tensor]:
+    """(N, V) log-probabilities of the samples ``wave`` (L,) at each frequency warp."""
+    out = []
+    for w in warps:
+        with torch.inference_mode():
+            feats, _ = model.features(wave[None], warp=torch.tensor([w]) if w != 1.0 else None)
+            out.append(log_probs_of(model, feats[0]))
+    return out
+
+
+def best_warp(decoder, log_probs: Sequence[torch.Tensor], tokenizer: CharTokenizer) -> str:
+    """The transcript the decoder (``None``: greedy) scores best over one clip's warps (the first on a tie; an
+    empty one only when every warp's is: :func:`audio.decoding.best_candidate`)."""
+    candidates = [scored_texts(decoder, lp[None], torch.tensor([len(lp)]), tokenizer)[0] for lp in log_probs]
+    return candidates[best_candidate(candidates)][0]
+
+
 def transcribe(model: ConformerCTC, path: str | Path, *, mode: str = "full", chunk_seconds: float = 20.0,
                overlap_seconds: float = 2.0, decoder=None, block_seconds: float = 30.0,
                warps: Sequence[float] | None = None, warp_seconds: float = 60.0,

@@ -110,6 +110,7 @@ def run_model(clips: list[dict], ckpt: str, options: dict) -> tuple[list[str], f
     import torch
 
     from audio.module import oov_rate
+    from audio.transcribe import best_warp, warp_log_probs
 
     recognizer, warps = load_model(ckpt, options)
     model, tok = recognizer.net, recognizer.tokenizer
@@ -127,31 +128,6 @@ def run_model(clips: list[dict], ckpt: str, options: dict) -> tuple[list[str], f
     return hyps, seconds, lexicon
 
 
-def warp_log_probs(model, wave, warps: list[float]) -> list:
-    """(N, V) log-probabilities of the samples ``wave`` (L,) at each frequency warp."""
-    import torch
-
-    from audio.transcribe import log_probs_of
-
-    out = []
-    for w in warps:
-        with torch.inference_mode():
-            feats, _ = model.features(wave[None], warp=torch.tensor([w]) if w != 1.0 else None)
-            out.append(log_probs_of(model, feats[0]))
-    return out
-
-
-def best_warp(decoder, log_probs: list, tok) -> str:
-    """The transcript the decoder (``None``: greedy) scores best over one clip's warps (the first on a tie; an
-    empty one only when every warp's is: ``audio.decoding.best_candidate``)."""
-    import torch
-
-    from audio.decoding import best_candidate, scored_texts
-
-    candidates = [scored_texts(decoder, lp[None], torch.tensor([len(lp)]), tok)[0] for lp in log_probs]
-    return candidates[best_candidate(candidates)][0]
-
-
 def tune_lm(clips: list[dict], ckpt: str, options: dict, weights: list[float], scores: list[float]) -> list[dict]:
     """WER/CER of lexicon decoding over the clips for each ``lm_weight`` x ``word_score`` (the network runs once
     per clip and warp; the language model is built once)."""
@@ -159,6 +135,7 @@ def tune_lm(clips: list[dict], ckpt: str, options: dict, weights: list[float], s
 
     from audio.decoding import error_rates, make_decoder
     from audio.text import normalize_text
+    from audio.transcribe import best_warp, warp_log_probs
 
     recognizer, warps = load_model(ckpt, options, decoder="lexicon")
     if recognizer.hparams.decoder != "lexicon":
