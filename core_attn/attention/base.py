@@ -279,7 +279,11 @@ def banded_attention(q: Tensor, k: Tensor, v: Tensor, left: int, right: int,
     vp = F.pad(v.to(acc), (0, 0, left, tail))
     rows = torch.arange(nb, device=q.device)[:, None] * c + torch.arange(span, device=q.device)  # (nb, span)
     qb = F.pad(q.to(acc), (0, 0, 0, nb * c - n)).reshape(b, h, nb, c, -1)
-    s = torch.matmul(qb, kp[:, :, rows].transpose(-1, -2)) * q.shape[-1] ** -0.5  # (B, H, nb, c, span)
+    # index_select: one Gather on the time axis, keys already (.., span, D), so the exported Q K^T is a
+    # MatMul with a transposed B (advanced indexing exports a GatherND between 5-D permutes that onnxruntime
+    # spends a quarter of a DNA model's time on)
+    kb = kp.index_select(2, rows.reshape(-1)).reshape(b, h, nb, span, -1)
+    s = torch.matmul(qb, kb.transpose(-1, -2)) * q.shape[-1] ** -0.5  # (B, H, nb, c, span)
     r = torch.arange(c, device=q.device)[:, None]
     t = torch.arange(span, device=q.device)[None, :]
     in_band = (t >= r) & (t <= r + left + right)  # (c, span): the same for every block
@@ -295,7 +299,7 @@ def banded_attention(q: Tensor, k: Tensor, v: Tensor, left: int, right: int,
     p = torch.softmax(s, -1)
     if key_padding_mask is not None:  # rows with no visible key
         p = p * (in_band & real).any(-1, keepdim=True).to(acc)
-    out = torch.matmul(p, vp[:, :, rows])  # (B, H, nb, c, Dv)
+    out = torch.matmul(p, vp.index_select(2, rows.reshape(-1)).reshape(b, h, nb, span, -1))  # (B, H, nb, c, Dv)
     return out.reshape(b, h, nb * c, -1)[:, :, :n].to(q.dtype)
 
 
