@@ -96,10 +96,15 @@ def main(argv: list[str] | None = None) -> int:
 
     from audio.decoding import error_rates
     from audio.text import normalize_text
-    from audio.transcribe import PAUSE_SECONDS
+    from audio.transcribe import PAUSE_SECONDS, typed_option
+    from core_attn.validation import check_float
 
     options = dict(o.split("=", 1) for o in args.option)
-    pause_seconds = float(options.pop("pause_seconds", PAUSE_SECONDS))  # audio.transcribe's, not the checkpoint's
+    try:  # audio.transcribe's option, not the checkpoint's; checked before the clip-by-clip pass
+        pause_seconds = typed_option("pause_seconds", options.pop("pause_seconds", str(PAUSE_SECONDS)))
+        check_float("pause_seconds", pause_seconds, min_value=0.0)
+    except ValueError as e:
+        raise SystemExit(f"--option {e}") from None
     clips = _clips(args.manifest)[:args.limit]
     refs = [normalize_text(c["text"]) for c in clips]
     work = Path(args.workdir)

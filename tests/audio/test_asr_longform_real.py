@@ -58,3 +58,13 @@ def test_help_and_bad_pause(capsys):
     with pytest.raises(SystemExit):
         script.parse_args(["test.jsonl", "--ckpt", "x.ckpt", "--pause", "-1"])
     assert "--pause=-1.0 must be >= 0 seconds" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("value", "message"), [("x", "pause_seconds='x' must be a number"),
+                                                ("-1", "pause_seconds=-1.0 is out of range; expected 0.0 <= pause_seconds <= inf")])
+def test_bad_pause_seconds_option_before_any_decoding(untrained_ckpt, clips, tmp_path, value, message):
+    with pytest.raises(SystemExit) as e:
+        bench_script("asr_longform_real").main([str(clips), "--ckpt", str(untrained_ckpt), "--workdir",
+                                                str(tmp_path / "work"), "--option", f"pause_seconds={value}"])
+    assert str(e.value) == f"--option {message}"
+    assert not (tmp_path / "work").exists()  # nothing joined, nothing decoded
