@@ -167,16 +167,26 @@ def pause_cuts(log_probs: Tensor, min_frames: int, blank: int = 0) -> list[int]:
 
 
 def decode_at_pauses(decoder: BeamSearchDecoder, log_probs: Tensor, frame_seconds: float,
-                     pause_seconds: float | None) -> Transcript:
+                     pause_seconds: float | None, alternatives: Sequence[Tensor] = ()) -> Transcript:
     """``decoder.decode`` of (N, V) log-probabilities, segment by segment between pauses of at least
     ``pause_seconds`` (``None`` or 0: one segment): the language model starts a new word sequence after each
-    pause, as it does for every clip decoded alone, instead of scoring word histories across sentences."""
-    if not pause_seconds:
-        return decoder.decode(log_probs, frame_seconds)
-    min_frames = max(1, round(check_float("pause_seconds", pause_seconds, min_value=0.0) / frame_seconds))
-    bounds = [0] + pause_cuts(log_probs, min_frames, decoder.tokenizer.blank) + [len(log_probs)]
-    words = [w for a, b in pairwise(bounds)
-             for w in decoder.decode(log_probs[a:b], frame_seconds, offset=a * frame_seconds).words]
+    pause, as it does for every clip decoded alone, instead of scoring word histories across sentences.
+
+    ``alternatives``: log-probabilities of the same frames at other test-time warps. Each segment (cut where
+    ``log_probs`` pauses) is then decoded under every one and takes the transcript
+    :func:`best_candidate` picks, as a clip decoded alone takes its best warp's."""
+    if any(a.shape != log_probs.shape for a in alternatives):
+        raise ValueError(f"alternatives must have the shape of log_probs {tuple(log_probs.shape)}, got "
+                         f"{[tuple(a.shape) for a in alternatives]}")
+    bounds = [0, len(log_probs)]
+    if pause_seconds:
+        min_frames = max(1, round(check_float("pause_seconds", pause_seconds, min_value=0.0) / frame_seconds))
+        bounds = [0] + pause_cuts(log_probs, min_frames, decoder.tokenizer.blank) + [len(log_probs)]
+    words = []
+    for a, b in pairwise(bounds):
+        decoded = [decoder.decode_scored(lp[a:b], frame_seconds, offset=a * frame_seconds)
+                   for lp in (log_probs, *alternatives)]
+        words += decoded[best_candidate([(t.text, score) for t, score in decoded])][0].words
     return Transcript(" ".join(w.word for w in words), words)
 
 
@@ -299,12 +309,16 @@ class BeamSearchDecoder:
 
     def decode(self, log_probs: Tensor, frame_seconds: float, offset: float = 0.0) -> Transcript:
         """Best hypothesis of (N, V) log-probabilities, with word timestamps (``offset`` seconds added)."""
+        return self.decode_scored(log_probs, frame_seconds, offset)[0]
+
+    def decode_scored(self, log_probs: Tensor, frame_seconds: float, offset: float = 0.0) -> tuple[Transcript, float]:
+        """:meth:`decode` and the hypothesis' beam score."""
         hyp = self._best(self.decoder(log_probs[None].float().cpu().contiguous())[0], log_probs, len(log_probs))
         tokens = [int(t) for t in hyp.tokens]
         steps = [int(s) for s in hyp.timesteps]
         keep = [(t, (s, s)) for t, s in zip(tokens, steps) if t != self.tokenizer.blank]
         words = words_from_tokens([t for t, _ in keep], [f for _, f in keep], self.tokenizer, frame_seconds, offset)
-        return Transcript(" ".join(w.word for w in words), words)
+        return Transcript(" ".join(w.word for w in words), words), float(hyp.score)
 
     def texts(self, log_probs: Tensor, lengths: Tensor) -> list[str]:
         """Transcripts of a batch (B, N, V) with valid ``lengths``."""

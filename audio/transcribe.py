@@ -122,7 +122,8 @@ def transcribe(model: ConformerCTC, path: str | Path, *, mode: str = "full", chu
     pauses of at least ``pause_seconds`` one after another (:func:`audio.decoding.decode_at_pauses`; ``None`` or
     0: the whole recording as one word sequence). Return the transcript and
     ``{"duration", "seconds", "real_time_factor"}`` (plus ``"warp"``, the one chosen, with ``warps``: the warp
-    the decoder scores best on the first ``warp_seconds`` is used for the whole recording)."""
+    the decoder scores best on the first ``warp_seconds``; greedy decoding uses it for the whole recording, a
+    beam decoder finds the pauses in its frames and gives each stretch between them the warp it scores best)."""
     t0 = time.perf_counter()
     warps = [float(w) for w in warps] if warps and list(warps) != [1.0] else None  # [1.0] or none: no warping
     if check_choice("mode", mode, MODES) == "stream":
@@ -140,16 +141,19 @@ def transcribe(model: ConformerCTC, path: str | Path, *, mode: str = "full", chu
                      "real_time_factor": round(seconds / max(duration, 1e-9), 5), **extra}
     with torch.inference_mode():
         feats, duration = stream_features(path, model.features, block_seconds=block_seconds, warps=warps)
-    extra = {}
+    extra, others = {}, []
     if warps:
         head = max(1, int(warp_seconds / model.features.frame_seconds))
         pick = choose_warp(model, feats[:, :head], warps, decoder) if len(warps) > 1 else 0
+        if decoder is not None:  # the other warps' frames: each stretch between pauses takes its best warp
+            others = [log_probs_of(model, feats[i], mode=mode, chunk_seconds=chunk_seconds,
+                                   overlap_seconds=overlap_seconds) for i in range(len(warps)) if i != pick]
         feats, extra = feats[pick], {"warp": warps[pick]}
     log_probs = log_probs_of(model, feats, mode=mode, chunk_seconds=chunk_seconds, overlap_seconds=overlap_seconds)
     if decoder is None:
         out = greedy_decode(log_probs, CharTokenizer(), model.frame_seconds)
     else:
-        out = decode_at_pauses(decoder, log_probs, model.frame_seconds, pause_seconds)
+        out = decode_at_pauses(decoder, log_probs, model.frame_seconds, pause_seconds, alternatives=others)
     seconds = time.perf_counter() - t0
     return out, {"duration": round(duration, 3), "seconds": round(seconds, 3),
                  "real_time_factor": round(seconds / max(duration, 1e-9), 5), **extra}

@@ -175,3 +175,26 @@ def test_decode_at_pauses_decodes_each_stretch_on_its_own():
     assert out.words[2].start >= len(first + pause) * 0.04 - 1e-6
     with pytest.raises(ValueError, match="pause_seconds=-1.0 is out of range"):
         decode_at_pauses(dec, lp, 0.04, -1.0)
+
+
+def test_decode_at_pauses_gives_each_stretch_the_warp_it_scores_best():
+    def peaked(parts: list[tuple[str, float]]) -> torch.Tensor:  # (text, peak) stretches, '_' = blank frame
+        path = [(c if c != "_" else "", peak) for text, peak in parts for c in text]
+        logits = torch.zeros(len(path), len(TOK))
+        for t, (c, peak) in enumerate(path):
+            logits[t, TOK.index[c] if c else 0] = peak
+        return logits.log_softmax(-1)
+
+    pause = "_" * 10
+    warp_a = peaked([("cat_ sat", 8.0), (pause, 8.0), ("mat_ mat", 2.0)])  # clear, then mumbled
+    warp_b = peaked([("mat_ mat", 2.0), (pause, 8.0), ("mat_ cat", 8.0)])  # mumbled, then clear
+    dec = make_decoder("lexicon", TOK, beam_size=8, words=["cat", "mat", "sat"])
+    out = decode_at_pauses(dec, warp_a, 0.04, 0.4, alternatives=[warp_b])
+    assert out.text == "cat sat mat cat"
+    cut = 8 + 5
+    second = dec.decode(warp_b[cut:], 0.04, offset=cut * 0.04)
+    assert out.words[2:] == second.words  # the second stretch, times and all, from the other warp
+    assert decode_at_pauses(dec, warp_a, 0.04, 0.4, alternatives=[warp_a]).words == decode_at_pauses(
+        dec, warp_a, 0.04, 0.4).words
+    with pytest.raises(ValueError, match="alternatives must have the shape of log_probs"):
+        decode_at_pauses(dec, warp_a, 0.04, 0.4, alternatives=[warp_b[:-1]])

@@ -87,6 +87,24 @@ def test_transcribe_end_to_end(trained, tmp_path, capsys):
     assert main([str(recording), f"ckpt_path={ckpt}", "mode=chunked", "chunk_seconds=4", "overlap_seconds=1"]) == 0
 
 
+def test_beam_decoding_in_one_pass_gets_every_warps_frames(trained, tmp_path, monkeypatch):
+    import audio.transcribe as module
+
+    seen, real = {}, module.decode_at_pauses
+
+    def spy(decoder, log_probs, frame_seconds, pause_seconds, alternatives=()):
+        seen.update(frames=tuple(log_probs.shape), alternatives=[tuple(a.shape) for a in alternatives])
+        return real(decoder, log_probs, frame_seconds, pause_seconds, alternatives=alternatives)
+
+    monkeypatch.setattr(module, "decode_at_pauses", spy)
+    recording = next((trained["data_dir"] / "audio" / "synthetic").glob("*/long-form/000.flac"))
+    out = tmp_path / "t.json"
+    assert main([str(recording), f"ckpt_path={trained['last_ckpt']}", "--format", "json", "--output", str(out),
+                 "warps=0.9,1.0,1.1", "warp_seconds=5"]) == 0
+    assert seen["alternatives"] == [seen["frames"]] * 2  # each stretch between pauses can take any of the 3 warps
+    assert json.loads(out.read_text())["warp"] in (0.9, 1.0, 1.1)  # the warp whose frames place the pauses
+
+
 def test_transcribe_decoders_and_lexicon(trained, tmp_path, capsys):
     ckpt = trained["last_ckpt"]
     recording = next((trained["data_dir"] / "audio" / "synthetic").glob("*/long-form/000.flac"))
