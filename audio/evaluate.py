@@ -35,7 +35,8 @@ def longform_report(model: ConformerCTC, datamodule: SyntheticSpeechDataModule, 
                     overlap_seconds: float = 2.0, decoder=None, warps: list[float] | None = None) -> dict[str, Any]:
     """WER/CER of the long-form recordings (one pass and chunked) and of their utterances one by one, all
     decoded by ``decoder`` (``None``: greedy); with ``warps``, each utterance keeps its best-scoring warp
-    (as the test does) and each recording the warp that scores best on its first minute."""
+    (as the test does); in one pass, a beam decoder gives each stretch between pauses its best-scoring warp
+    and greedy decoding each recording the warp that scores best on its first minute (:func:`transcribe`)."""
     tok = CharTokenizer()
     recordings = read_manifest(datamodule.manifest("long-form"))
     segments = read_manifest(datamodule.manifest("long-form-segments"))
