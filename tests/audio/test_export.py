@@ -4,8 +4,6 @@ naming the variant where it does not."""
 
 from __future__ import annotations
 
-import importlib.util
-
 import lightning
 import pytest
 import torch
@@ -13,10 +11,8 @@ import torch
 from audio.export import export
 from audio.module import SpeechRecognizer
 from core_attn.training.export import load_exported
+from tests.conftest import needs_onnx
 
-HAS_ONNX = all(importlib.util.find_spec(p) for p in ("onnx", "onnxscript", "onnxruntime"))
-needs_onnx = pytest.mark.skipif(not HAS_ONNX, reason="onnx, onnxscript and onnxruntime not installed "
-                                "(pip install -e '.[export]')")
 LINEAR = {"_target_": "core_attn.attention.linear.LinearAttention", "_partial_": True}
 LOCAL_GLOBAL = {"_target_": "core_attn.attention.local.LocalAttention", "_partial_": True, "window": 8,
                 "global_tokens": [0]}  # the app's default shape: a window plus the first frame as a global token

@@ -3,8 +3,6 @@ the errors for what cannot be exported (the block-sparse kernel, lsh)."""
 
 from __future__ import annotations
 
-import importlib.util
-
 import lightning
 import pytest
 import torch
@@ -14,10 +12,8 @@ from hydra.utils import get_class
 from core_attn.training.callbacks import CONFIG_KEY
 from core_attn.training.export import load_exported
 from genomics.export import export
+from tests.conftest import needs_onnx
 
-HAS_ONNX = all(importlib.util.find_spec(p) for p in ("onnx", "onnxscript", "onnxruntime"))
-needs_onnx = pytest.mark.skipif(not HAS_ONNX, reason="onnx, onnxscript and onnxruntime not installed "
-                                "(pip install -e '.[export]')")
 OPTIMIZER = {"_target_": "torch.optim.AdamW", "_partial_": True}
 
 

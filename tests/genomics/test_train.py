@@ -10,6 +10,7 @@ import pytest
 from core_attn.training import train
 from genomics.evaluate import run as evaluate_run
 from genomics.infer import infer
+from tests.conftest import needs_onnx
 from tests.training.tiny import compose_config
 
 QUIET = ["extras.print_config=false", "callbacks.rich_progress_bar=null", "logger=csv"]
@@ -175,14 +176,12 @@ def test_task_and_module_must_agree(task, target, ok):
         check_task(task, target)
 
 
+@needs_onnx
 def test_int8_export_scores_test_windows(data_dir, genome, tmp_path):
     """``benchmarks/int8_export.py genomics --test-windows``: bits per base of the fp32 network and the int8
     ONNX model over the same scored bases of the checkpoint's test split."""
     import importlib.util
     from pathlib import Path
-
-    if not all(importlib.util.find_spec(p) for p in ("onnx", "onnxscript", "onnxruntime")):
-        pytest.skip("needs the export extra: pip install -e '.[export]'")
 
     metrics = train(_cfg("genomics", _lm(genome), data_dir, tmp_path / "run"))
     script = Path(__file__).resolve().parents[2] / "benchmarks" / "int8_export.py"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from functools import partial
 
 import lightning
@@ -12,16 +11,14 @@ import torch
 from core_attn.attention.dense import DenseAttention
 from core_attn.attention.local import LocalAttention
 from core_attn.training.export import FORMATS, export_artefact, export_model, int8_path, load_exported
+from tests.conftest import needs_onnx
 from vision.export import export
 from vision.model import VisionTransformer
 
-HAS_ONNX = all(importlib.util.find_spec(p) for p in ("onnx", "onnxscript", "onnxruntime"))
 ATTENTION = {"local": partial(LocalAttention, window=4), "dense": DenseAttention,
              "local_dense": partial(LocalAttention, window=4, backend="dense")}  # the same pattern through SDPA
 MODEL = dict(img_size=32, in_chans=1, num_classes=3, patch_size=4, dim=16, depth=1, num_heads=2)  # 64 tokens
 INT8_TOL = 0.05  # the default int8_tolerance: max |int8 - eager| <= 5% of max |eager|
-needs_onnx = pytest.mark.skipif(not HAS_ONNX, reason="onnx, onnxscript and onnxruntime not installed "
-                                "(pip install -e '.[export]')")
 
 
 def _formats():

@@ -6,16 +6,14 @@ without an entry here fails ``test_table_covers_registry`` (fast), so the table 
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 
 import core_attn.attention  # noqa: F401  (registers the variants)
 from core_attn.registry import build_attention, list_attention
 from core_attn.training.export import export_model
+from tests.conftest import HAS_ONNX
 
-HAS_ONNX = all(importlib.util.find_spec(p) for p in ("onnx", "onnxscript", "onnxruntime"))
 SMALL = {  # tiny hyper-parameters for N=32
     "bigbird": dict(block_size=4, num_window_blocks=3, num_global_blocks=1, num_random_blocks=1),
     "dense": {}, "hierarchical": dict(segment_size=4), "linear": dict(num_features=8),
