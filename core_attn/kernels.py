@@ -172,11 +172,21 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
 
     A fresh buffer above glibc's mmap threshold (32 MB) is page-faulted in on first touch every step: at
     64k tokens a width-512 attention layer's projections allocate ~770 MB per training step that way.
-    Eager fp32/bf16 CPU calls only; under autocast, tracing or compiling this is ``F.linear``."""
+    Under CPU autocast the operands are cast as autocast casts them (floating tensors other than fp64 to
+    its dtype) and multiplied the same way. Eager CPU calls only; tracing or compiling this is ``F.linear``."""
     if (x.device.type != "cpu" or WORKSPACE_BYTES <= 0 or not _USE_COUNT or torch.compiler.is_compiling()
-            or torch.jit.is_tracing() or torch.is_autocast_enabled("cpu") or x.dtype != weight.dtype
-            or (bias is not None and bias.dtype != x.dtype) or x.numel() // max(x.shape[-1], 1) * weight.shape[0]
-            < LINEAR_WORKSPACE_ELEMENTS):
+            or torch.jit.is_tracing() or x.numel() // max(x.shape[-1], 1) * weight.shape[0] < LINEAR_WORKSPACE_ELEMENTS):
+        return torch.nn.functional.linear(x, weight, bias)
+    if torch.is_autocast_enabled("cpu"):
+        dtype = torch.get_autocast_dtype("cpu")
+        operands = [t for t in (x, weight, bias) if t is not None]
+        if not all(t.is_floating_point() and t.dtype != torch.float64 for t in operands):
+            return torch.nn.functional.linear(x, weight, bias)
+        x, weight = x.to(dtype), weight.to(dtype)
+        bias = None if bias is None else bias.to(dtype)
+        with torch.autocast("cpu", enabled=False):
+            return _WorkspaceLinear.apply(x, weight, bias)
+    if x.dtype != weight.dtype or (bias is not None and bias.dtype != x.dtype):
         return torch.nn.functional.linear(x, weight, bias)
     return _WorkspaceLinear.apply(x, weight, bias)
 
@@ -365,7 +375,7 @@ class _Keys:
             return
         for o in range(self.cols):  # column o of rows r0..r1-1 is the slice of blocks r0 + o + band ...
             first = r0 + o + self.band + self.lead
-            acc[i, first:first + c] += contrib[:, o]
+            acc[i, first:first + c].add_(contrib[:, o])
 
     def unpad(self, acc: Tensor) -> Tensor:
         """The gradient buffer without the band's padding blocks: (B * H, Lk, D)."""
@@ -452,6 +462,29 @@ def _column_runs(hide: Tensor) -> list[tuple[int, int]]:
     return runs if len(runs) <= 4 else [(runs[0][0], runs[-1][1])]
 
 
+MAX_MASK_SEGMENTS = 8  # more distinct block segments than this: mask the union of their columns instead
+
+
+def _block_segments(hide: Tensor) -> list[tuple[int, int, list[tuple[int, int]]]] | None:
+    """Runs [j0, j1) of consecutive query blocks of ``hide`` (.., c, bq, C * bk) whose rows hide the same key
+    columns, each with those column runs (:func:`_column_runs`); ``None`` past ``MAX_MASK_SEGMENTS``."""
+    cols = hide.flatten(0, 1).any(0).any(1)  # (c, C * bk): the columns any row of block j hides
+    same = (cols[1:] == cols[:-1]).all(-1).tolist()
+    starts = [0] + [j + 1 for j, eq in enumerate(same) if not eq]
+    if len(starts) > MAX_MASK_SEGMENTS:
+        return None
+    ends = starts[1:] + [cols.shape[0]]
+    return [(j0, j1, _column_runs(hide[..., j0:j1, :, :])) for j0, j1 in zip(starts, ends)]
+
+
+def _bias(hide: Tensor, dtype: torch.dtype) -> Tensor:
+    """The additive 0 / -inf bias of ``hide`` (blocks, bq, width): (1, bq, width) when every block hides the same
+    pairs (broadcast by the add), else one per block (always when tracing: the test reads tensor values)."""
+    if hide.shape[0] > 1 and not torch.compiler.is_compiling() and bool((hide == hide[:1]).all()):
+        hide = hide[:1]
+    return torch.zeros(hide.shape, dtype=dtype, device=hide.device).masked_fill_(hide, float("-inf"))
+
+
 class _Hidden:
     """The pairs a block range hides, applied to its scores as -inf: an additive 0/-inf bias when one
     mask serves every head (adding is several times faster than ``masked_fill_`` on CPU), else a
@@ -460,12 +493,19 @@ class _Hidden:
     def __init__(self, hide: Tensor, dtype: torch.dtype):
         # torch.export / torch.compile cannot branch on tensor values: there, mask every column
         self.runs = [(0, hide.shape[-1])] if torch.compiler.is_compiling() else _column_runs(hide)
+        # per run of query blocks (segments [j0, j1) of the block range): the column runs its rows hide; a
+        # band's first and last blocks also hide the padding before and after the sequence, its inner blocks
+        # only the edge triangles, so masking by segment skips the columns a block hides nowhere
+        self.segments = [(0, hide.shape[2], self.runs)]
+        if not torch.compiler.is_compiling():
+            self.segments = _block_segments(hide) or self.segments
         self.shared = hide.shape[0] * hide.shape[1] == 1
         if self.shared:
-            self.bias = [torch.zeros(hide.shape[2:-1] + (hi - lo,), dtype=dtype, device=hide.device)
-                         .masked_fill_(hide[0, 0, ..., lo:hi], float("-inf")) for lo, hi in self.runs]
+            # a segment whose blocks hide the same pairs shares one (1, bq, width) bias, broadcast over them
+            self.bias = [[_bias(hide[0, 0, j0:j1, :, lo:hi], dtype) for lo, hi in runs]
+                         for j0, j1, runs in self.segments]
             self.hide = None
-            self.nbytes = sum(b.numel() * b.element_size() for b in self.bias)
+            self.nbytes = sum(b.numel() * b.element_size() for seg in self.bias for b in seg)
         else:
             self.hide = hide  # (Bm, Hm, c, bq, C * bk) bool
             self.nbytes = hide.numel()
@@ -499,12 +539,14 @@ class _Hidden:
     def apply(self, sc: Tensor, h: int, bh0: int, bh1: int) -> None:
         """sc: (heads bh0..bh1-1, c, bq, C * bk) scores of this block range."""
         if self.shared:
-            for (lo, hi), bias in zip(self.runs, self.bias):
-                sc[..., lo:hi].add_(bias)
+            for (j0, j1, runs), biases in zip(self.segments, self.bias):
+                for (lo, hi), bias in zip(runs, biases):
+                    sc[:, j0:j1, :, lo:hi].add_(bias)
             return
         hide = self._per_head(self.hide, h, bh0, bh1)  # (heads, c, bq, C * bk)
-        for lo, hi in self.runs:
-            sc[..., lo:hi].masked_fill_(hide[..., lo:hi], float("-inf"))
+        for j0, j1, runs in self.segments:
+            for lo, hi in runs:
+                sc[:, j0:j1, :, lo:hi].masked_fill_(hide[:, j0:j1, :, lo:hi], float("-inf"))
 
 
 def _chunk_hidden(masks: dict, part_mask, q_pos_b: Tensor, k_pos_b: Tensor, kv_index: Tensor, key_pad,
@@ -625,6 +667,10 @@ def _forward(ctx, q, k, v, q_pos, k_pos, kv_index, block_q, block_k, part_mask, 
     lse = lse.view(b, h, lq)
     ctx.save_for_backward(q, k, v, kv_index, out, lse, probs if keep else None)
     ctx.masks, ctx.meta = masks, (block_q, block_k, scale, chunks, band, q_pos_b, k_pos_b, key_pad, part_mask)
+    # where the probabilities are kept, so are the keys and values in the kernel's layout (a padded band, or
+    # flat blocks; 2 D numbers per query against C * bk probabilities, a fifth at D = 64, w = 256): the
+    # backward reads them without copying them again
+    ctx.kv = (keys, vals) if keep else None
     ctx.set_materialize_grads(False)  # an unused lse gets no zero-filled gradient to multiply
     return out, lse
 
@@ -644,14 +690,20 @@ def _backward(ctx, dout, dlse):
     if dout is None:  # only the lse was used
         dout = torch.zeros_like(out)
         delta = torch.zeros(b, h, lq, dtype=acc, device=out.device)
-    else:
-        delta = (dout.to(acc) * out.to(acc)).sum(-1)
+    elif dout.dtype == acc:
+        delta = (dout * out).sum(-1)
+    else:  # half inputs: the products in their dtype (no widened copies of dout and out), summed in fp32
+        delta = (dout * out).sum(-1, dtype=acc)
     if dlse is not None:
         delta = delta - dlse.to(acc)
     delta = delta.view(bh, nqb, block_q, 1).to(sdt)  # bf16 scores: a mixed-dtype pass would cost two casts
     doutb = _Rows(dout, block_q)
-    keys = _Keys(k, kv_index, block_k, band)
-    vals = _Keys(v, kv_index, block_k, band)
+    if ctx.kv is not None:
+        keys, vals = ctx.kv
+        ctx.kv = None
+    else:
+        keys = _Keys(k, kv_index, block_k, band)
+        vals = _Keys(v, kv_index, block_k, band)
     grad = None
     if ctx.packed is not None:  # the input's strides: a permutation of a dense layout
         shape, stride = ctx.packed

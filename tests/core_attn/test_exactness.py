@@ -494,3 +494,40 @@ def test_band_product_with_the_transposed_window(dtype, alpha):
             keys.product_t(a[r0:r1], i, r0, r1, out, alpha)
             want = alpha * (a[r0:r1].float() @ keys.window(i, r0, r1).transpose(1, 2).float())
             torch.testing.assert_close(out.float(), want, rtol=1e-2 if dtype == torch.bfloat16 else 1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name,kw", [("local", {"window": 40}), ("local", {"window": 40, "causal": True}),
+                                     ("bigbird", {"block_size": 16})])
+@pytest.mark.parametrize("padded", [False, True], ids=["nopad", "pad"])
+def test_masking_by_block_segment_equals_one_mask_for_all_blocks(name, kw, padded, monkeypatch):
+    """_Hidden masks each run of query blocks by the columns its rows hide (a band's inner blocks: only the edge
+    triangles); with MAX_MASK_SEGMENTS = 0 one set of column runs covers every block. Outputs and gradients
+    are bit-identical, and equal SDPA with the dense mask."""
+    from core_attn import kernels
+
+    n = 400
+    attn = core_attn.build_attention(name, backend="blocked", **kw)
+    part = attn.parts(n, torch.device("cpu"))[0]
+    nqb = part.kv_index.shape[0]
+    hidden = kernels._chunk_hidden({}, part.mask, part.q_pos.view(nqb, part.block_q), part.k_pos.view(-1, part.block_k),
+                                   part.kv_index, None, 0, nqb, torch.float32)
+    if name == "local":  # the first blocks hide more columns (keys before the sequence) than the inner ones
+        assert len(hidden.segments) > 1
+        widths = [sum(hi - lo for lo, hi in runs) for _, _, runs in hidden.segments]
+        assert min(widths) < max(widths)
+    results = []
+    for limit in (kernels.MAX_MASK_SEGMENTS, 0):
+        monkeypatch.setattr(kernels, "MAX_MASK_SEGMENTS", limit)
+        torch.manual_seed(0)
+        q, k, v = (torch.randn(2, 3, n, 16, requires_grad=True) for _ in range(3))
+        kpm = None
+        if padded:
+            kpm = torch.zeros(2, n, dtype=torch.bool)
+            kpm[-1, n - 70:] = True
+        out = attn(q, k, v, key_padding_mask=kpm)
+        results.append((out, *_grads(out, (q, k, v), torch.ones_like(out))))
+        if limit == 0:
+            ref = reference_attention(q, k, v, mask=attn.dense_mask(n), key_padding_mask=kpm)
+            torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
+    for a, b in zip(*results):
+        assert torch.equal(a, b)

@@ -351,17 +351,44 @@ def test_workspace_linear_matches_f_linear(dtype, bias, contiguous, monkeypatch)
     assert lin.weight.grad is not None
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_workspace_linear_under_autocast_equals_f_linear(bias, monkeypatch):
+    """Under CPU autocast kernels.linear casts as autocast does (fp32 -> bf16; the output bf16, the fp32 leaves'
+    gradients fp32) and runs from the workspace; an fp64 input is left to F.linear, as autocast leaves it."""
+    from core_attn import kernels
+
+    monkeypatch.setattr(kernels, "LINEAR_WORKSPACE_ELEMENTS", 1)
+    torch.manual_seed(0)
+    lin = nn.Linear(24, 40, bias=bias)
+    x0, g = torch.randn(3, 50, 24), torch.randn(3, 50, 40).bfloat16()
+    results = []
+    for fn in (nn.functional.linear, kernels.linear):
+        x = x0.clone().requires_grad_(True)
+        lin.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = fn(x, lin.weight, lin.bias)
+        assert y.dtype == torch.bfloat16
+        if fn is kernels.linear:
+            assert "_WorkspaceLinearBackward" in type(y.grad_fn).__name__
+        y.backward(g)
+        results.append((y.detach(), x.grad, lin.weight.grad, lin.bias.grad if bias else None))
+    for a, b in zip(*results):
+        if a is not None:
+            assert b.dtype == a.dtype
+            torch.testing.assert_close(b.float(), a.float(), rtol=2e-2, atol=2e-2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = kernels.linear(x0.double(), lin.weight.double(), None)
+    assert y.dtype == torch.float64
+
+
 def test_workspace_linear_falls_back_to_f_linear_where_it_cannot_run(monkeypatch):
-    """Under autocast or tracing, and for small outputs, kernels.linear is F.linear."""
+    """Under tracing, and for small outputs, kernels.linear is F.linear."""
     from core_attn import kernels
 
     monkeypatch.setattr(kernels, "LINEAR_WORKSPACE_ELEMENTS", 1)
     lin = nn.Linear(8, 8)
     x = torch.randn(2, 8, requires_grad=True)
     assert type(kernels.linear(x, lin.weight, lin.bias).grad_fn).__name__ == "_WorkspaceLinearBackward"
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = kernels.linear(x, lin.weight, lin.bias)
-    assert y.dtype == torch.bfloat16 and "Workspace" not in type(y.grad_fn).__name__
 
     class Wrap(nn.Module):
         def __init__(self):
