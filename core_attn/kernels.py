@@ -491,14 +491,15 @@ class _Hidden:
     boolean mask per head."""
 
     def __init__(self, hide: Tensor, dtype: torch.dtype):
-        # torch.export / torch.compile cannot branch on tensor values: there, mask every column
-        self.runs = [(0, hide.shape[-1])] if torch.compiler.is_compiling() else _column_runs(hide)
         # per run of query blocks (segments [j0, j1) of the block range): the column runs its rows hide; a
         # band's first and last blocks also hide the padding before and after the sequence, its inner blocks
-        # only the edge triangles, so masking by segment skips the columns a block hides nowhere
-        self.segments = [(0, hide.shape[2], self.runs)]
-        if not torch.compiler.is_compiling():
-            self.segments = _block_segments(hide) or self.segments
+        # only the edge triangles, so masking by segment skips the columns a block hides nowhere. Past
+        # MAX_MASK_SEGMENTS one segment masks the union; torch.export / torch.compile cannot branch on tensor
+        # values, so there one segment masks every column
+        if torch.compiler.is_compiling():
+            self.segments = [(0, hide.shape[2], [(0, hide.shape[-1])])]
+        else:
+            self.segments = _block_segments(hide) or [(0, hide.shape[2], _column_runs(hide))]
         self.shared = hide.shape[0] * hide.shape[1] == 1
         if self.shared:
             # a segment whose blocks hide the same pairs shares one (1, bq, width) bias, broadcast over them
@@ -690,8 +691,6 @@ def _backward(ctx, dout, dlse):
     if dout is None:  # only the lse was used
         dout = torch.zeros_like(out)
         delta = torch.zeros(b, h, lq, dtype=acc, device=out.device)
-    elif dout.dtype == acc:
-        delta = (dout * out).sum(-1)
     else:  # half inputs: the products in their dtype (no widened copies of dout and out), summed in fp32
         delta = (dout * out).sum(-1, dtype=acc)
     if dlse is not None:
