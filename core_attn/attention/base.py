@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from core_attn.patterns import Pattern
 from core_attn.validation import check_choice
 
-BACKENDS = ("auto", "blocked", "flex", "dense", "banded")
+BACKENDS = ("auto", "blocked", "native", "flex", "dense", "banded")
 
 
 def check_qkv(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None, *, self_attention: bool = False) -> None:
@@ -94,6 +94,8 @@ class PatternAttention(AttentionBase):
 
     Backends:
         ``blocked``: our eager block-sparse kernel (forward and backward, any device).
+        ``native``: the compiled sliding-window kernel (:mod:`core_attn.native`): fp32 on an x86 CPU, a plain
+        sliding window (:meth:`band`), padding only at the end of a sequence; built on first use.
         ``flex``: compiled FlexAttention with the pattern's ``BlockMask`` (no backward on CPU).
         ``dense``: SDPA with ``dense_mask(n)`` as an additive bias (:func:`masked_dense_attention`): O(N^2),
         for checking, for short inputs and for export (ONNX, torch.export).
@@ -103,7 +105,7 @@ class PatternAttention(AttentionBase):
         (``AUTO_DENSE_MIN_DENSITY_SMALL_HEADS`` for heads of at most ``AUTO_DENSE_SMALL_HEAD_DIM`` channels)
         (short inputs, ``n <= AUTO_DENSE_MAX_N``: the same result, and the masked dense product beats block
         bookkeeping there) and on CUDA for any ``n <= AUTO_DENSE_MAX_N_CUDA``; else ``flex`` on CUDA (head
-        dim >= 16) and ``blocked`` elsewhere.
+        dim >= 16), else ``native`` where it can run the input and ``blocked`` where not.
     """
 
     exact = True
@@ -166,13 +168,15 @@ class PatternAttention(AttentionBase):
         return self._parts_cache[key]
 
     # -- backends ----------------------------------------------------------------------------------
-    def select_backend(self, q: Tensor, k: Tensor, v: Tensor) -> str:
+    def select_backend(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None = None) -> str:
         """The backend to run: ``self.backend``, or the best usable one for ``auto``; an unusable choice
         raises ``ValueError`` listing every backend and why it does or does not fit."""
         from core_attn import flex as flex_mod
+        from core_attn import native
 
         grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
         reasons = {"blocked": None, "dense": None,
+                   "native": native.unusable_reason(q, k, v, key_padding_mask, self.band()),
                    "flex": flex_mod.unusable_reason(q.device, grad, q.shape[-1]),
                    "banded": None if self.band() is not None else
                    "needs a plain sliding window (local without global tokens or dilation)"}
@@ -189,7 +193,8 @@ class PatternAttention(AttentionBase):
                 # short dense patterns: the masked dense kernel; else FlexAttention on CUDA, blocked on CPU
                 longer = "flex" if q.device.type == "cuda" and reasons["flex"] is None else "blocked"
                 self._parts_cache[key] = "dense" if short else longer
-            return self._parts_cache[key]
+            choice = self._parts_cache[key]
+            return "native" if choice == "blocked" and reasons["native"] is None else choice
         if reasons[self.backend] is not None:
             listing = "; ".join(f"{b}: {r or 'usable'}" for b, r in reasons.items())
             raise ValueError(f"backend={self.backend!r} cannot run this input ({listing})")
@@ -206,7 +211,7 @@ class PatternAttention(AttentionBase):
         n = q.shape[2]
         self.check_length(n)
         q, k, v = autocast_inputs(q, k, v)
-        backend = self.select_backend(q, k, v)
+        backend = self.select_backend(q, k, v, key_padding_mask)
         with torch.autocast(q.device.type, enabled=False):
             if backend == "blocked":
                 from core_attn.kernels import pattern_attention
@@ -215,6 +220,12 @@ class PatternAttention(AttentionBase):
                     packed = None
                 return pattern_attention(q, k, v, self.pattern(n), key_padding_mask, parts=self.parts(n, q.device),
                                          packed=packed)
+            if backend == "native":
+                from core_attn.native import band_attention
+
+                if packed is not None and packed.dtype != q.dtype:
+                    packed = None
+                return band_attention(q, k, v, *self.band(), key_padding_mask=key_padding_mask, packed=packed)
             if backend == "flex":
                 from core_attn import flex as flex_mod
 

@@ -126,24 +126,26 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _backend_of(layer: torch.nn.Module, train: bool, n: int, device: str = "cpu") -> str:
+def _backend_of(layer: torch.nn.Module, train: bool, n: int, device: str = "cpu",
+                dtype: torch.dtype = torch.float32) -> str:
     attn = getattr(layer, "attention", None)
     if isinstance(attn, PatternAttention):
-        # auto's choice depends on the length and the device
-        probe = torch.zeros(1, 1, n, HEAD_DIM, device=device, requires_grad=train)  # (flex needs head dim >= 16)
+        # auto's choice depends on the length, the device and the dtype (autocast's, for bf16 runs)
+        probe = torch.zeros(1, 1, n, HEAD_DIM, device=device, dtype=dtype, requires_grad=train)  # (flex: head dim >= 16)
         with torch.set_grad_enabled(train):
             return attn.select_backend(probe, probe, probe)
     return "sdpa" if getattr(attn, "name", None) == "dense" else "eager"
 
 
-def build_layer(variant: str, n: int, window: int, train: bool, device: str = "cpu") -> tuple[torch.nn.Module, str]:
+def build_layer(variant: str, n: int, window: int, train: bool, device: str = "cpu",
+                dtype: torch.dtype = torch.float32) -> tuple[torch.nn.Module, str]:
     """The layer of a case (on ``device``) and the name of the backend that runs its attention."""
     if variant in PEERS:
         return build_peer(variant, n, DIM, HEADS, window).to(device), PEERS[variant].backend
     from core_attn.layers import MultiheadAttention
 
     layer = MultiheadAttention(DIM, HEADS, attention=make_attention(variant, n, window)).to(device)
-    return layer, _backend_of(layer, train, n, device)
+    return layer, _backend_of(layer, train, n, device, dtype)
 
 
 def run_case(spec: dict) -> dict:
@@ -153,7 +155,8 @@ def run_case(spec: dict) -> dict:
     device = torch.device(spec.get("device", "cpu"))
     cuda = device.type == "cuda"
     n, train, bf16 = spec["n"], spec["mode"] == "fwdbwd", spec["dtype"] == "bf16"
-    layer, backend = build_layer(spec["variant"], n, spec["window"], train, str(device))
+    layer, backend = build_layer(spec["variant"], n, spec["window"], train, str(device),
+                                 torch.bfloat16 if bf16 else torch.float32)
     x = torch.randn(1, n, DIM, device=device, requires_grad=train)
     params = list(layer.parameters())
 

@@ -62,7 +62,7 @@ def test_unknown_hyperparameter_names_it():
 def test_bad_hyperparameter_value():
     with pytest.raises(ValueError, match=r"window=0 is out of range; expected 1 <= window"):
         core_attn.build_attention("local", window=0)
-    with pytest.raises(ValueError, match=r"backend='fast' is not allowed; expected one of \['auto', 'blocked', 'flex', 'dense', 'banded'\]"):
+    with pytest.raises(ValueError, match=r"backend='fast' is not allowed; expected one of \['auto', 'blocked', 'native', 'flex', 'dense', 'banded'\]"):
         core_attn.build_attention("local", backend="fast")
     with pytest.raises(ValueError, match=r"num_window_blocks=4 must be odd"):
         core_attn.build_attention("bigbird", num_window_blocks=4)

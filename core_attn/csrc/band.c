@@ -1,0 +1,305 @@
+/* Sliding-window attention over one (batch, head) slice, forward and backward, fp32.
+ *
+ * Query i sees the keys lo[i] <= j < hi[i] (a contiguous range per row: a sliding window, causal or
+ * not). Queries go in blocks of `qb` rows; a block computes its scores against the keys from the first
+ * key any of its rows sees to the last, rounded out to 16 columns, so a block of 32 rows in a window of
+ * 2 w + 1 keys computes 2 w + 32 (+ < 32) columns: ~6 % beyond the visible pairs at w = 256, where 128-row
+ * blocks over whole key blocks compute 25 %. The products are register-blocked micro-kernels (GCC vector
+ * extensions: 16 floats under AVX-512, 8 under AVX2) in the manner of BLIS; softmax, mask and exp are
+ * fused per row. The backward recomputes the probabilities from the row log-sum-exp (FlashAttention-2),
+ * so nothing of size N x w is kept between the passes.
+ *
+ * Built by core_attn/native.py with the system C compiler on first use; the reference it is tested
+ * against is core_attn.reference.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__AVX512F__)
+#define VL 16
+#define NV 4 /* vectors per micro-kernel row: 64 columns */
+#else
+#define VL 8
+#define NV 2 /* 16 columns: 6 x 2 accumulators fit AVX2's 16 registers */
+#endif
+#define MR 6 /* rows per micro-kernel */
+
+typedef float vf __attribute__((vector_size(VL * 4)));
+typedef float vfu __attribute__((vector_size(VL * 4), aligned(4)));
+typedef int32_t vi __attribute__((vector_size(VL * 4)));
+
+static inline vf ld(const float *p) { return *(const vfu *)p; }
+static inline void st(float *p, vf x) { *(vfu *)p = x; }
+static inline vf bc(float x) { return (vf){} + x; }
+static inline vf sel(vi m, vf a, vf b) { return (vf)(((vi)a & m) | ((vi)b & ~m)); }
+
+/* exp for x in float range: Cephes' expf polynomial after x = n ln2 + r (about 1 ulp) */
+static inline vf vexp(vf x) {
+    vi under = x < bc(-87.3f); /* exp underflows: 0, as for x = -inf */
+    x = sel(under, bc(-87.3f), x);
+    x = sel(x > bc(88.3f), bc(88.3f), x);
+    vf t = x * 1.44269504088896341f + 12582912.0f; /* round to nearest by the 1.5 * 2^23 shift */
+    vf n = t - 12582912.0f;
+    vi ni = (vi)t - 0x4B400000;
+    vf r = x - n * 0.693359375f + n * 2.12194440e-4f;
+    vf p = bc(1.9875691500e-4f);
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    return sel(under, (vf){}, p * (vf)((ni + 127) << 23));
+}
+
+static inline float hmax(vf x) {
+    float m = x[0];
+    for (int l = 1; l < VL; l++) m = x[l] > m ? x[l] : m;
+    return m;
+}
+
+static inline float hsum(vf x) {
+    float s = 0.0f;
+    for (int l = 0; l < VL; l++) s += x[l];
+    return s;
+}
+
+/* C[MRc x NVc*VL] (=|+=) alpha * sum_k A[i, k] B[k, :], A[i, k] = a[i * lda + k * aks], B[k, :] = b + k * ldb */
+#define KERNEL(MRc, NVc)                                                                                     \
+    static void mk_##MRc##_##NVc(int K, const float *restrict a, long lda, long aks, const float *restrict b, \
+                                 long ldb, float *restrict c, long ldc, int add, float alpha) {             \
+        vf acc[MRc][NVc];                                                                                    \
+        _Pragma("GCC unroll 8") for (int i = 0; i < MRc; i++)                                                \
+            _Pragma("GCC unroll 4") for (int j = 0; j < NVc; j++) acc[i][j] = (vf){};                        \
+        for (int k = 0; k < K; k++) {                                                                        \
+            const float *bk = b + k * ldb;                                                                   \
+            const float *ak = a + k * aks;                                                                   \
+            vf bv[NVc];                                                                                      \
+            _Pragma("GCC unroll 4") for (int j = 0; j < NVc; j++) bv[j] = ld(bk + j * VL);                   \
+            _Pragma("GCC unroll 8") for (int i = 0; i < MRc; i++) {                                          \
+                vf av = bc(ak[i * lda]);                                                                     \
+                _Pragma("GCC unroll 4") for (int j = 0; j < NVc; j++) acc[i][j] += av * bv[j];               \
+            }                                                                                                \
+        }                                                                                                    \
+        _Pragma("GCC unroll 8") for (int i = 0; i < MRc; i++)                                                \
+            _Pragma("GCC unroll 4") for (int j = 0; j < NVc; j++) {                                          \
+                float *cp = c + i * ldc + j * VL;                                                            \
+                vf r = acc[i][j] * alpha;                                                                    \
+                st(cp, add ? r + ld(cp) : r);                                                                \
+            }                                                                                                \
+    }
+
+typedef void (*mkfn)(int, const float *, long, long, const float *, long, float *, long, int, float);
+
+#define ROWS(NVc) KERNEL(1, NVc) KERNEL(2, NVc) KERNEL(3, NVc) KERNEL(4, NVc) KERNEL(5, NVc) KERNEL(6, NVc)
+#define ROWTAB(NVc) {0, mk_1_##NVc, mk_2_##NVc, mk_3_##NVc, mk_4_##NVc, mk_5_##NVc, mk_6_##NVc}
+ROWS(1)
+ROWS(2)
+#if NV == 4
+ROWS(3)
+ROWS(4)
+static const mkfn MK[NV + 1][MR + 1] = {{0}, ROWTAB(1), ROWTAB(2), ROWTAB(3), ROWTAB(4)};
+#else
+static const mkfn MK[NV + 1][MR + 1] = {{0}, ROWTAB(1), ROWTAB(2)};
+#endif
+
+/* C (M x N) (=|+=) alpha * A (M x K) B (K x N); N a multiple of VL; B rows contiguous */
+static void gemm(int M, int N, int K, const float *a, long lda, long aks, const float *b, long ldb, float *c,
+                 long ldc, int add, float alpha) {
+    int nvec = N / VL;
+    if (K <= 0) {
+        if (!add)
+            for (int i = 0; i < M; i++) memset(c + i * ldc, 0, sizeof(float) * N);
+        return;
+    }
+    for (int j0 = 0; j0 < nvec; j0 += NV) {
+        int nv = nvec - j0 < NV ? nvec - j0 : NV;
+        /* rows split evenly (32 = 6 + 6 + 5 + 5 + 5 + 5, not 6 x 5 + 2): a short call streams B for little work */
+        int calls = (M + MR - 1) / MR, base = M / calls, extra = M % calls;
+        for (int t = 0, i0 = 0; t < calls; t++) {
+            int mr = base + (t < extra);
+            MK[nv][mr](K, a + (long)i0 * lda, lda, aks, b + j0 * VL, ldb, c + (long)i0 * ldc + j0 * VL, ldc, add,
+                       alpha);
+            i0 += mr;
+        }
+    }
+}
+
+/* dst (d x npad) = src (n x d, row stride s) transposed, columns n .. npad zero */
+static void transpose(int n, int d, const float *src, long s, float *dst, int npad) {
+    for (int c = 0; c < d; c++) memset(dst + (long)c * npad + n, 0, sizeof(float) * (npad - n));
+    const int T = 16;
+    for (int i0 = 0; i0 < n; i0 += T) {
+        int i1 = i0 + T < n ? i0 + T : n;
+        for (int c = 0; c < d; c++)
+            for (int i = i0; i < i1; i++) dst[(long)c * npad + i] = src[(long)i * s + c];
+    }
+}
+
+typedef struct {
+    int lo, hi, ks, L; /* visible keys of the block, first column and width of its score tile */
+} span_t;
+
+static span_t block_span(const int32_t *lo, const int32_t *hi, int r0, int r1) {
+    span_t s = {1 << 30, -1, 0, 0};
+    for (int i = r0; i < r1; i++)
+        if (lo[i] < hi[i]) {
+            s.lo = lo[i] < s.lo ? lo[i] : s.lo;
+            s.hi = hi[i] > s.hi ? hi[i] : s.hi;
+        }
+    if (s.hi < 0) {
+        s.lo = s.hi = 0;
+        return s;
+    }
+    s.ks = s.lo & ~15;
+    s.L = ((s.hi + 15) & ~15) - s.ks;
+    return s;
+}
+
+/* widest score tile of any block: the caller sizes the scratch with it */
+int band_tile_width(int n, const int32_t *lo, const int32_t *hi, int qb) {
+    int w = 0;
+    for (int r0 = 0; r0 < n; r0 += qb) {
+        span_t s = block_span(lo, hi, r0, r0 + qb < n ? r0 + qb : n);
+        w = s.L > w ? s.L : w;
+    }
+    return w;
+}
+
+static inline vf vmax(vf a, vf b) { return sel(a > b, a, b); }
+
+/* -inf in the columns of s outside [a, b) that share a vector with [a, b); returns the vector range */
+static inline void hide_edges(float *s, int a, int b, int *v0, int *v1) {
+    *v0 = a / VL * VL;
+    *v1 = (b + VL - 1) / VL * VL;
+    for (int c = *v0; c < a; c++) s[c] = -INFINITY;
+    for (int c = b; c < *v1; c++) s[c] = -INFINITY;
+}
+
+/* row of scaled scores s[0 .. L) -> probabilities, zero outside [a, b); returns the log-sum-exp */
+static float softmax_row(float *s, int L, int a, int b) {
+    if (a >= b) {
+        memset(s, 0, sizeof(float) * L);
+        return -INFINITY;
+    }
+    int v0, v1;
+    hide_edges(s, a, b, &v0, &v1);
+    vf mx = bc(-INFINITY);
+    for (int c = v0; c < v1; c += VL) mx = vmax(mx, ld(s + c));
+    float m = hmax(mx);
+    vf sum = (vf){}, mv = bc(m);
+    for (int c = v0; c < v1; c += VL) {
+        vf e = vexp(ld(s + c) - mv);
+        st(s + c, e);
+        sum += e;
+    }
+    float l = hsum(sum);
+    vf inv = bc(1.0f / l);
+    for (int c = v0; c < v1; c += VL) st(s + c, ld(s + c) * inv);
+    memset(s, 0, sizeof(float) * v0);
+    memset(s + v1, 0, sizeof(float) * (L - v1));
+    return m + logf(l);
+}
+
+/* row of scaled scores -> exp(s - lse), zero outside [a, b) (the forward's probabilities) */
+static void probs_row(float *s, int L, int a, int b, float lse) {
+    if (a >= b || isinf(lse)) {
+        memset(s, 0, sizeof(float) * L);
+        return;
+    }
+    int v0, v1;
+    hide_edges(s, a, b, &v0, &v1);
+    vf lv = bc(lse);
+    for (int c = v0; c < v1; c += VL) st(s + c, vexp(ld(s + c) - lv));
+    memset(s, 0, sizeof(float) * v0);
+    memset(s + v1, 0, sizeof(float) * (L - v1));
+}
+
+/* dst (n x d, contiguous) = src (n x d, row stride s) */
+static void pack(int n, int d, const float *src, long s, float *dst) {
+    for (int i = 0; i < n; i++) memcpy(dst + (long)i * d, src + (long)i * s, sizeof(float) * d);
+}
+
+/* floats of scratch one slice needs (per thread), for the forward or the backward */
+long band_scratch(int n, int d, int dv, int qb, int width, int backward) {
+    long npad = (n + 15) & ~15;
+    if (!backward) /* kt, vc, tile */
+        return d * npad + (long)n * dv + (long)qb * width;
+    /* kt, vt, kc, t1, t2, dka, dva, qblk, doblk */
+    return (d + dv) * npad + (long)n * d + 2L * qb * width + (long)n * (d + dv) + (long)qb * (d + dv);
+}
+
+/* Forward of one slice. q, k, v, o: rows of d (dv) floats with row strides qs, ks, vs, os;
+ * scratch: band_scratch(n, d, dv, qb, band_tile_width(...), 0) floats. */
+void band_forward(int n, int d, int dv, const float *q, long qs, const float *k, long ks, const float *v, long vs,
+                  const int32_t *lo, const int32_t *hi, float scale, int qb, float *o, long os, float *lse,
+                  float *scratch) {
+    int npad = (n + 15) & ~15;
+    float *kt = scratch, *vc = kt + (long)d * npad, *tile = vc + (long)n * dv;
+    pack(n, dv, v, vs, vc);
+    transpose(n, d, k, ks, kt, npad);
+    for (int r0 = 0; r0 < n; r0 += qb) {
+        int r1 = r0 + qb < n ? r0 + qb : n, m = r1 - r0;
+        span_t s = block_span(lo, hi, r0, r1);
+        if (s.L == 0) {
+            for (int i = r0; i < r1; i++) {
+                memset(o + (long)i * os, 0, sizeof(float) * dv);
+                lse[i] = -INFINITY;
+            }
+            continue;
+        }
+        gemm(m, s.L, d, q + (long)r0 * qs, qs, 1, kt + s.ks, npad, tile, s.L, 0, scale);
+        for (int i = r0; i < r1; i++)
+            lse[i] = softmax_row(tile + (long)(i - r0) * s.L, s.L, lo[i] - s.ks, hi[i] - s.ks);
+        gemm(m, dv, s.hi - s.lo, tile + (s.lo - s.ks), s.L, 1, vc + (long)s.lo * dv, dv, o + (long)r0 * os, os, 0,
+             1.0f);
+    }
+}
+
+/* Backward of one slice: dq, dk, dv written (dk and dv from fp32 accumulators in the scratch);
+ * scratch: band_scratch(n, d, dv, qb, band_tile_width(...), 1) floats. */
+void band_backward(int n, int d, int dv, const float *q, long qs, const float *k, long ks, const float *v, long vs,
+                   const float *o, long os, const float *dout, long dos, const float *lse, const int32_t *lo,
+                   const int32_t *hi, float scale, int qb, float *dq, long dqs, float *dk, long dks, float *dvv,
+                   long dvs, float *scratch) {
+    int npad = (n + 15) & ~15, width = band_tile_width(n, lo, hi, qb);
+    float *kt = scratch, *vt = kt + (long)d * npad, *kc = vt + (long)dv * npad, *t1 = kc + (long)n * d;
+    float *t2 = t1 + (long)qb * width, *dka = t2 + (long)qb * width, *dva = dka + (long)n * d;
+    float *qblk = dva + (long)n * dv, *doblk = qblk + (long)qb * d;
+    pack(n, d, k, ks, kc);
+    transpose(n, d, kc, d, kt, npad);
+    pack(n, dv, v, vs, dva); /* dva as a staging area for V before it is zeroed */
+    transpose(n, dv, dva, dv, vt, npad);
+    memset(dka, 0, sizeof(float) * (long)n * d);
+    memset(dva, 0, sizeof(float) * (long)n * dv);
+    for (int r0 = 0; r0 < n; r0 += qb) {
+        int r1 = r0 + qb < n ? r0 + qb : n, m = r1 - r0;
+        span_t s = block_span(lo, hi, r0, r1);
+        if (s.L == 0) {
+            for (int i = r0; i < r1; i++) memset(dq + (long)i * dqs, 0, sizeof(float) * d);
+            continue;
+        }
+        pack(m, d, q + (long)r0 * qs, qs, qblk);
+        pack(m, dv, dout + (long)r0 * dos, dos, doblk);
+        gemm(m, s.L, d, qblk, d, 1, kt + s.ks, npad, t1, s.L, 0, scale);
+        for (int i = r0; i < r1; i++) probs_row(t1 + (long)(i - r0) * s.L, s.L, lo[i] - s.ks, hi[i] - s.ks, lse[i]);
+        gemm(m, s.L, dv, doblk, dv, 1, vt + s.ks, npad, t2, s.L, 0, 1.0f);
+        for (int i = r0; i < r1; i++) { /* dS = P * (dP - D), D = rowsum(dO * O) */
+            const float *a = doblk + (long)(i - r0) * dv, *b = o + (long)i * os;
+            vf acc = (vf){};
+            for (int c = 0; c < dv; c += VL) acc += ld(a + c) * ld(b + c);
+            vf di = bc(hsum(acc));
+            float *p = t1 + (long)(i - r0) * s.L, *g = t2 + (long)(i - r0) * s.L;
+            for (int c = 0; c < s.L; c += VL) st(g + c, ld(p + c) * (ld(g + c) - di));
+        }
+        int off = s.lo - s.ks, nk = s.hi - s.lo;
+        gemm(m, d, nk, t2 + off, s.L, 1, kc + (long)s.lo * d, d, dq + (long)r0 * dqs, dqs, 0, scale);
+        gemm(nk, dv, m, t1 + off, 1, s.L, doblk, dv, dva + (long)s.lo * dv, dv, 1, 1.0f);
+        gemm(nk, d, m, t2 + off, 1, s.L, qblk, d, dka + (long)s.lo * d, d, 1, scale);
+    }
+    for (int i = 0; i < n; i++) {
+        memcpy(dk + (long)i * dks, dka + (long)i * d, sizeof(float) * d);
+        memcpy(dvv + (long)i * dvs, dva + (long)i * dv, sizeof(float) * dv);
+    }
+}

@@ -1,0 +1,167 @@
+"""The native backend (core_attn/native.py, csrc/band.c) against the reference, gradients included."""
+
+import pytest
+import torch
+
+import core_attn
+from core_attn import native
+from core_attn.reference import reference_attention
+
+needs_native = pytest.mark.skipif(native.library() is None, reason=f"native kernel unavailable: {native._LIB_ERROR}")
+
+
+def _window(n: int, left: int, right: int) -> torch.Tensor:
+    i = torch.arange(n)
+    return (i[None, :] >= i[:, None] - left) & (i[None, :] <= i[:, None] + right)
+
+
+def _grads(fn, *inputs):
+    inputs = [t.detach().clone().requires_grad_() for t in inputs]
+    out = fn(*inputs)
+    out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(out.dtype))
+    return out.detach(), [t.grad for t in inputs]
+
+
+def _check(n, left, right, d, dv, b=2, h=3, pad=None):
+    g = torch.Generator().manual_seed(n + left + right + d)
+    q, k = (torch.randn(b, h, n, d, generator=g) for _ in range(2))
+    v = torch.randn(b, h, n, dv, generator=g)
+    out, grads = _grads(lambda q, k, v: native.band_attention(q, k, v, left, right, key_padding_mask=pad), q, k, v)
+    ref, ref_grads = _grads(lambda q, k, v: reference_attention(q, k, v, mask=_window(n, left, right),
+                                                                key_padding_mask=pad).float(),
+                            q.double(), k.double(), v.double())
+    torch.testing.assert_close(out, ref.float(), atol=2e-5, rtol=1e-4)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want.float(), atol=5e-5, rtol=1e-4)
+
+
+@needs_native
+@pytest.mark.parametrize("n,left,right,d,dv", [
+    (300, 40, 40, 64, 64),    # blocks straddling both ends
+    (257, 17, 0, 32, 32),     # causal, a length that is no multiple of 16 or 32
+    (50, 100, 3, 16, 16),     # a window wider than the sequence
+    (97, 5, 9, 32, 64),       # asymmetric window, value width != key width
+    (1, 3, 3, 16, 16),        # one token
+    (600, 256, 256, 64, 64),  # the benchmark's window
+])
+def test_matches_reference_with_gradients(n, left, right, d, dv):
+    _check(n, left, right, d, dv)
+
+
+@needs_native
+def test_padding_at_the_end_matches_reference_and_fully_padded_windows_give_zeros():
+    n = 90
+    pad = torch.zeros(2, n, dtype=torch.bool)
+    pad[0, 70:] = True
+    pad[1, 20:] = True  # queries from 20 + 6 on see only padding keys
+    _check(n, 6, 6, 16, 16, pad=pad)
+    q = torch.randn(2, 1, n, 16)
+    out = native.band_attention(q, q, q, 6, 6, key_padding_mask=pad)
+    assert out[1, :, 26:].abs().max() == 0 and out[1, :, :26].norm(dim=-1).min() > 0
+
+
+@needs_native
+def test_packed_input_gets_one_gradient_equal_to_three():
+    b, h, n, d = 2, 4, 200, 32
+    x = torch.randn(b, n, 3, h, d)
+    packed = x.permute(2, 0, 3, 1, 4).detach().requires_grad_()  # (3, B, H, N, D), a view of one projection
+    out = native.band_attention(*packed.unbind(0), 20, 20, packed=packed)
+    dout = torch.randn_like(out)
+    out.backward(dout)
+    assert packed.grad.stride() == packed.stride()
+    split = [t.detach().clone().requires_grad_() for t in packed.unbind(0)]
+    native.band_attention(*split, 20, 20).backward(dout)
+    torch.testing.assert_close(packed.grad, torch.stack([t.grad for t in split]), atol=0, rtol=0)
+
+
+@needs_native
+def test_thread_count_does_not_change_the_result():
+    q, k, v = (torch.randn(2, 3, 150, 32) for _ in range(3))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = native.band_attention(q, k, v, 11, 11)
+        torch.set_num_threads(2)
+        two = native.band_attention(q, k, v, 11, 11)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two)
+
+
+@needs_native
+@pytest.mark.parametrize("isa", [i for i in native.FLAGS if i == "AVX2" or native._isa() == i])
+def test_each_instruction_set_this_cpu_runs_matches_reference(isa, monkeypatch):
+    """The AVX2 build (8-wide vectors, 6 x 16 micro-kernels) runs on AVX-512 CPUs too: both are tested here."""
+    import ctypes
+
+    monkeypatch.setattr(native, "_LIB", native._bind(ctypes.CDLL(str(native._compile(isa)))))
+    _check(211, 30, 12, 32, 32)
+
+
+@needs_native
+@pytest.mark.parametrize("kw", [{"window": 16}, {"window": 9, "causal": True}, {"window_left": 3, "window_right": 20}])
+def test_auto_picks_native_for_local_and_matches_blocked(kw):
+    auto, blocked = (core_attn.build_attention("local", backend=b, **kw) for b in ("auto", "blocked"))
+    q, k, v = (torch.randn(2, 2, 130, 32) for _ in range(3))
+    pad = torch.zeros(2, 130, dtype=torch.bool)
+    pad[1, 100:] = True
+    assert auto.select_backend(q, k, v, pad) == "native"
+    got, got_grads = _grads(lambda q, k, v: auto(q, k, v, key_padding_mask=pad), q, k, v)
+    want, want_grads = _grads(lambda q, k, v: blocked(q, k, v, key_padding_mask=pad), q, k, v)
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)
+    for a, b in zip(got_grads, want_grads):
+        torch.testing.assert_close(a, b, atol=5e-5, rtol=1e-4)
+
+
+@needs_native
+def test_auto_falls_back_to_blocked_where_native_cannot_run():
+    attn = core_attn.build_attention("local", window=16)
+    q = torch.randn(1, 2, 130, 32)
+    holes = torch.zeros(1, 130, dtype=torch.bool)
+    holes[0, 10] = True  # padding in the middle: not one range of keys per query
+    assert attn.select_backend(q, q, q, holes) == "blocked"
+    assert attn.select_backend(q.bfloat16(), q.bfloat16(), q.bfloat16()) == "blocked"
+    assert core_attn.build_attention("local", window=16, global_tokens=[0]).select_backend(q, q, q) == "blocked"
+
+
+def test_reasons_name_what_does_not_fit():
+    q = torch.randn(1, 1, 64, 32)
+    assert native.unusable_reason(q, q, q, None, None).startswith("needs a plain sliding window")
+    assert native.unusable_reason(q.bfloat16(), q.bfloat16(), q.bfloat16(), None, (4, 4)) == \
+        "runs fp32 only (input torch.bfloat16)"
+    narrow = torch.randn(1, 1, 64, 8)
+    assert native.unusable_reason(narrow, narrow, narrow, None, (4, 4)) == \
+        "needs head dimensions that are multiples of 16 (got 8, 8)"
+    holes = torch.zeros(1, 64, dtype=torch.bool)
+    holes[0, 3] = True
+    if native.library() is not None:
+        assert native.unusable_reason(q, q, q, holes, (4, 4)) == "key_padding_mask must pad at the end of each sequence"
+    with pytest.raises(ValueError, match=r"backend='native' cannot run this input \(blocked: usable; dense: usable; "
+                                         r"native: needs head dimensions that are multiples of 16 \(got 8, 8\)"):
+        core_attn.build_attention("local", window=4, backend="native")(narrow, narrow, narrow)
+
+
+def test_without_a_compiler_the_reason_says_what_to_install(monkeypatch, tmp_path):
+    monkeypatch.setattr(native, "_LIB", None)
+    monkeypatch.setattr(native, "_LIB_ERROR", None)
+    monkeypatch.setattr(native, "_isa", lambda: "AVX2")
+    monkeypatch.setenv("CC", "no-such-cc")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    q = torch.randn(1, 1, 64, 32)
+    assert native.unusable_reason(q, q, q, None, (4, 4)) == (
+        "the kernel could not be built: no C compiler: 'no-such-cc' not found (install gcc, e.g. "
+        "`apt-get install gcc`, or set CC)")
+    attn = core_attn.build_attention("local", window=4)
+    assert attn.select_backend(q, q, q) == "blocked"
+    with pytest.raises(ValueError, match="the native kernel cannot run this input: the kernel could not be built"):
+        native.band_attention(q, q, q, 4, 4)
+
+
+@needs_native
+def test_compiled_kernel_is_cached_and_rebuilt_atomically(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    first = native._compile("AVX2")
+    assert first.parent == tmp_path / "core_attn" and first.is_file()
+    mtime = first.stat().st_mtime_ns
+    assert native._compile("AVX2") == first and first.stat().st_mtime_ns == mtime  # reused, not rebuilt
+    assert [p.name for p in first.parent.iterdir()] == [first.name]  # no temporary file left behind
