@@ -1,11 +1,13 @@
-"""The ``native`` backend: a compiled sliding-window kernel for fp32 on x86 CPUs.
+"""The ``native`` backend: a compiled sliding-window kernel for x86 CPUs, fp32 and (with AVX512-BF16) bf16.
 
 ``csrc/band.c`` computes exact sliding-window attention (each query sees one contiguous range of keys)
 forward and backward for one (batch, head) slice: blocks of 32 queries against the keys their rows see,
 rounded out to 16 columns (~6 % beyond the visible pairs at a 256-key window, where the blocked kernel's
 128-row blocks over whole key blocks compute 25 %), register-blocked products, the mask, softmax and exp
 fused per row, and a backward that recomputes the probabilities from the row log-sum-exp
-(FlashAttention-2, Dao 2023). Slices run on ``torch.get_num_threads()`` threads.
+(FlashAttention-2, Dao 2023). ``csrc/band_bf16.c`` is the same for bf16 inputs on ``vdpbf16ps`` (fp32
+scores, softmax and accumulators; probabilities and score gradients rounded to bf16 before their
+products, as bf16 matmuls round their inputs). Slices run on ``torch.get_num_threads()`` threads.
 
 The C file is compiled on first use with the system C compiler (``$CC``, else ``cc``; about a second),
 for AVX-512 or AVX2 as the CPU offers, and cached under ``$XDG_CACHE_HOME/core_attn`` (default
@@ -30,6 +32,7 @@ import torch
 from torch import Tensor
 
 SOURCE = Path(__file__).with_name("csrc") / "band.c"
+SOURCE_BF16 = SOURCE.with_name("band_bf16.c")  # includes band.c; built for AVX-512 CPUs
 BLOCK_Q = 32  # queries per block (see the C file)
 VECTOR = 16  # head dimensions must be a multiple of this (the kernel's widest vector)
 FLAGS = {"AVX512": ["-mavx512f", "-mavx512dq", "-mavx512vl", "-mavx512bw", "-mavx2", "-mfma"],
@@ -58,7 +61,8 @@ def _compile(isa: str) -> Path:
     if shutil.which(cc) is None:
         raise RuntimeError(f"no C compiler: {cc!r} not found (install gcc, e.g. `apt-get install gcc`, or set CC)")
     flags = ["-O3", "-std=gnu11", "-ffp-contract=fast", "-fPIC", "-shared", *FLAGS[isa]]
-    text = SOURCE.read_bytes()
+    source = SOURCE_BF16 if isa == "AVX512" else SOURCE
+    text = SOURCE.read_bytes() + SOURCE_BF16.read_bytes()
     tag = hashlib.sha256(text + " ".join([cc, *flags]).encode()).hexdigest()[:16]
     target = cache_dir() / f"band-{isa.lower()}-{tag}.so"
     if target.exists():
@@ -67,9 +71,9 @@ def _compile(isa: str) -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:  # compiled beside the target, then renamed: processes compiling at once never see half a file
-        done = subprocess.run([cc, *flags, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True)
+        done = subprocess.run([cc, *flags, "-o", tmp, str(source), "-lm"], capture_output=True, text=True)
         if done.returncode != 0:
-            raise RuntimeError(f"{cc} failed on {SOURCE.name}: {done.stderr.strip()[-400:]}")
+            raise RuntimeError(f"{cc} failed on {source.name}: {done.stderr.strip()[-400:]}")
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
@@ -83,7 +87,17 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.band_scratch.argtypes, lib.band_scratch.restype = [i, i, i, i, i, i], l
     lib.band_forward.argtypes = [i, i, i, p, l, p, l, p, l, p, p, f, i, p, l, p, p]
     lib.band_backward.argtypes = [i, i, i, p, l, p, l, p, l, p, l, p, l, p, p, p, f, i, p, l, p, l, p, l, p]
+    if hasattr(lib, "band_forward_bf16"):
+        lib.band_scratch_bf16.argtypes, lib.band_scratch_bf16.restype = [i, i, i, i, i, i], l
+        lib.band_forward_bf16.argtypes = lib.band_forward.argtypes
+        lib.band_backward_bf16.argtypes = lib.band_backward.argtypes
     return lib
+
+
+def bf16_supported() -> bool:
+    """Whether the bf16 kernel runs here: built (for AVX-512) and the CPU has AVX512-BF16 instructions."""
+    lib = library()
+    return lib is not None and hasattr(lib, "band_forward_bf16") and bool(torch._C._cpu._is_avx512_bf16_supported())
 
 
 def library() -> ctypes.CDLL | None:
@@ -110,8 +124,12 @@ def unusable_reason(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | 
         return "needs a plain sliding window (local without global tokens or dilation)"
     if q.device.type != "cpu":
         return f"runs on CPU only (input on {q.device.type})"
-    if not (q.dtype == k.dtype == v.dtype == torch.float32):
-        return f"runs fp32 only (input {q.dtype})"
+    if not q.dtype == k.dtype == v.dtype:
+        return f"needs q, k, v of one dtype (got {q.dtype}, {k.dtype}, {v.dtype})"
+    if q.dtype == torch.bfloat16 and not bf16_supported():
+        return "runs bf16 only on CPUs with AVX512-BF16 (this one has not: use fp32)"
+    if q.dtype not in (torch.float32, torch.bfloat16):
+        return f"runs fp32 and bf16 only (input {q.dtype})"
     if q.shape[-1] % VECTOR or v.shape[-1] % VECTOR:
         return f"needs head dimensions that are multiples of {VECTOR} (got {q.shape[-1]}, {v.shape[-1]})"
     if torch.compiler.is_compiling() or torch.jit.is_tracing():
@@ -175,10 +193,15 @@ def _run(slice_fn, b: int, h: int, scratch_floats: int) -> None:
         f.result()
 
 
+def _entry(lib: ctypes.CDLL, name: str, dtype: torch.dtype):
+    return getattr(lib, name + ("_bf16" if dtype == torch.bfloat16 else ""))
+
+
 def _forward(ctx, q: Tensor, k: Tensor, v: Tensor, lo: Tensor, hi: Tensor, scale: float) -> Tensor:
     from core_attn.kernels import _new_heads
 
     lib = library()
+    kernel, scratch_of = _entry(lib, "band_forward", q.dtype), _entry(lib, "band_scratch", q.dtype)
     b, h, n, d = q.shape
     dv = v.shape[-1]
     out = _new_heads(b, h, n, dv, q)
@@ -187,11 +210,11 @@ def _forward(ctx, q: Tensor, k: Tensor, v: Tensor, lo: Tensor, hi: Tensor, scale
     sel = (lambda i: 0) if lo.shape[0] == 1 else (lambda i: i)
 
     def one(bi: int, hi_: int, scratch: int) -> None:
-        lib.band_forward(n, d, dv, _ptr(q, bi, hi_), q.stride(2), _ptr(k, bi, hi_), k.stride(2), _ptr(v, bi, hi_),
+        kernel(n, d, dv, _ptr(q, bi, hi_), q.stride(2), _ptr(k, bi, hi_), k.stride(2), _ptr(v, bi, hi_),
                          v.stride(2), lo[sel(bi)].data_ptr(), hi[sel(bi)].data_ptr(), scale, BLOCK_Q,
                          _ptr(out, bi, hi_), out.stride(2), _ptr(lse, bi, hi_), scratch)
 
-    _run(one, b, h, lib.band_scratch(n, d, dv, BLOCK_Q, width, 0))
+    _run(one, b, h, scratch_of(n, d, dv, BLOCK_Q, width, 0))
     ctx.save_for_backward(q, k, v, out, lse, lo, hi)
     ctx.scale, ctx.width = scale, width
     return out
@@ -202,10 +225,11 @@ def _backward(ctx, dout: Tensor, grad: Tensor | None) -> tuple[Tensor, Tensor, T
 
     lib = library()
     q, k, v, out, lse, lo, hi = ctx.saved_tensors
+    kernel, scratch_of = _entry(lib, "band_backward", q.dtype), _entry(lib, "band_scratch", q.dtype)
     b, h, n, d = q.shape
     dv = v.shape[-1]
-    if dout.stride(-1) != 1:
-        dout = dout.contiguous()
+    if dout.stride(-1) != 1 or dout.dtype != q.dtype:
+        dout = dout.to(q.dtype).contiguous()
     if grad is not None:
         dq, dk, dvv = grad.unbind(0)
     else:
@@ -213,13 +237,13 @@ def _backward(ctx, dout: Tensor, grad: Tensor | None) -> tuple[Tensor, Tensor, T
     sel = (lambda i: 0) if lo.shape[0] == 1 else (lambda i: i)
 
     def one(bi: int, hi_: int, scratch: int) -> None:
-        lib.band_backward(n, d, dv, _ptr(q, bi, hi_), q.stride(2), _ptr(k, bi, hi_), k.stride(2), _ptr(v, bi, hi_),
+        kernel(n, d, dv, _ptr(q, bi, hi_), q.stride(2), _ptr(k, bi, hi_), k.stride(2), _ptr(v, bi, hi_),
                           v.stride(2), _ptr(out, bi, hi_), out.stride(2), _ptr(dout, bi, hi_), dout.stride(2),
                           _ptr(lse, bi, hi_), lo[sel(bi)].data_ptr(), hi[sel(bi)].data_ptr(), ctx.scale, BLOCK_Q,
                           _ptr(dq, bi, hi_), dq.stride(2), _ptr(dk, bi, hi_), dk.stride(2), _ptr(dvv, bi, hi_),
                           dvv.stride(2), scratch)
 
-    _run(one, b, h, lib.band_scratch(n, d, dv, BLOCK_Q, ctx.width, 1))
+    _run(one, b, h, scratch_of(n, d, dv, BLOCK_Q, ctx.width, 1))
     return dq, dk, dvv
 
 
@@ -239,7 +263,7 @@ class _PackedBandAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, qkv, lo, hi, scale):
-        ctx.packed = (qkv.shape, qkv.stride())
+        ctx.packed, ctx.dtype = (qkv.shape, qkv.stride()), qkv.dtype
         return _forward(ctx, *qkv.unbind(0), lo, hi, scale)
 
     @staticmethod
@@ -247,7 +271,7 @@ class _PackedBandAttention(torch.autograd.Function):
         from core_attn.kernels import WORKSPACE
 
         shape, stride = ctx.packed
-        grad = WORKSPACE.take(math.prod(shape), torch.float32, dout.device).as_strided(shape, stride)
+        grad = WORKSPACE.take(math.prod(shape), ctx.dtype, dout.device).as_strided(shape, stride)
         _backward(ctx, dout, grad)
         return grad, None, None, None
 

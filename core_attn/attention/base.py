@@ -94,8 +94,9 @@ class PatternAttention(AttentionBase):
 
     Backends:
         ``blocked``: our eager block-sparse kernel (forward and backward, any device).
-        ``native``: the compiled sliding-window kernel (:mod:`core_attn.native`): fp32 on an x86 CPU, a plain
-        sliding window (:meth:`band`), padding only at the end of a sequence; built on first use.
+        ``native``: the compiled sliding-window kernel (:mod:`core_attn.native`): an x86 CPU, fp32 (bf16 where
+        the CPU has AVX512-BF16), a plain sliding window (:meth:`band`), padding only at the end of a sequence;
+        built on first use with the system C compiler.
         ``flex``: compiled FlexAttention with the pattern's ``BlockMask`` (no backward on CPU).
         ``dense``: SDPA with ``dense_mask(n)`` as an additive bias (:func:`masked_dense_attention`): O(N^2),
         for checking, for short inputs and for export (ONNX, torch.export).

@@ -8,6 +8,8 @@ from core_attn import native
 from core_attn.reference import reference_attention
 
 needs_native = pytest.mark.skipif(native.library() is None, reason=f"native kernel unavailable: {native._LIB_ERROR}")
+needs_bf16 = pytest.mark.skipif(native.library() is None or not native.bf16_supported(),
+                                reason="the bf16 kernel needs a CPU with AVX512-BF16")
 
 
 def _window(n: int, left: int, right: int) -> torch.Tensor:
@@ -120,15 +122,60 @@ def test_auto_falls_back_to_blocked_where_native_cannot_run():
     holes = torch.zeros(1, 130, dtype=torch.bool)
     holes[0, 10] = True  # padding in the middle: not one range of keys per query
     assert attn.select_backend(q, q, q, holes) == "blocked"
-    assert attn.select_backend(q.bfloat16(), q.bfloat16(), q.bfloat16()) == "blocked"
+    assert attn.select_backend(q.half(), q.half(), q.half()) == "blocked"
     assert core_attn.build_attention("local", window=16, global_tokens=[0]).select_backend(q, q, q) == "blocked"
 
 
-def test_reasons_name_what_does_not_fit():
+@needs_bf16
+@pytest.mark.parametrize("n,left,right,d,dv", [(300, 40, 40, 64, 64), (257, 17, 0, 32, 32), (97, 5, 9, 16, 64),
+                                               (600, 256, 256, 64, 64)])
+def test_bf16_is_as_close_to_the_reference_as_the_blocked_bf16_kernel(n, left, right, d, dv):
+    """bf16 inputs: fp32 scores, softmax and accumulators, probabilities and score gradients rounded to bf16
+    before their products; compared with the fp64 reference of the same bf16 inputs, next to the blocked
+    kernel's bf16 path (bf16 scores) on the same inputs."""
+    g = torch.Generator().manual_seed(n)
+    q, k = (torch.randn(2, 3, n, d, generator=g).bfloat16() for _ in range(2))
+    v = torch.randn(2, 3, n, dv, generator=g).bfloat16()
+    blocked = core_attn.build_attention("local", window_left=left, window_right=right, backend="blocked")
+    if right == 0:
+        blocked = core_attn.build_attention("local", window=left, causal=True, backend="blocked")
+    out, grads = _grads(lambda q, k, v: native.band_attention(q, k, v, left, right), q, k, v)
+    assert out.dtype == torch.bfloat16 and all(t.dtype == torch.bfloat16 for t in grads)
+    ref, ref_grads = _grads(lambda q, k, v: reference_attention(q, k, v, mask=_window(n, left, right)),
+                            q.double(), k.double(), v.double())
+    base, base_grads = _grads(blocked, q, k, v)
+    for got, theirs, want in zip([out, *grads], [base, *base_grads], [ref, *ref_grads]):
+        err, their_err = ((t.double() - want).abs().max().item() for t in (got, theirs))
+        assert err < 0.03 and err <= 1.25 * their_err + 1e-3, (err, their_err)
+
+
+@needs_bf16
+def test_bf16_packed_gradient_and_autocast_layer_pick_native():
+    b, h, n, d = 1, 4, 160, 32
+    packed = torch.randn(b, n, 3, h, d).bfloat16().permute(2, 0, 3, 1, 4).detach().requires_grad_()
+    out = native.band_attention(*packed.unbind(0), 16, 16, packed=packed)
+    out.float().sum().backward()
+    assert packed.grad.dtype == torch.bfloat16 and packed.grad.stride() == packed.stride()
+    layer = core_attn.MultiheadAttention(128, h, attention=core_attn.build_attention("local", window=16))
+    x = torch.randn(2, n, 128)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        qb = torch.randn(1, h, n, d).bfloat16()
+        assert layer.attention.select_backend(qb, qb, qb) == "native"
+        y = layer(x)
+    y.float().sum().backward()
+    assert y.dtype == torch.bfloat16 and layer.qkv.weight.grad is not None
+
+
+def test_reasons_name_what_does_not_fit(monkeypatch):
     q = torch.randn(1, 1, 64, 32)
     assert native.unusable_reason(q, q, q, None, None).startswith("needs a plain sliding window")
+    assert native.unusable_reason(q.half(), q.half(), q.half(), None, (4, 4)) == \
+        "runs fp32 and bf16 only (input torch.float16)"
+    assert native.unusable_reason(q, q.half(), q, None, (4, 4)) == \
+        "needs q, k, v of one dtype (got torch.float32, torch.float16, torch.float32)"
+    monkeypatch.setattr(native, "bf16_supported", lambda: False)
     assert native.unusable_reason(q.bfloat16(), q.bfloat16(), q.bfloat16(), None, (4, 4)) == \
-        "runs fp32 only (input torch.bfloat16)"
+        "runs bf16 only on CPUs with AVX512-BF16 (this one has not: use fp32)"
     narrow = torch.randn(1, 1, 64, 8)
     assert native.unusable_reason(narrow, narrow, narrow, None, (4, 4)) == \
         "needs head dimensions that are multiples of 16 (got 8, 8)"
