@@ -42,7 +42,7 @@ _LOCK = threading.Lock()
 _LIB: ctypes.CDLL | None = None
 _LIB_ERROR: str | None = None
 _POOL: ThreadPoolExecutor | None = None
-_POOL_SIZE = 0
+_POOL_KEY = (0, 0)  # (threads, process id): a forked child never inherits the parent's pool threads
 
 
 def _isa() -> str | None:
@@ -85,8 +85,8 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     p, i, l, f = ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_float
     lib.band_tile_width.argtypes, lib.band_tile_width.restype = [i, p, p, i], i
     lib.band_scratch.argtypes, lib.band_scratch.restype = [i, i, i, i, i, i], l
-    lib.band_forward.argtypes = [i, i, i, p, l, p, l, p, l, p, p, f, i, p, l, p, p]
-    lib.band_backward.argtypes = [i, i, i, p, l, p, l, p, l, p, l, p, l, p, p, p, f, i, p, l, p, l, p, l, p]
+    lib.band_forward.argtypes = [i, i, i, p, l, p, l, p, l, p, p, f, i, p, l, p, p, p]
+    lib.band_backward.argtypes = [i, i, i, p, l, p, l, p, l, p, l, p, l, p, p, p, f, i, p, l, p, l, p, l, p, p]
     if hasattr(lib, "band_forward_bf16"):
         lib.band_scratch_bf16.argtypes, lib.band_scratch_bf16.restype = [i, i, i, i, i, i], l
         lib.band_forward_bf16.argtypes = lib.band_forward.argtypes
@@ -126,8 +126,8 @@ def unusable_reason(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | 
         return f"runs on CPU only (input on {q.device.type})"
     if not q.dtype == k.dtype == v.dtype:
         return f"needs q, k, v of one dtype (got {q.dtype}, {k.dtype}, {v.dtype})"
-    if q.dtype == torch.bfloat16 and not bf16_supported():
-        return "runs bf16 only on CPUs with AVX512-BF16 (this one has not: use fp32)"
+    if q.dtype == torch.bfloat16 and library() is not None and not bf16_supported():
+        return "runs bf16 only on CPUs with AVX512-BF16 instructions (this CPU lacks them; fp32 runs)"
     if q.dtype not in (torch.float32, torch.bfloat16):
         return f"runs fp32 and bf16 only (input {q.dtype})"
     if q.shape[-1] % VECTOR or v.shape[-1] % VECTOR:
@@ -161,12 +161,13 @@ def key_ranges(n: int, left: int, right: int, lengths: Tensor | None = None) -> 
 
 
 def _pool(size: int) -> ThreadPoolExecutor:
-    global _POOL, _POOL_SIZE
+    global _POOL, _POOL_KEY
     with _LOCK:
-        if _POOL is None or _POOL_SIZE != size:
-            if _POOL is not None:
+        key = (size, os.getpid())
+        if _POOL is None or _POOL_KEY != key:
+            if _POOL is not None and _POOL_KEY[1] == key[1]:
                 _POOL.shutdown(wait=False)
-            _POOL, _POOL_SIZE = ThreadPoolExecutor(size, thread_name_prefix="core_attn"), size
+            _POOL, _POOL_KEY = ThreadPoolExecutor(size, thread_name_prefix="core_attn"), key
         return _POOL
 
 
@@ -197,8 +198,17 @@ def _entry(lib: ctypes.CDLL, name: str, dtype: torch.dtype):
     return getattr(lib, name + ("_bf16" if dtype == torch.bfloat16 else ""))
 
 
-def _forward(ctx, q: Tensor, k: Tensor, v: Tensor, lo: Tensor, hi: Tensor, scale: float) -> Tensor:
-    from core_attn.kernels import _new_heads
+def _keep_probs(q: Tensor, floats: int) -> bool:
+    """Training keeps the probabilities for the backward within the blocked kernel's limit (the larger of
+    ``kernels.SAVED_PROBS_BYTES`` and ``SAVED_PROBS_SHARE`` of available memory); else it recomputes them."""
+    from core_attn import kernels
+
+    need = floats * 4
+    return need <= kernels.SAVED_PROBS_BYTES or need <= kernels.saved_probs_limit(q.device)
+
+
+def _forward(ctx, q: Tensor, k: Tensor, v: Tensor, lo: Tensor, hi: Tensor, scale: float, training: bool) -> Tensor:
+    from core_attn.kernels import WORKSPACE, _new_heads
 
     lib = library()
     kernel, scratch_of = _entry(lib, "band_forward", q.dtype), _entry(lib, "band_scratch", q.dtype)
@@ -208,14 +218,20 @@ def _forward(ctx, q: Tensor, k: Tensor, v: Tensor, lo: Tensor, hi: Tensor, scale
     lse = torch.empty(b, h, n, dtype=torch.float32)
     width = max(lib.band_tile_width(n, lo[i].data_ptr(), hi[i].data_ptr(), BLOCK_Q) for i in range(lo.shape[0]))
     sel = (lambda i: 0) if lo.shape[0] == 1 else (lambda i: i)
+    per_slice = -(-n // BLOCK_Q) * BLOCK_Q * width  # the probabilities of one (batch, head), fp32
+    probs = None
+    if training and _keep_probs(q, b * h * per_slice):  # back to the workspace once the graph releases it
+        probs = WORKSPACE.take(b * h * per_slice, torch.float32, q.device)
 
     def one(bi: int, hi_: int, scratch: int) -> None:
+        kept = None if probs is None else probs.data_ptr() + (bi * h + hi_) * per_slice * 4
         kernel(n, d, dv, _ptr(q, bi, hi_), q.stride(2), _ptr(k, bi, hi_), k.stride(2), _ptr(v, bi, hi_),
-                         v.stride(2), lo[sel(bi)].data_ptr(), hi[sel(bi)].data_ptr(), scale, BLOCK_Q,
-                         _ptr(out, bi, hi_), out.stride(2), _ptr(lse, bi, hi_), scratch)
+               v.stride(2), lo[sel(bi)].data_ptr(), hi[sel(bi)].data_ptr(), scale, BLOCK_Q,
+               _ptr(out, bi, hi_), out.stride(2), _ptr(lse, bi, hi_), scratch, kept)
 
     _run(one, b, h, scratch_of(n, d, dv, BLOCK_Q, width, 0))
-    ctx.save_for_backward(q, k, v, out, lse, lo, hi)
+    ctx.save_for_backward(q, k, v, out, lse, lo, hi, probs)
+    ctx.per_slice = per_slice
     ctx.scale, ctx.width = scale, width
     return out
 
@@ -224,7 +240,7 @@ def _backward(ctx, dout: Tensor, grad: Tensor | None) -> tuple[Tensor, Tensor, T
     from core_attn.kernels import _new_heads
 
     lib = library()
-    q, k, v, out, lse, lo, hi = ctx.saved_tensors
+    q, k, v, out, lse, lo, hi, probs = ctx.saved_tensors
     kernel, scratch_of = _entry(lib, "band_backward", q.dtype), _entry(lib, "band_scratch", q.dtype)
     b, h, n, d = q.shape
     dv = v.shape[-1]
@@ -237,11 +253,12 @@ def _backward(ctx, dout: Tensor, grad: Tensor | None) -> tuple[Tensor, Tensor, T
     sel = (lambda i: 0) if lo.shape[0] == 1 else (lambda i: i)
 
     def one(bi: int, hi_: int, scratch: int) -> None:
+        kept = None if probs is None else probs.data_ptr() + (bi * h + hi_) * ctx.per_slice * 4
         kernel(n, d, dv, _ptr(q, bi, hi_), q.stride(2), _ptr(k, bi, hi_), k.stride(2), _ptr(v, bi, hi_),
                           v.stride(2), _ptr(out, bi, hi_), out.stride(2), _ptr(dout, bi, hi_), dout.stride(2),
                           _ptr(lse, bi, hi_), lo[sel(bi)].data_ptr(), hi[sel(bi)].data_ptr(), ctx.scale, BLOCK_Q,
                           _ptr(dq, bi, hi_), dq.stride(2), _ptr(dk, bi, hi_), dk.stride(2), _ptr(dvv, bi, hi_),
-                          dvv.stride(2), scratch)
+                          dvv.stride(2), scratch, kept)
 
     _run(one, b, h, scratch_of(n, d, dv, BLOCK_Q, ctx.width, 1))
     return dq, dk, dvv
@@ -249,12 +266,12 @@ def _backward(ctx, dout: Tensor, grad: Tensor | None) -> tuple[Tensor, Tensor, T
 
 class _BandAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, lo, hi, scale):
-        return _forward(ctx, q, k, v, lo, hi, scale)
+    def forward(ctx, q, k, v, lo, hi, scale, training):
+        return _forward(ctx, q, k, v, lo, hi, scale, training)
 
     @staticmethod
     def backward(ctx, dout):
-        return (*_backward(ctx, dout, None), None, None, None)
+        return (*_backward(ctx, dout, None), None, None, None, None)
 
 
 class _PackedBandAttention(torch.autograd.Function):
@@ -262,9 +279,9 @@ class _PackedBandAttention(torch.autograd.Function):
     (see :class:`core_attn.kernels._PackedBlockSparseAttention`)."""
 
     @staticmethod
-    def forward(ctx, qkv, lo, hi, scale):
+    def forward(ctx, qkv, lo, hi, scale, training):
         ctx.packed, ctx.dtype = (qkv.shape, qkv.stride()), qkv.dtype
-        return _forward(ctx, *qkv.unbind(0), lo, hi, scale)
+        return _forward(ctx, *qkv.unbind(0), lo, hi, scale, training)
 
     @staticmethod
     def backward(ctx, dout):
@@ -273,7 +290,7 @@ class _PackedBandAttention(torch.autograd.Function):
         shape, stride = ctx.packed
         grad = WORKSPACE.take(math.prod(shape), ctx.dtype, dout.device).as_strided(shape, stride)
         _backward(ctx, dout, grad)
-        return grad, None, None, None
+        return grad, None, None, None, None
 
 
 def band_attention(q: Tensor, k: Tensor, v: Tensor, left: int, right: int, *,
@@ -299,6 +316,7 @@ def band_attention(q: Tensor, k: Tensor, v: Tensor, left: int, right: int, *,
     lo, hi = key_ranges(q.shape[2], left, right, lengths)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     if packed is not None and packed.stride(-1) == 1:
-        return _PackedBandAttention.apply(packed, lo, hi, scale)
+        return _PackedBandAttention.apply(packed, lo, hi, scale, torch.is_grad_enabled() and packed.requires_grad)
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
-    return _BandAttention.apply(q, k, v, lo, hi, scale)
+    training = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    return _BandAttention.apply(q, k, v, lo, hi, scale, training)

@@ -126,15 +126,66 @@ static void gemm(int M, int N, int K, const float *a, long lda, long aks, const 
     }
 }
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+
+/* r[i][j] <- r[j][i] for a 16 x 16 block of 32-bit lanes, in registers */
+static inline void tr16(__m512 r[16]) {
+    __m512 t[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; i++) {
+        __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 1]);
+        __m512d c = _mm512_castps_pd(t[4 * i + 2]), e = _mm512_castps_pd(t[4 * i + 3]);
+        r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+        r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+        r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, e));
+        r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, e));
+    }
+    for (int i = 0; i < 4; i++) {
+        t[i] = _mm512_shuffle_f32x4(r[i], r[4 + i], 0x88);
+        t[4 + i] = _mm512_shuffle_f32x4(r[i], r[4 + i], 0xdd);
+        t[8 + i] = _mm512_shuffle_f32x4(r[8 + i], r[12 + i], 0x88);
+        t[12 + i] = _mm512_shuffle_f32x4(r[8 + i], r[12 + i], 0xdd);
+    }
+    for (int i = 0; i < 4; i++) {
+        r[i] = _mm512_shuffle_f32x4(t[i], t[8 + i], 0x88);
+        r[8 + i] = _mm512_shuffle_f32x4(t[i], t[8 + i], 0xdd);
+        r[4 + i] = _mm512_shuffle_f32x4(t[4 + i], t[12 + i], 0x88);
+        r[12 + i] = _mm512_shuffle_f32x4(t[4 + i], t[12 + i], 0xdd);
+    }
+}
+#endif
+
+/* dst (d x npad, row stride ld) = src (n x d 32-bit elements, row stride s) transposed, columns n .. npad
+ * zero (floats, or the bf16 kernel's pairs of bf16 as words) */
+static void transpose32(int n, int d, const uint32_t *src, long s, uint32_t *dst, long ld, int npad) {
+    int full = 0;
+    for (int c = 0; c < d; c++) memset(dst + (long)c * ld + n, 0, 4 * (size_t)(npad - n));
+#if defined(__AVX512F__)
+    if (d % 16 == 0) { /* 16 x 16 blocks in registers */
+        full = n / 16 * 16;
+        for (int i0 = 0; i0 < full; i0 += 16)
+            for (int c0 = 0; c0 < d; c0 += 16) {
+                __m512 r[16];
+                for (int j = 0; j < 16; j++) r[j] = _mm512_loadu_ps((const float *)(src + (long)(i0 + j) * s + c0));
+                tr16(r);
+                for (int j = 0; j < 16; j++) _mm512_storeu_ps((float *)(dst + (long)(c0 + j) * ld + i0), r[j]);
+            }
+    }
+#endif
+    for (int i0 = full; i0 < n; i0 += 16) {
+        int i1 = i0 + 16 < n ? i0 + 16 : n;
+        for (int c = 0; c < d; c++)
+            for (int i = i0; i < i1; i++) dst[(long)c * ld + i] = src[(long)i * s + c];
+    }
+}
+
 /* dst (d x npad) = src (n x d, row stride s) transposed, columns n .. npad zero */
 static void transpose(int n, int d, const float *src, long s, float *dst, int npad) {
-    for (int c = 0; c < d; c++) memset(dst + (long)c * npad + n, 0, sizeof(float) * (npad - n));
-    const int T = 16;
-    for (int i0 = 0; i0 < n; i0 += T) {
-        int i1 = i0 + T < n ? i0 + T : n;
-        for (int c = 0; c < d; c++)
-            for (int i = i0; i < i1; i++) dst[(long)c * npad + i] = src[(long)i * s + c];
-    }
+    transpose32(n, d, (const uint32_t *)src, s, (uint32_t *)dst, npad, npad);
 }
 
 typedef struct {
@@ -226,16 +277,17 @@ long band_scratch(int n, int d, int dv, int qb, int width, int backward) {
     long npad = (n + 15) & ~15;
     if (!backward) /* kt, vc, tile */
         return d * npad + (long)n * dv + (long)qb * width;
-    /* kt, vt, kc, t1, t2, dka, dva, qblk, doblk */
-    return (d + dv) * npad + (long)n * d + 2L * qb * width + (long)n * (d + dv) + (long)qb * (d + dv);
+    /* kt, vt, kc, t1, t2, qblk, doblk */
+    return (d + dv) * npad + (long)n * d + 2L * qb * width + (long)qb * (d + dv);
 }
 
 /* Forward of one slice. q, k, v, o: rows of d (dv) floats with row strides qs, ks, vs, os;
- * scratch: band_scratch(n, d, dv, qb, band_tile_width(...), 0) floats. */
+ * scratch: band_scratch(n, d, dv, qb, band_tile_width(...), 0) floats. probs: NULL, or room for the
+ * probabilities of every block (ceil(n / qb) * qb * width floats), which the backward then reads. */
 void band_forward(int n, int d, int dv, const float *q, long qs, const float *k, long ks, const float *v, long vs,
                   const int32_t *lo, const int32_t *hi, float scale, int qb, float *o, long os, float *lse,
-                  float *scratch) {
-    int npad = (n + 15) & ~15;
+                  float *scratch, float *probs) {
+    int npad = (n + 15) & ~15, width = probs ? band_tile_width(n, lo, hi, qb) : 0;
     float *kt = scratch, *vc = kt + (long)d * npad, *tile = vc + (long)n * dv;
     pack(n, dv, v, vs, vc);
     transpose(n, d, k, ks, kt, npad);
@@ -249,6 +301,7 @@ void band_forward(int n, int d, int dv, const float *q, long qs, const float *k,
             }
             continue;
         }
+        if (probs) tile = probs + (long)(r0 / qb) * qb * width;
         gemm(m, s.L, d, q + (long)r0 * qs, qs, 1, kt + s.ks, npad, tile, s.L, 0, scale);
         for (int i = r0; i < r1; i++)
             lse[i] = softmax_row(tile + (long)(i - r0) * s.L, s.L, lo[i] - s.ks, hi[i] - s.ks);
@@ -257,22 +310,22 @@ void band_forward(int n, int d, int dv, const float *q, long qs, const float *k,
     }
 }
 
-/* Backward of one slice: dq, dk, dv written (dk and dv from fp32 accumulators in the scratch);
+/* Backward of one slice: dq, dk, dv written (dk and dv accumulated in place);
  * scratch: band_scratch(n, d, dv, qb, band_tile_width(...), 1) floats. */
 void band_backward(int n, int d, int dv, const float *q, long qs, const float *k, long ks, const float *v, long vs,
                    const float *o, long os, const float *dout, long dos, const float *lse, const int32_t *lo,
                    const int32_t *hi, float scale, int qb, float *dq, long dqs, float *dk, long dks, float *dvv,
-                   long dvs, float *scratch) {
+                   long dvs, float *scratch, const float *probs) {
     int npad = (n + 15) & ~15, width = band_tile_width(n, lo, hi, qb);
     float *kt = scratch, *vt = kt + (long)d * npad, *kc = vt + (long)dv * npad, *t1 = kc + (long)n * d;
-    float *t2 = t1 + (long)qb * width, *dka = t2 + (long)qb * width, *dva = dka + (long)n * d;
-    float *qblk = dva + (long)n * dv, *doblk = qblk + (long)qb * d;
+    float *t2 = t1 + (long)qb * width, *qblk = t2 + (long)qb * width, *doblk = qblk + (long)qb * d;
     pack(n, d, k, ks, kc);
     transpose(n, d, kc, d, kt, npad);
-    pack(n, dv, v, vs, dva); /* dva as a staging area for V before it is zeroed */
-    transpose(n, dv, dva, dv, vt, npad);
-    memset(dka, 0, sizeof(float) * (long)n * d);
-    memset(dva, 0, sizeof(float) * (long)n * dv);
+    transpose(n, dv, v, vs, vt, npad);
+    for (int i = 0; i < n; i++) { /* dk and dv accumulate in place */
+        memset(dk + (long)i * dks, 0, sizeof(float) * d);
+        memset(dvv + (long)i * dvs, 0, sizeof(float) * dv);
+    }
     for (int r0 = 0; r0 < n; r0 += qb) {
         int r1 = r0 + qb < n ? r0 + qb : n, m = r1 - r0;
         span_t s = block_span(lo, hi, r0, r1);
@@ -282,8 +335,13 @@ void band_backward(int n, int d, int dv, const float *q, long qs, const float *k
         }
         pack(m, d, q + (long)r0 * qs, qs, qblk);
         pack(m, dv, dout + (long)r0 * dos, dos, doblk);
-        gemm(m, s.L, d, qblk, d, 1, kt + s.ks, npad, t1, s.L, 0, scale);
-        for (int i = r0; i < r1; i++) probs_row(t1 + (long)(i - r0) * s.L, s.L, lo[i] - s.ks, hi[i] - s.ks, lse[i]);
+        if (probs) { /* kept by the forward */
+            t1 = (float *)probs + (long)(r0 / qb) * qb * width;
+        } else {
+            gemm(m, s.L, d, qblk, d, 1, kt + s.ks, npad, t1, s.L, 0, scale);
+            for (int i = r0; i < r1; i++)
+                probs_row(t1 + (long)(i - r0) * s.L, s.L, lo[i] - s.ks, hi[i] - s.ks, lse[i]);
+        }
         gemm(m, s.L, dv, doblk, dv, 1, vt + s.ks, npad, t2, s.L, 0, 1.0f);
         for (int i = r0; i < r1; i++) { /* dS = P * (dP - D), D = rowsum(dO * O) */
             const float *a = doblk + (long)(i - r0) * dv, *b = o + (long)i * os;
@@ -295,11 +353,7 @@ void band_backward(int n, int d, int dv, const float *q, long qs, const float *k
         }
         int off = s.lo - s.ks, nk = s.hi - s.lo;
         gemm(m, d, nk, t2 + off, s.L, 1, kc + (long)s.lo * d, d, dq + (long)r0 * dqs, dqs, 0, scale);
-        gemm(nk, dv, m, t1 + off, 1, s.L, doblk, dv, dva + (long)s.lo * dv, dv, 1, 1.0f);
-        gemm(nk, d, m, t2 + off, 1, s.L, qblk, d, dka + (long)s.lo * d, d, 1, scale);
-    }
-    for (int i = 0; i < n; i++) {
-        memcpy(dk + (long)i * dks, dka + (long)i * d, sizeof(float) * d);
-        memcpy(dvv + (long)i * dvs, dva + (long)i * dv, sizeof(float) * dv);
+        gemm(nk, dv, m, t1 + off, 1, s.L, doblk, dv, dvv + (long)s.lo * dvs, dvs, 1, 1.0f);
+        gemm(nk, d, m, t2 + off, 1, s.L, qblk, d, dk + (long)s.lo * dks, dks, 1, scale);
     }
 }

@@ -87,53 +87,10 @@ static void gemm_bf16(int M, int N, int KP, const uint32_t *a, long lda, const u
     }
 }
 
-/* r[i][j] <- r[j][i] for a 16 x 16 block of 32-bit lanes, in registers */
-static inline void tr16(__m512 r[16]) {
-    __m512 t[16];
-    for (int i = 0; i < 8; i++) {
-        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-    }
-    for (int i = 0; i < 4; i++) {
-        __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 1]);
-        __m512d c = _mm512_castps_pd(t[4 * i + 2]), e = _mm512_castps_pd(t[4 * i + 3]);
-        r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
-        r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
-        r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, e));
-        r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, e));
-    }
-    for (int i = 0; i < 4; i++) {
-        t[i] = _mm512_shuffle_f32x4(r[i], r[4 + i], 0x88);
-        t[4 + i] = _mm512_shuffle_f32x4(r[i], r[4 + i], 0xdd);
-        t[8 + i] = _mm512_shuffle_f32x4(r[8 + i], r[12 + i], 0x88);
-        t[12 + i] = _mm512_shuffle_f32x4(r[8 + i], r[12 + i], 0xdd);
-    }
-    for (int i = 0; i < 4; i++) {
-        r[i] = _mm512_shuffle_f32x4(t[i], t[8 + i], 0x88);
-        r[8 + i] = _mm512_shuffle_f32x4(t[i], t[8 + i], 0xdd);
-        r[4 + i] = _mm512_shuffle_f32x4(t[4 + i], t[12 + i], 0x88);
-        r[12 + i] = _mm512_shuffle_f32x4(t[4 + i], t[12 + i], 0xdd);
-    }
-}
-
 /* dst[kp * ld + i] = the word (src[i][2 kp], src[i][2 kp + 1]) for i < n, 0 for n <= i < npad: keys transposed
- * two channels at a time (src rows of d bf16, row stride s) */
+ * two channels at a time (src rows of d bf16, row stride s, even) */
 static void tpack(int n, int d, const bf16 *src, long s, uint32_t *dst, long ld, int npad) {
-    int dp = d / 2, full = dp % 16 ? 0 : n / 16 * 16; /* rows done 16 x 16 words at a time in registers */
-    for (int kp = 0; kp < dp; kp++) memset(dst + kp * ld + n, 0, 4 * (size_t)(npad - n));
-    for (int i0 = 0; i0 < full; i0 += 16)
-        for (int k0 = 0; k0 < dp; k0 += 16) {
-            __m512 r[16];
-            for (int j = 0; j < 16; j++) r[j] = _mm512_loadu_ps((const float *)(src + (long)(i0 + j) * s + 2 * k0));
-            tr16(r);
-            for (int j = 0; j < 16; j++) _mm512_storeu_ps((float *)(dst + (long)(k0 + j) * ld + i0), r[j]);
-        }
-    for (int kp = 0; kp < dp; kp++)
-        for (int i = full; i < n; i++) {
-            uint32_t w;
-            memcpy(&w, src + (long)i * s + 2 * kp, 4);
-            dst[kp * ld + i] = w;
-        }
+    transpose32(n, d / 2, (const uint32_t *)src, s / 2, dst, ld, npad);
 }
 
 /* dst[(i / 2) * d + c] = the word (src[i][c], src[i + 1][c]): rows interleaved two by two, rows n .. rows zero */
@@ -191,7 +148,7 @@ long band_scratch_bf16(int n, int d, int dv, int qb, int width, int backward) {
 
 void band_forward_bf16(int n, int d, int dv, const bf16 *q, long qs, const bf16 *k, long ks, const bf16 *v, long vs,
                        const int32_t *lo, const int32_t *hi, float scale, int qb, bf16 *o, long os, float *lse,
-                       void *scratch) {
+                       void *scratch, float *probs) {
     int npad = (n + 15) & ~15, width = band_tile_width(n, lo, hi, qb);
     uint32_t *ktp = scratch, *vp = ktp + (long)d / 2 * npad;
     float *tile = (float *)(vp + (long)npad / 2 * dv);
@@ -209,6 +166,7 @@ void band_forward_bf16(int n, int d, int dv, const bf16 *q, long qs, const bf16 
             }
             continue;
         }
+        if (probs) tile = probs + (long)(r0 / qb) * qb * width;
         gemm_bf16(m, s.L, d / 2, (const uint32_t *)(q + (long)r0 * qs), qs / 2, ktp + s.ks, npad, tile, s.L, 0,
                   scale);
         for (int i = r0; i < r1; i++)
@@ -236,7 +194,7 @@ static void untranspose_bf16(int n, int d, const float *a, long ld, bf16 *dst, l
 void band_backward_bf16(int n, int d, int dv, const bf16 *q, long qs, const bf16 *k, long ks, const bf16 *v,
                         long vs, const bf16 *o, long os, const bf16 *dout, long dos, const float *lse,
                         const int32_t *lo, const int32_t *hi, float scale, int qb, bf16 *dq, long dqs, bf16 *dk,
-                        long dks, bf16 *dvv, long dvs, void *scratch) {
+                        long dks, bf16 *dvv, long dvs, void *scratch, const float *probs) {
     int npad = (n + 15) & ~15, width = band_tile_width(n, lo, hi, qb), qp = (qb + 1) / 2;
     long tile = (long)qb * width;
     uint32_t *ktp = scratch, *vtp = ktp + (long)d / 2 * npad, *kp = vtp + (long)dv / 2 * npad;
@@ -258,8 +216,13 @@ void band_backward_bf16(int n, int d, int dv, const bf16 *q, long qs, const bf16
             continue;
         }
         const bf16 *qb_ = q + (long)r0 * qs, *db = dout + (long)r0 * dos;
-        gemm_bf16(m, s.L, d / 2, (const uint32_t *)qb_, qs / 2, ktp + s.ks, npad, t1, s.L, 0, scale);
-        for (int i = r0; i < r1; i++) probs_row(t1 + (long)(i - r0) * s.L, s.L, lo[i] - s.ks, hi[i] - s.ks, lse[i]);
+        if (probs) { /* kept by the forward */
+            t1 = (float *)probs + (long)(r0 / qb) * qb * width;
+        } else {
+            gemm_bf16(m, s.L, d / 2, (const uint32_t *)qb_, qs / 2, ktp + s.ks, npad, t1, s.L, 0, scale);
+            for (int i = r0; i < r1; i++)
+                probs_row(t1 + (long)(i - r0) * s.L, s.L, lo[i] - s.ks, hi[i] - s.ks, lse[i]);
+        }
         gemm_bf16(m, s.L, dv / 2, (const uint32_t *)db, dos / 2, vtp + s.ks, npad, t2, s.L, 0, 1.0f);
         for (int i = r0; i < r1; i++) { /* dS = P * (dP - D), D = rowsum(dO * O) */
             __m512 acc = _mm512_setzero_ps();

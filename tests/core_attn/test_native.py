@@ -175,7 +175,7 @@ def test_reasons_name_what_does_not_fit(monkeypatch):
         "needs q, k, v of one dtype (got torch.float32, torch.float16, torch.float32)"
     monkeypatch.setattr(native, "bf16_supported", lambda: False)
     assert native.unusable_reason(q.bfloat16(), q.bfloat16(), q.bfloat16(), None, (4, 4)) == \
-        "runs bf16 only on CPUs with AVX512-BF16 (this one has not: use fp32)"
+        "runs bf16 only on CPUs with AVX512-BF16 instructions (this CPU lacks them; fp32 runs)"
     narrow = torch.randn(1, 1, 64, 8)
     assert native.unusable_reason(narrow, narrow, narrow, None, (4, 4)) == \
         "needs head dimensions that are multiples of 16 (got 8, 8)"
@@ -212,3 +212,55 @@ def test_compiled_kernel_is_cached_and_rebuilt_atomically(monkeypatch, tmp_path)
     mtime = first.stat().st_mtime_ns
     assert native._compile("AVX2") == first and first.stat().st_mtime_ns == mtime  # reused, not rebuilt
     assert [p.name for p in first.parent.iterdir()] == [first.name]  # no temporary file left behind
+
+
+def _forked_run(queue):
+    torch.set_num_threads(2)  # two workers: through the pool
+    q = torch.randn(2, 2, 64, 16)
+    queue.put(float(native.band_attention(q, q, q, 4, 4).abs().sum()))
+
+
+@needs_native
+def test_a_forked_child_runs_the_kernel_on_its_own_threads():
+    """A DataLoader worker or a fork-started process does not inherit the parent's pool threads: the kernel
+    must start its own there instead of queueing work nobody runs."""
+    import multiprocessing
+
+    q = torch.randn(2, 2, 64, 16)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        native.band_attention(q, q, q, 4, 4)  # the parent's pool exists
+        ctx = multiprocessing.get_context("fork")
+        queue = ctx.Queue()
+        child = ctx.Process(target=_forked_run, args=(queue,))
+        child.start()
+        child.join(60)
+        alive = child.is_alive()
+        if alive:
+            child.kill()
+        assert not alive and child.exitcode == 0 and queue.get(timeout=5) > 0
+    finally:
+        torch.set_num_threads(threads)
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_kept_and_recomputed_probabilities_give_the_same_gradients(dtype, monkeypatch):
+    """Training keeps the forward's probabilities within the blocked kernel's limit; past it (here: a limit
+    of 0) the backward recomputes them from the row log-sum-exp."""
+    if dtype == torch.bfloat16 and not native.bf16_supported():
+        pytest.skip("the bf16 kernel needs a CPU with AVX512-BF16")
+    from core_attn import kernels
+
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, 2, 140, 32, generator=g).to(dtype) for _ in range(3))
+    kept, kept_grads = _grads(lambda q, k, v: native.band_attention(q, k, v, 12, 7), q, k, v)
+    monkeypatch.setattr(kernels, "SAVED_PROBS_BYTES", 0)
+    monkeypatch.setattr(kernels, "SAVED_PROBS_SHARE", 0.0)
+    assert not native._keep_probs(q, 1)
+    again, again_grads = _grads(lambda q, k, v: native.band_attention(q, k, v, 12, 7), q, k, v)
+    assert torch.equal(kept, again)
+    tol = {"atol": 1e-6, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 2e-2}
+    for a, b in zip(kept_grads, again_grads):
+        torch.testing.assert_close(a, b, **tol)
