@@ -299,7 +299,7 @@ def band_attention(q: Tensor, k: Tensor, v: Tensor, left: int, right: int, *,
     """Exact sliding-window attention: query i sees keys ``i - left .. i + right`` (not padding).
 
     Args:
-        q, k, v: (B, H, N, D) fp32 on CPU, last dimension contiguous (D a multiple of 16).
+        q, k, v: (B, H, N, D) on CPU, fp32 (or bf16 with AVX512-BF16), D a multiple of 16.
         left, right: keys visible before and after each query (``right = 0``: causal).
         key_padding_mask: (B, N) bool, True = padding; padding must be a suffix of each row.
         scale: softmax scale (default ``1 / sqrt(D)``).
