@@ -124,6 +124,8 @@ def unusable_reason(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | 
         return "needs a plain sliding window (local without global tokens or dilation)"
     if q.device.type != "cpu":
         return f"runs on CPU only (input on {q.device.type})"
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return "cannot be traced or compiled (a foreign function)"
     if not q.dtype == k.dtype == v.dtype:
         return f"needs q, k, v of one dtype (got {q.dtype}, {k.dtype}, {v.dtype})"
     if q.dtype == torch.bfloat16 and library() is not None and not bf16_supported():
@@ -132,8 +134,6 @@ def unusable_reason(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | 
         return f"runs fp32 and bf16 only (input {q.dtype})"
     if q.shape[-1] % VECTOR or v.shape[-1] % VECTOR:
         return f"needs head dimensions that are multiples of {VECTOR} (got {q.shape[-1]}, {v.shape[-1]})"
-    if torch.compiler.is_compiling() or torch.jit.is_tracing():
-        return "cannot be traced or compiled (a foreign function)"
     if key_padding_mask is not None and _suffix_lengths(key_padding_mask) is None:
         return "key_padding_mask must pad at the end of each sequence"
     if library() is None:
