@@ -38,6 +38,8 @@ VECTOR = 16  # head dimensions must be a multiple of this (the kernel's widest v
 FLAGS = {"AVX512": ["-mavx512f", "-mavx512dq", "-mavx512vl", "-mavx512bw", "-mavx2", "-mfma"],
          "AVX2": ["-mavx2", "-mfma"]}
 
+NOT_A_BAND = "needs a plain sliding window (local without global tokens or dilation)"
+
 _LOCK = threading.Lock()
 _LIB: ctypes.CDLL | None = None
 _LIB_ERROR: str | None = None
@@ -121,7 +123,7 @@ def unusable_reason(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | 
                     band: tuple[int, int] | None) -> str | None:
     """``None`` when the native kernel can run this input, else why not."""
     if band is None:
-        return "needs a plain sliding window (local without global tokens or dilation)"
+        return NOT_A_BAND
     if q.device.type != "cpu":
         return f"runs on CPU only (input on {q.device.type})"
     if torch.compiler.is_compiling() or torch.jit.is_tracing():
@@ -312,6 +314,12 @@ def band_attention(q: Tensor, k: Tensor, v: Tensor, left: int, right: int, *,
     reason = unusable_reason(q, k, v, key_padding_mask, (left, right))
     if reason is not None:
         raise ValueError(f"the native kernel cannot run this input: {reason}")
+    return run_band(q, k, v, left, right, key_padding_mask=key_padding_mask, scale=scale, packed=packed)
+
+
+def run_band(q: Tensor, k: Tensor, v: Tensor, left: int, right: int, *, key_padding_mask: Tensor | None = None,
+             scale: float | None = None, packed: Tensor | None = None) -> Tensor:
+    """:func:`band_attention` for an input :func:`unusable_reason` has already accepted (no second check)."""
     lengths = None if key_padding_mask is None else _suffix_lengths(key_padding_mask)
     lo, hi = key_ranges(q.shape[2], left, right, lengths)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)

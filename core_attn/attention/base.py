@@ -179,8 +179,7 @@ class PatternAttention(AttentionBase):
         reasons = {"blocked": None, "dense": None,
                    "native": native.unusable_reason(q, k, v, key_padding_mask, self.band()),
                    "flex": flex_mod.unusable_reason(q.device, grad, q.shape[-1]),
-                   "banded": None if self.band() is not None else
-                   "needs a plain sliding window (local without global tokens or dilation)"}
+                   "banded": None if self.band() is not None else native.NOT_A_BAND}
         if self.backend == "auto":
             n = q.shape[-2]
             key = ("auto", n, str(q.device), q.shape[-1])
@@ -213,20 +212,18 @@ class PatternAttention(AttentionBase):
         self.check_length(n)
         q, k, v = autocast_inputs(q, k, v)
         backend = self.select_backend(q, k, v, key_padding_mask)
+        if packed is not None and packed.dtype != q.dtype:  # autocast changed q: not packed any more
+            packed = None
         with torch.autocast(q.device.type, enabled=False):
             if backend == "blocked":
                 from core_attn.kernels import pattern_attention
 
-                if packed is not None and packed.dtype != q.dtype:  # autocast changed q: not packed any more
-                    packed = None
                 return pattern_attention(q, k, v, self.pattern(n), key_padding_mask, parts=self.parts(n, q.device),
                                          packed=packed)
-            if backend == "native":
-                from core_attn.native import band_attention
+            if backend == "native":  # select_backend checked the input: run it without checking again
+                from core_attn.native import run_band
 
-                if packed is not None and packed.dtype != q.dtype:
-                    packed = None
-                return band_attention(q, k, v, *self.band(), key_padding_mask=key_padding_mask, packed=packed)
+                return run_band(q, k, v, *self.band(), key_padding_mask=key_padding_mask, packed=packed)
             if backend == "flex":
                 from core_attn import flex as flex_mod
 
