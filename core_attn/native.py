@@ -200,12 +200,12 @@ def _entry(lib: ctypes.CDLL, name: str, dtype: torch.dtype):
     return getattr(lib, name + ("_bf16" if dtype == torch.bfloat16 else ""))
 
 
-def _keep_probs(q: Tensor, floats: int) -> bool:
-    """Training keeps the probabilities for the backward within the blocked kernel's limit (the larger of
-    ``kernels.SAVED_PROBS_BYTES`` and ``SAVED_PROBS_SHARE`` of available memory); else it recomputes them."""
+def _keep_probs(q: Tensor, need: int) -> bool:
+    """Training keeps the probabilities (``need`` bytes) for the backward within the blocked kernel's limit
+    (the larger of ``kernels.SAVED_PROBS_BYTES`` and ``SAVED_PROBS_SHARE`` of available memory); else it
+    recomputes them."""
     from core_attn import kernels
 
-    need = floats * 4
     return need <= kernels.SAVED_PROBS_BYTES or need <= kernels.saved_probs_limit(q.device)
 
 
@@ -220,13 +220,13 @@ def _forward(ctx, q: Tensor, k: Tensor, v: Tensor, lo: Tensor, hi: Tensor, scale
     lse = torch.empty(b, h, n, dtype=torch.float32)
     width = max(lib.band_tile_width(n, lo[i].data_ptr(), hi[i].data_ptr(), BLOCK_Q) for i in range(lo.shape[0]))
     sel = (lambda i: 0) if lo.shape[0] == 1 else (lambda i: i)
-    per_slice = -(-n // BLOCK_Q) * BLOCK_Q * width  # the probabilities of one (batch, head), fp32
+    per_slice = -(-n // BLOCK_Q) * BLOCK_Q * width  # the probabilities of one (batch, head), in q's dtype
     probs = None
-    if training and _keep_probs(q, b * h * per_slice):  # back to the workspace once the graph releases it
-        probs = WORKSPACE.take(b * h * per_slice, torch.float32, q.device)
+    if training and _keep_probs(q, b * h * per_slice * q.element_size()):  # to the workspace once released
+        probs = WORKSPACE.take(b * h * per_slice, q.dtype, q.device)
 
     def one(bi: int, hi_: int, scratch: int) -> None:
-        kept = None if probs is None else probs.data_ptr() + (bi * h + hi_) * per_slice * 4
+        kept = None if probs is None else probs.data_ptr() + (bi * h + hi_) * per_slice * q.element_size()
         kernel(n, d, dv, _ptr(q, bi, hi_), q.stride(2), _ptr(k, bi, hi_), k.stride(2), _ptr(v, bi, hi_),
                v.stride(2), lo[sel(bi)].data_ptr(), hi[sel(bi)].data_ptr(), scale, BLOCK_Q,
                _ptr(out, bi, hi_), out.stride(2), _ptr(lse, bi, hi_), scratch, kept)
@@ -255,7 +255,7 @@ def _backward(ctx, dout: Tensor, grad: Tensor | None) -> tuple[Tensor, Tensor, T
     sel = (lambda i: 0) if lo.shape[0] == 1 else (lambda i: i)
 
     def one(bi: int, hi_: int, scratch: int) -> None:
-        kept = None if probs is None else probs.data_ptr() + (bi * h + hi_) * ctx.per_slice * 4
+        kept = None if probs is None else probs.data_ptr() + (bi * h + hi_) * ctx.per_slice * q.element_size()
         kernel(n, d, dv, _ptr(q, bi, hi_), q.stride(2), _ptr(k, bi, hi_), k.stride(2), _ptr(v, bi, hi_),
                           v.stride(2), _ptr(out, bi, hi_), out.stride(2), _ptr(dout, bi, hi_), dout.stride(2),
                           _ptr(lse, bi, hi_), lo[sel(bi)].data_ptr(), hi[sel(bi)].data_ptr(), ctx.scale, BLOCK_Q,

@@ -264,3 +264,46 @@ def test_kept_and_recomputed_probabilities_give_the_same_gradients(dtype, monkey
     tol = {"atol": 1e-6, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 2e-2}
     for a, b in zip(kept_grads, again_grads):
         torch.testing.assert_close(a, b, **tol)
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_any_contiguous_key_range_per_query_matches_reference(dtype):
+    """The C kernels take one key range per query, not only a sliding window: ranges that jump back and forth
+    (the bf16 backward then keeps all of dK and dV until the end) and empty ones."""
+    if dtype == torch.bfloat16 and not native.bf16_supported():
+        pytest.skip("the bf16 kernel needs a CPU with AVX512-BF16")
+    n, d = 170, 32
+    g = torch.Generator().manual_seed(5)
+    i = torch.arange(n, dtype=torch.int32)
+    lo = (n - 1 - i - 20).clamp(min=0)[None]  # a window running backwards over the keys
+    lo[0, 100:] = torch.randint(0, n, (n - 100,), generator=g, dtype=torch.int32)  # then anywhere
+    hi = (lo + torch.randint(0, 60, (1, n), generator=g, dtype=torch.int32)).clamp(max=n)
+    hi[0, 40:45] = lo[0, 40:45]  # queries that see nothing
+    j = torch.arange(n)
+    mask = (j[None, :] >= lo[0, :, None]) & (j[None, :] < hi[0, :, None])
+    q, k, v = (torch.randn(2, 2, n, d, generator=g).to(dtype) for _ in range(3))
+    out, grads = _grads(lambda q, k, v: native._BandAttention.apply(q, k, v, lo, hi, d ** -0.5, True), q, k, v)
+    ref, ref_grads = _grads(lambda q, k, v: reference_attention(q, k, v, mask=mask).nan_to_num(),
+                            q.double(), k.double(), v.double())
+    assert out[:, :, 40:45].abs().max() == 0
+    tol = 1e-4 if dtype == torch.float32 else 0.03
+    for got, want in zip([out, *grads], [ref, *ref_grads]):
+        assert (got.double() - want).abs().max().item() < tol
+
+
+@needs_bf16
+def test_bf16_with_padding_at_the_end_is_close_to_the_reference():
+    n = 150
+    pad = torch.zeros(2, n, dtype=torch.bool)
+    pad[0, 120:] = True
+    pad[1, 30:] = True  # queries from 30 + 9 on see only padding keys
+    g = torch.Generator().manual_seed(7)
+    q, k, v = (torch.randn(2, 2, n, 32, generator=g).bfloat16() for _ in range(3))
+    out, grads = _grads(lambda q, k, v: native.band_attention(q, k, v, 9, 9, key_padding_mask=pad), q, k, v)
+    ref, ref_grads = _grads(lambda q, k, v: reference_attention(q, k, v, mask=_window(n, 9, 9),
+                                                                key_padding_mask=pad).nan_to_num(),
+                            q.double(), k.double(), v.double())
+    assert out[1, :, 39:].abs().max() == 0 and grads[1][1, :, 30:].abs().max() == 0
+    for got, want in zip([out, *grads], [ref, *ref_grads]):
+        assert (got.double() - want).abs().max().item() < 0.03
