@@ -39,6 +39,8 @@ FLAGS = {"AVX512": ["-mavx512f", "-mavx512dq", "-mavx512vl", "-mavx512bw", "-mav
          "AVX2": ["-mavx2", "-mfma"]}
 
 NOT_A_BAND = "needs a plain sliding window (local without global tokens or dilation)"
+NOT_BLOCKS = (f"needs a plain sliding window (local without global tokens or dilation) or a pattern whose "
+              f"first part lists whole key blocks of a multiple of {VECTOR} keys (bigbird)")
 
 _LOCK = threading.Lock()
 _LIB: ctypes.CDLL | None = None
@@ -85,10 +87,11 @@ def _compile(isa: str) -> Path:
 
 def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     p, i, l, f = ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_float
-    lib.band_tile_width.argtypes, lib.band_tile_width.restype = [i, p, p, i], i
+    lib.band_tile_width.argtypes, lib.band_tile_width.restype = [i, p, p, i, p, i], i
     lib.band_scratch.argtypes, lib.band_scratch.restype = [i, i, i, i, i, i], l
-    lib.band_forward.argtypes = [i, i, i, p, l, p, l, p, l, p, p, f, i, p, l, p, p, p]
-    lib.band_backward.argtypes = [i, i, i, p, l, p, l, p, l, p, l, p, l, p, p, p, f, i, p, l, p, l, p, l, p, p]
+    lib.band_forward.argtypes = [i, i, i, p, l, p, l, p, l, p, p, f, i, p, l, p, p, p, p, i]
+    lib.band_backward.argtypes = [i, i, i, p, l, p, l, p, l, p, l, p, l, p, p, p, f, i, p, l, p, l, p, l, p, p, p, p,
+                                  i]
     if hasattr(lib, "band_forward_bf16"):
         lib.band_scratch_bf16.argtypes, lib.band_scratch_bf16.restype = [i, i, i, i, i, i], l
         lib.band_forward_bf16.argtypes = lib.band_forward.argtypes
@@ -119,11 +122,22 @@ def library() -> ctypes.CDLL | None:
         return _LIB
 
 
+def part_reason(part) -> str | None:
+    """``None`` when the native kernel can run this block-sparse part (a :class:`core_attn.patterns.Part`) as
+    lists of key ranges: every pair of its listed blocks visible (``exact``: BigBird's fused window, global
+    and random blocks), positions in natural order and shared by the batch, key blocks a multiple of 16."""
+    if part is None or not (part.exact and part.identity_q and part.identity_k) or part.q_pos.dim() != 1 \
+            or part.kv_index.dim() != 2 or part.block_k % VECTOR:
+        return NOT_BLOCKS
+    return None
+
+
 def unusable_reason(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None,
-                    band: tuple[int, int] | None) -> str | None:
-    """``None`` when the native kernel can run this input, else why not."""
-    if band is None:
-        return NOT_A_BAND
+                    band: tuple[int, int] | None, part=None) -> str | None:
+    """``None`` when the native kernel can run this input, else why not: ``band`` for a sliding window,
+    else ``part`` for the first part of a block pattern (see :func:`part_reason`)."""
+    if band is None and (part is None or part_reason(part) is not None):
+        return NOT_A_BAND if part is None else part_reason(part)
     if q.device.type != "cpu":
         return f"runs on CPU only (input on {q.device.type})"
     if torch.compiler.is_compiling() or torch.jit.is_tracing():
@@ -209,7 +223,8 @@ def _keep_probs(q: Tensor, need: int) -> bool:
     return need <= kernels.SAVED_PROBS_BYTES or need <= kernels.saved_probs_limit(q.device)
 
 
-def _forward(ctx, q: Tensor, k: Tensor, v: Tensor, lo: Tensor, hi: Tensor, scale: float, training: bool) -> Tensor:
+def _forward(ctx, q: Tensor, k: Tensor, v: Tensor, lo: Tensor, hi: Tensor, scale: float, training: bool,
+             segs: Tensor | None = None, block: int = BLOCK_Q) -> tuple[Tensor, Tensor]:
     from core_attn.kernels import WORKSPACE, _new_heads
 
     lib = library()
@@ -218,9 +233,11 @@ def _forward(ctx, q: Tensor, k: Tensor, v: Tensor, lo: Tensor, hi: Tensor, scale
     dv = v.shape[-1]
     out = _new_heads(b, h, n, dv, q)
     lse = torch.empty(b, h, n, dtype=torch.float32)
-    width = max(lib.band_tile_width(n, lo[i].data_ptr(), hi[i].data_ptr(), BLOCK_Q) for i in range(lo.shape[0]))
+    seg_ptr, nseg = (None, 0) if segs is None else (segs.data_ptr(), segs.shape[1])
+    width = max(lib.band_tile_width(n, lo[i].data_ptr(), hi[i].data_ptr(), block, seg_ptr, nseg)
+                for i in range(lo.shape[0]))
     sel = (lambda i: 0) if lo.shape[0] == 1 else (lambda i: i)
-    per_slice = -(-n // BLOCK_Q) * BLOCK_Q * width  # the probabilities of one (batch, head), in q's dtype
+    per_slice = -(-n // block) * block * width  # the probabilities of one (batch, head), in q's dtype
     probs = None
     if training and _keep_probs(q, b * h * per_slice * q.element_size()):  # to the workspace once released
         probs = WORKSPACE.take(b * h * per_slice, q.dtype, q.device)
@@ -228,26 +245,32 @@ def _forward(ctx, q: Tensor, k: Tensor, v: Tensor, lo: Tensor, hi: Tensor, scale
     def one(bi: int, hi_: int, scratch: int) -> None:
         kept = None if probs is None else probs.data_ptr() + (bi * h + hi_) * per_slice * q.element_size()
         kernel(n, d, dv, _ptr(q, bi, hi_), q.stride(2), _ptr(k, bi, hi_), k.stride(2), _ptr(v, bi, hi_),
-               v.stride(2), lo[sel(bi)].data_ptr(), hi[sel(bi)].data_ptr(), scale, BLOCK_Q,
-               _ptr(out, bi, hi_), out.stride(2), _ptr(lse, bi, hi_), scratch, kept)
+               v.stride(2), lo[sel(bi)].data_ptr(), hi[sel(bi)].data_ptr(), scale, block,
+               _ptr(out, bi, hi_), out.stride(2), _ptr(lse, bi, hi_), scratch, kept, seg_ptr, nseg)
 
-    _run(one, b, h, scratch_of(n, d, dv, BLOCK_Q, width, 0))
-    ctx.save_for_backward(q, k, v, out, lse, lo, hi, probs)
-    ctx.per_slice = per_slice
+    _run(one, b, h, scratch_of(n, d, dv, block, width, 0))
+    ctx.save_for_backward(q, k, v, out, lse, lo, hi, probs, segs)
+    ctx.per_slice, ctx.block = per_slice, block
     ctx.scale, ctx.width = scale, width
-    return out
+    return out, lse
 
 
-def _backward(ctx, dout: Tensor, grad: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+def _backward(ctx, dout: Tensor | None, grad: Tensor | None, dlse: Tensor | None = None
+              ) -> tuple[Tensor, Tensor, Tensor]:
     from core_attn.kernels import _new_heads
 
     lib = library()
-    q, k, v, out, lse, lo, hi, probs = ctx.saved_tensors
+    q, k, v, out, lse, lo, hi, probs, segs = ctx.saved_tensors
     kernel, scratch_of = _entry(lib, "band_backward", q.dtype), _entry(lib, "band_scratch", q.dtype)
     b, h, n, d = q.shape
     dv = v.shape[-1]
+    if dout is None:  # only the log-sum-exp was used
+        dout = torch.zeros_like(out)
     if dout.stride(-1) != 1 or dout.dtype != q.dtype:
         dout = dout.to(q.dtype).contiguous()
+    if dlse is not None:
+        dlse = dlse.to(torch.float32).contiguous()
+    seg_ptr, nseg = (None, 0) if segs is None else (segs.data_ptr(), segs.shape[1])
     if grad is not None:
         dq, dk, dvv = grad.unbind(0)
     else:
@@ -258,18 +281,18 @@ def _backward(ctx, dout: Tensor, grad: Tensor | None) -> tuple[Tensor, Tensor, T
         kept = None if probs is None else probs.data_ptr() + (bi * h + hi_) * ctx.per_slice * q.element_size()
         kernel(n, d, dv, _ptr(q, bi, hi_), q.stride(2), _ptr(k, bi, hi_), k.stride(2), _ptr(v, bi, hi_),
                           v.stride(2), _ptr(out, bi, hi_), out.stride(2), _ptr(dout, bi, hi_), dout.stride(2),
-                          _ptr(lse, bi, hi_), lo[sel(bi)].data_ptr(), hi[sel(bi)].data_ptr(), ctx.scale, BLOCK_Q,
+                          _ptr(lse, bi, hi_), lo[sel(bi)].data_ptr(), hi[sel(bi)].data_ptr(), ctx.scale, ctx.block,
                           _ptr(dq, bi, hi_), dq.stride(2), _ptr(dk, bi, hi_), dk.stride(2), _ptr(dvv, bi, hi_),
-                          dvv.stride(2), scratch, kept)
+                          dvv.stride(2), scratch, kept, None if dlse is None else _ptr(dlse, bi, hi_), seg_ptr, nseg)
 
-    _run(one, b, h, scratch_of(n, d, dv, BLOCK_Q, ctx.width, 1))
+    _run(one, b, h, scratch_of(n, d, dv, ctx.block, ctx.width, 1))
     return dq, dk, dvv
 
 
 class _BandAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, lo, hi, scale, training):
-        return _forward(ctx, q, k, v, lo, hi, scale, training)
+        return _forward(ctx, q, k, v, lo, hi, scale, training)[0]
 
     @staticmethod
     def backward(ctx, dout):
@@ -283,7 +306,7 @@ class _PackedBandAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, qkv, lo, hi, scale, training):
         ctx.packed, ctx.dtype = (qkv.shape, qkv.stride()), qkv.dtype
-        return _forward(ctx, *qkv.unbind(0), lo, hi, scale, training)
+        return _forward(ctx, *qkv.unbind(0), lo, hi, scale, training)[0]
 
     @staticmethod
     def backward(ctx, dout):
@@ -328,3 +351,59 @@ def run_band(q: Tensor, k: Tensor, v: Tensor, left: int, right: int, *, key_padd
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     training = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
     return _BandAttention.apply(q, k, v, lo, hi, scale, training)
+
+
+class _PartAttention(torch.autograd.Function):
+    """(out, lse) over lists of key ranges per query block; the lse has a gradient (partial softmaxes merge)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, lo, hi, segs, block, scale, training):
+        ctx.set_materialize_grads(False)
+        return _forward(ctx, q, k, v, lo, hi, scale, training, segs, block)
+
+    @staticmethod
+    def backward(ctx, dout, dlse):
+        return (*_backward(ctx, dout, None, dlse), None, None, None, None, None, None)
+
+
+def _segments(part, n: int) -> Tensor:
+    """(query blocks, S, 2) int32: each query block's listed key blocks as (start, length) ranges, consecutive
+    blocks merged, unused slots (0, 0); the last range stops at the kernel's padded length."""
+    key = ("native segments", n)
+    if key not in part.mask_cache:
+        kv, bk = part.kv_index.cpu(), part.block_k
+        valid = kv >= 0
+        prev = torch.cat([torch.full_like(kv[:, :1], -2), kv[:, :-1]], 1)
+        first = valid & ~((prev >= 0) & (kv == prev + 1))  # a range starts here
+        slot = first.cumsum(1) - 1
+        rows = torch.arange(kv.shape[0])[:, None].expand_as(kv)
+        segs = torch.zeros(kv.shape[0], max(1, int(first.sum(1).max())), 2, dtype=torch.int64)
+        segs[rows[first], slot[first], 0] = kv[first] * bk
+        segs[..., 1].index_put_((rows[valid], slot[valid]), torch.full_like(kv[valid], bk), accumulate=True)
+        npad = -(-n // VECTOR) * VECTOR
+        segs[..., 1] = torch.minimum(segs[..., 1], npad - segs[..., 0]).clamp(min=0)
+        part.mask_cache[key] = segs.to(torch.int32).contiguous()
+    return part.mask_cache[key]
+
+
+def part_attention(q: Tensor, k: Tensor, v: Tensor, part, *, key_padding_mask: Tensor | None = None,
+                   causal: bool = False, scale: float | None = None) -> tuple[Tensor, Tensor]:
+    """A block pattern's first part (one :func:`part_reason` accepts) on the native kernel.
+
+    Args:
+        q, k, v: (B, H, N, D) as for :func:`band_attention`.
+        part: the part; its query blocks are the kernel's blocks, its key blocks become ranges of keys.
+        key_padding_mask: (B, N) bool, padding a suffix of each row.
+        causal: hide keys after the query.
+
+    Returns:
+        ``out`` (B, H, N, Dv) and ``lse`` (B, H, N) fp32, as :func:`core_attn.kernels.block_sparse_attention`
+        returns them (rows with no visible key: 0 and -inf); both carry gradients.
+    """
+    n = q.shape[2]
+    lengths = None if key_padding_mask is None else _suffix_lengths(key_padding_mask)
+    lo, hi = key_ranges(n, n, 0 if causal else n, lengths)  # every key before the padding (and the query)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    training = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    return _PartAttention.apply(q, k, v, lo, hi, _segments(part, n), part.block_q, scale, training)

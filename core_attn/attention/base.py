@@ -94,9 +94,11 @@ class PatternAttention(AttentionBase):
 
     Backends:
         ``blocked``: our eager block-sparse kernel (forward and backward, any device).
-        ``native``: the compiled sliding-window kernel (:mod:`core_attn.native`): an x86 CPU, fp32 (bf16 where
-        the CPU has AVX512-BF16), a plain sliding window (:meth:`band`), padding only at the end of a sequence;
-        built on first use with the system C compiler.
+        ``native``: the compiled kernel of :mod:`core_attn.native`: an x86 CPU, fp32 (bf16 where the CPU has
+        AVX512-BF16), padding only at the end of a sequence, and either a plain sliding window (:meth:`band`)
+        or a pattern whose first part lists whole key blocks (BigBird's window, global and random blocks;
+        the other parts, such as the global rows, run blocked and merge); built on first use with the
+        system C compiler.
         ``flex``: compiled FlexAttention with the pattern's ``BlockMask`` (no backward on CPU).
         ``dense``: SDPA with ``dense_mask(n)`` as an additive bias (:func:`masked_dense_attention`): O(N^2),
         for checking, for short inputs and for export (ONNX, torch.export).
@@ -176,8 +178,11 @@ class PatternAttention(AttentionBase):
         from core_attn import native
 
         grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+        band, part = self.band(), None
+        if band is None and q.device.type == "cpu" and not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
+            part = (self.parts(q.shape[-2], q.device) or [None])[0]  # native runs a block pattern's first part
         reasons = {"blocked": None, "dense": None,
-                   "native": native.unusable_reason(q, k, v, key_padding_mask, self.band()),
+                   "native": native.unusable_reason(q, k, v, key_padding_mask, band, part),
                    "flex": flex_mod.unusable_reason(q.device, grad, q.shape[-1]),
                    "banded": None if self.band() is not None else native.NOT_A_BAND}
         if self.backend == "auto":
@@ -221,8 +226,12 @@ class PatternAttention(AttentionBase):
                 return pattern_attention(q, k, v, self.pattern(n), key_padding_mask, parts=self.parts(n, q.device),
                                          packed=packed)
             if backend == "native":  # select_backend checked the input: run it without checking again
+                from core_attn.kernels import pattern_attention
                 from core_attn.native import run_band
 
+                if self.band() is None:  # the first part on the native kernel, the rest blocked
+                    return pattern_attention(q, k, v, self.pattern(n), key_padding_mask,
+                                             parts=self.parts(n, q.device), packed=packed, native=True)
                 return run_band(q, k, v, *self.band(), key_padding_mask=key_padding_mask, packed=packed)
             if backend == "flex":
                 from core_attn import flex as flex_mod

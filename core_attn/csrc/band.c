@@ -208,12 +208,68 @@ static span_t block_span(const int32_t *lo, const int32_t *hi, int r0, int r1) {
     return s;
 }
 
+/* The keys a block of queries scores: one range (a sliding window: the block's span) or, given `segs`, the
+ * block's list of nseg (start, length) key ranges, lengths multiples of 16 (0: unused), ranges disjoint and
+ * within the transposed keys' npad columns (block-sparse patterns: BigBird's window, global and random
+ * blocks). The score tile holds the ranges side by side; row i still sees only keys lo[i] <= j < hi[i]. */
+typedef struct {
+    int lo, hi;         /* keys some row of the block sees: lo <= j < hi */
+    int L, nseg;        /* tile width, ranges */
+    int ks;             /* one range: its first key */
+    const int32_t *seg; /* or nseg (start, length) pairs */
+} plan_t;
+
+static plan_t block_plan(const int32_t *lo, const int32_t *hi, int r0, int r1, const int32_t *segs, int nseg,
+                         int qb) {
+    span_t s = block_span(lo, hi, r0, r1);
+    plan_t p = {s.lo, s.hi, s.L, 1, s.ks, 0};
+    if (segs && s.L) {
+        p.seg = segs + 2L * nseg * (r0 / qb);
+        p.nseg = nseg;
+        p.L = 0;
+        for (int j = 0; j < nseg; j++) p.L += p.seg[2 * j + 1];
+    }
+    return p;
+}
+
+static inline int seg_start(const plan_t *p, int j) { return p->seg ? p->seg[2 * j] : p->ks; }
+static inline int seg_len(const plan_t *p, int j) { return p->seg ? p->seg[2 * j + 1] : p->L; }
+
+/* the keys of range j some row sees: [*a, *b) (empty when *b <= *a) */
+static inline void seg_keys(const plan_t *p, int j, int *a, int *b) {
+    int st = seg_start(p, j), en = st + seg_len(p, j);
+    *a = st > p->lo ? st : p->lo;
+    *b = en < p->hi ? en : p->hi;
+}
+
+/* Row i's visible columns of the score row s as the [*a, *b) that softmax_row and probs_row take: for one
+ * range directly; for a list, the hidden columns set to -inf and [0, L) (or [0, 0) when none is visible) */
+static void row_columns(const plan_t *p, float *s, int lo, int hi, int *a, int *b) {
+    if (!p->seg) {
+        *a = lo - p->ks;
+        *b = hi - p->ks;
+        return;
+    }
+    int any = 0;
+    for (int j = 0, off = 0; j < p->nseg; off += p->seg[2 * j + 1], j++) {
+        int st = p->seg[2 * j], len = p->seg[2 * j + 1];
+        int x = lo - st, y = hi - st;
+        x = x < 0 ? 0 : x > len ? len : x;
+        y = y < x ? x : y > len ? len : y;
+        for (int c = 0; c < x; c++) s[off + c] = -INFINITY;
+        for (int c = y; c < len; c++) s[off + c] = -INFINITY;
+        any |= y > x;
+    }
+    *a = 0;
+    *b = any ? p->L : 0;
+}
+
 /* widest score tile of any block: the caller sizes the scratch with it */
-int band_tile_width(int n, const int32_t *lo, const int32_t *hi, int qb) {
+int band_tile_width(int n, const int32_t *lo, const int32_t *hi, int qb, const int32_t *segs, int nseg) {
     int w = 0;
     for (int r0 = 0; r0 < n; r0 += qb) {
-        span_t s = block_span(lo, hi, r0, r0 + qb < n ? r0 + qb : n);
-        w = s.L > w ? s.L : w;
+        plan_t p = block_plan(lo, hi, r0, r0 + qb < n ? r0 + qb : n, segs, nseg, qb);
+        w = p.L > w ? p.L : w;
     }
     return w;
 }
@@ -283,18 +339,19 @@ long band_scratch(int n, int d, int dv, int qb, int width, int backward) {
 
 /* Forward of one slice. q, k, v, o: rows of d (dv) floats with row strides qs, ks, vs, os;
  * scratch: band_scratch(n, d, dv, qb, band_tile_width(...), 0) floats. probs: NULL, or room for the
- * probabilities of every block (ceil(n / qb) * qb * width floats), which the backward then reads. */
+ * probabilities of every block (ceil(n / qb) * qb * width floats), which the backward then reads.
+ * segs, nseg: NULL, or the key ranges of every block (see plan_t). */
 void band_forward(int n, int d, int dv, const float *q, long qs, const float *k, long ks, const float *v, long vs,
                   const int32_t *lo, const int32_t *hi, float scale, int qb, float *o, long os, float *lse,
-                  float *scratch, float *probs) {
-    int npad = (n + 15) & ~15, width = probs ? band_tile_width(n, lo, hi, qb) : 0;
+                  float *scratch, float *probs, const int32_t *segs, int nseg) {
+    int npad = (n + 15) & ~15, width = probs ? band_tile_width(n, lo, hi, qb, segs, nseg) : 0;
     float *kt = scratch, *vc = kt + (long)d * npad, *tile = vc + (long)n * dv;
     pack(n, dv, v, vs, vc);
     transpose(n, d, k, ks, kt, npad);
     for (int r0 = 0; r0 < n; r0 += qb) {
-        int r1 = r0 + qb < n ? r0 + qb : n, m = r1 - r0;
-        span_t s = block_span(lo, hi, r0, r1);
-        if (s.L == 0) {
+        int r1 = r0 + qb < n ? r0 + qb : n, m = r1 - r0, first = 1;
+        plan_t p = block_plan(lo, hi, r0, r1, segs, nseg, qb);
+        if (p.L == 0) {
             for (int i = r0; i < r1; i++) {
                 memset(o + (long)i * os, 0, sizeof(float) * dv);
                 lse[i] = -INFINITY;
@@ -302,21 +359,36 @@ void band_forward(int n, int d, int dv, const float *q, long qs, const float *k,
             continue;
         }
         if (probs) tile = probs + (long)(r0 / qb) * qb * width;
-        gemm(m, s.L, d, q + (long)r0 * qs, qs, 1, kt + s.ks, npad, tile, s.L, 0, scale);
-        for (int i = r0; i < r1; i++)
-            lse[i] = softmax_row(tile + (long)(i - r0) * s.L, s.L, lo[i] - s.ks, hi[i] - s.ks);
-        gemm(m, dv, s.hi - s.lo, tile + (s.lo - s.ks), s.L, 1, vc + (long)s.lo * dv, dv, o + (long)r0 * os, os, 0,
-             1.0f);
+        for (int j = 0, off = 0; j < p.nseg; off += seg_len(&p, j), j++)
+            if (seg_len(&p, j))
+                gemm(m, seg_len(&p, j), d, q + (long)r0 * qs, qs, 1, kt + seg_start(&p, j), npad, tile + off, p.L, 0,
+                     scale);
+        for (int i = r0; i < r1; i++) {
+            int a, b;
+            row_columns(&p, tile + (long)(i - r0) * p.L, lo[i], hi[i], &a, &b);
+            lse[i] = softmax_row(tile + (long)(i - r0) * p.L, p.L, a, b);
+        }
+        for (int j = 0, off = 0; j < p.nseg; off += seg_len(&p, j), j++) {
+            int a, b;
+            seg_keys(&p, j, &a, &b);
+            if (b <= a) continue;
+            gemm(m, dv, b - a, tile + off + (a - seg_start(&p, j)), p.L, 1, vc + (long)a * dv, dv, o + (long)r0 * os,
+                 os, !first, 1.0f);
+            first = 0;
+        }
+        if (first)
+            for (int i = r0; i < r1; i++) memset(o + (long)i * os, 0, sizeof(float) * dv);
     }
 }
 
 /* Backward of one slice: dq, dk, dv written (dk and dv accumulated in place);
- * scratch: band_scratch(n, d, dv, qb, band_tile_width(...), 1) floats. */
+ * scratch: band_scratch(n, d, dv, qb, band_tile_width(...), 1) floats. dlse: NULL, or the gradient of the
+ * row log-sum-exp (the forward's lse is an output too where partial softmaxes are merged). */
 void band_backward(int n, int d, int dv, const float *q, long qs, const float *k, long ks, const float *v, long vs,
                    const float *o, long os, const float *dout, long dos, const float *lse, const int32_t *lo,
                    const int32_t *hi, float scale, int qb, float *dq, long dqs, float *dk, long dks, float *dvv,
-                   long dvs, float *scratch, const float *probs) {
-    int npad = (n + 15) & ~15, width = band_tile_width(n, lo, hi, qb);
+                   long dvs, float *scratch, const float *probs, const float *dlse, const int32_t *segs, int nseg) {
+    int npad = (n + 15) & ~15, width = band_tile_width(n, lo, hi, qb, segs, nseg);
     float *kt = scratch, *vt = kt + (long)d * npad, *kc = vt + (long)dv * npad, *t1 = kc + (long)n * d;
     float *t2 = t1 + (long)qb * width, *qblk = t2 + (long)qb * width, *doblk = qblk + (long)qb * d;
     pack(n, d, k, ks, kc);
@@ -327,9 +399,9 @@ void band_backward(int n, int d, int dv, const float *q, long qs, const float *k
         memset(dvv + (long)i * dvs, 0, sizeof(float) * dv);
     }
     for (int r0 = 0; r0 < n; r0 += qb) {
-        int r1 = r0 + qb < n ? r0 + qb : n, m = r1 - r0;
-        span_t s = block_span(lo, hi, r0, r1);
-        if (s.L == 0) {
+        int r1 = r0 + qb < n ? r0 + qb : n, m = r1 - r0, first = 1;
+        plan_t p = block_plan(lo, hi, r0, r1, segs, nseg, qb);
+        if (p.L == 0) {
             for (int i = r0; i < r1; i++) memset(dq + (long)i * dqs, 0, sizeof(float) * d);
             continue;
         }
@@ -338,22 +410,37 @@ void band_backward(int n, int d, int dv, const float *q, long qs, const float *k
         if (probs) { /* kept by the forward */
             t1 = (float *)probs + (long)(r0 / qb) * qb * width;
         } else {
-            gemm(m, s.L, d, qblk, d, 1, kt + s.ks, npad, t1, s.L, 0, scale);
-            for (int i = r0; i < r1; i++)
-                probs_row(t1 + (long)(i - r0) * s.L, s.L, lo[i] - s.ks, hi[i] - s.ks, lse[i]);
+            for (int j = 0, off = 0; j < p.nseg; off += seg_len(&p, j), j++)
+                if (seg_len(&p, j))
+                    gemm(m, seg_len(&p, j), d, qblk, d, 1, kt + seg_start(&p, j), npad, t1 + off, p.L, 0, scale);
+            for (int i = r0; i < r1; i++) {
+                int a, b;
+                row_columns(&p, t1 + (long)(i - r0) * p.L, lo[i], hi[i], &a, &b);
+                probs_row(t1 + (long)(i - r0) * p.L, p.L, a, b, lse[i]);
+            }
         }
-        gemm(m, s.L, dv, doblk, dv, 1, vt + s.ks, npad, t2, s.L, 0, 1.0f);
-        for (int i = r0; i < r1; i++) { /* dS = P * (dP - D), D = rowsum(dO * O) */
+        for (int j = 0, off = 0; j < p.nseg; off += seg_len(&p, j), j++)
+            if (seg_len(&p, j))
+                gemm(m, seg_len(&p, j), dv, doblk, dv, 1, vt + seg_start(&p, j), npad, t2 + off, p.L, 0, 1.0f);
+        for (int i = r0; i < r1; i++) { /* dS = P * (dP - D), D = rowsum(dO * O) - dlse */
             const float *a = doblk + (long)(i - r0) * dv, *b = o + (long)i * os;
             vf acc = (vf){};
             for (int c = 0; c < dv; c += VL) acc += ld(a + c) * ld(b + c);
-            vf di = bc(hsum(acc));
-            float *p = t1 + (long)(i - r0) * s.L, *g = t2 + (long)(i - r0) * s.L;
-            for (int c = 0; c < s.L; c += VL) st(g + c, ld(p + c) * (ld(g + c) - di));
+            vf di = bc(hsum(acc) - (dlse ? dlse[i] : 0.0f));
+            float *pr = t1 + (long)(i - r0) * p.L, *g = t2 + (long)(i - r0) * p.L;
+            for (int c = 0; c < p.L; c += VL) st(g + c, ld(pr + c) * (ld(g + c) - di));
         }
-        int off = s.lo - s.ks, nk = s.hi - s.lo;
-        gemm(m, d, nk, t2 + off, s.L, 1, kc + (long)s.lo * d, d, dq + (long)r0 * dqs, dqs, 0, scale);
-        gemm(nk, dv, m, t1 + off, 1, s.L, doblk, dv, dvv + (long)s.lo * dvs, dvs, 1, 1.0f);
-        gemm(nk, d, m, t2 + off, 1, s.L, qblk, d, dk + (long)s.lo * dks, dks, 1, scale);
+        for (int j = 0, off = 0; j < p.nseg; off += seg_len(&p, j), j++) {
+            int a, b;
+            seg_keys(&p, j, &a, &b);
+            if (b <= a) continue;
+            int c0 = off + (a - seg_start(&p, j)), nk = b - a;
+            gemm(m, d, nk, t2 + c0, p.L, 1, kc + (long)a * d, d, dq + (long)r0 * dqs, dqs, !first, scale);
+            gemm(nk, dv, m, t1 + c0, 1, p.L, doblk, dv, dvv + (long)a * dvs, dvs, 1, 1.0f);
+            gemm(nk, d, m, t2 + c0, 1, p.L, qblk, d, dk + (long)a * dks, dks, 1, scale);
+            first = 0;
+        }
+        if (first)
+            for (int i = r0; i < r1; i++) memset(dq + (long)i * dqs, 0, sizeof(float) * d);
     }
 }

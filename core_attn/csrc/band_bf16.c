@@ -190,8 +190,8 @@ long band_scratch_bf16(int n, int d, int dv, int qb, int width, int backward) {
  * (ceil(n / qb) * qb * width), which the backward then reads. */
 void band_forward_bf16(int n, int d, int dv, const bf16 *q, long qs, const bf16 *k, long ks, const bf16 *v, long vs,
                        const int32_t *lo, const int32_t *hi, float scale, int qb, bf16 *o, long os, float *lse,
-                       void *scratch, bf16 *probs) {
-    int npad = (n + 15) & ~15, width = band_tile_width(n, lo, hi, qb);
+                       void *scratch, bf16 *probs, const int32_t *segs, int nseg) {
+    int npad = (n + 15) & ~15, width = band_tile_width(n, lo, hi, qb, segs, nseg);
     uint32_t *ktp = scratch, *vp = ktp + (long)d / 2 * npad;
     float *tile = (float *)(vp + (long)npad / 2 * dv);
     bf16 *pb = (bf16 *)(tile + (long)qb * width);
@@ -199,9 +199,9 @@ void band_forward_bf16(int n, int d, int dv, const bf16 *q, long qs, const bf16 
     tpack(n, d, k, ks, ktp, npad, npad);
     ipack(n, npad, dv, v, vs, vp);
     for (int r0 = 0; r0 < n; r0 += qb) {
-        int r1 = r0 + qb < n ? r0 + qb : n, m = r1 - r0;
-        span_t s = block_span(lo, hi, r0, r1);
-        if (s.L == 0) {
+        int r1 = r0 + qb < n ? r0 + qb : n, m = r1 - r0, first = 1;
+        plan_t p = block_plan(lo, hi, r0, r1, segs, nseg, qb);
+        if (p.L == 0) {
             for (int i = r0; i < r1; i++) {
                 memset(o + (long)i * os, 0, 2 * (size_t)dv);
                 lse[i] = -INFINITY;
@@ -209,12 +209,21 @@ void band_forward_bf16(int n, int d, int dv, const bf16 *q, long qs, const bf16 
             continue;
         }
         if (probs) pb = probs + (long)(r0 / qb) * qb * width;
-        gemm_bf16(m, s.L, d / 2, (const uint32_t *)(q + (long)r0 * qs), qs / 2, 1, ktp + s.ks, npad, tile, s.L, 0,
-                  scale);
-        for (int i = r0; i < r1; i++)
-            lse[i] = softmax_row_bf16(tile + (long)(i - r0) * s.L, s.L, lo[i] - s.ks, hi[i] - s.ks,
-                                      pb + (long)(i - r0) * s.L);
-        gemm_bf16(m, dv, s.L / 2, (const uint32_t *)pb, s.L / 2, 1, vp + (long)s.ks / 2 * dv, dv, oacc, dv, 0, 1.0f);
+        for (int j = 0, off = 0; j < p.nseg; off += seg_len(&p, j), j++)
+            if (seg_len(&p, j))
+                gemm_bf16(m, seg_len(&p, j), d / 2, (const uint32_t *)(q + (long)r0 * qs), qs / 2, 1,
+                          ktp + seg_start(&p, j), npad, tile + off, p.L, 0, scale);
+        for (int i = r0; i < r1; i++) {
+            int a, b;
+            row_columns(&p, tile + (long)(i - r0) * p.L, lo[i], hi[i], &a, &b);
+            lse[i] = softmax_row_bf16(tile + (long)(i - r0) * p.L, p.L, a, b, pb + (long)(i - r0) * p.L);
+        }
+        for (int j = 0, off = 0; j < p.nseg; off += seg_len(&p, j), j++)
+            if (seg_len(&p, j)) { /* whole ranges: their hidden columns hold zeros */
+                gemm_bf16(m, dv, seg_len(&p, j) / 2, (const uint32_t *)(pb + off), p.L / 2, 1,
+                          vp + (long)seg_start(&p, j) / 2 * dv, dv, oacc, dv, !first, 1.0f);
+                first = 0;
+            }
         rows_to_bf16(m, dv, oacc, dv, o + (long)r0 * os, os);
     }
 }
@@ -233,12 +242,13 @@ static int spans_advance(int n, const int32_t *lo, const int32_t *hi, int qb) {
 }
 
 /* Backward of one slice (as band_backward): dK and dV accumulate in fp32 rows, zeroed as the block spans
- * reach them and written out as bf16 once no later block reaches them. */
+ * reach them and (for one range per block) written out as bf16 once no later block reaches them. */
 void band_backward_bf16(int n, int d, int dv, const bf16 *q, long qs, const bf16 *k, long ks, const bf16 *v,
                         long vs, const bf16 *o, long os, const bf16 *dout, long dos, const float *lse,
                         const int32_t *lo, const int32_t *hi, float scale, int qb, bf16 *dq, long dqs, bf16 *dk,
-                        long dks, bf16 *dvv, long dvs, void *scratch, const bf16 *probs) {
-    int npad = (n + 15) & ~15, width = band_tile_width(n, lo, hi, qb), qp = (qb + 1) / 2;
+                        long dks, bf16 *dvv, long dvs, void *scratch, const bf16 *probs, const float *dlse,
+                        const int32_t *segs, int nseg) {
+    int npad = (n + 15) & ~15, width = band_tile_width(n, lo, hi, qb, segs, nseg), qp = (qb + 1) / 2;
     long tile = (long)qb * width;
     uint32_t *ktp = scratch, *vtp = ktp + (long)d / 2 * npad, *kp = vtp + (long)dv / 2 * npad;
     float *t1 = (float *)(kp + (long)npad / 2 * d), *t2 = t1 + tile;
@@ -246,58 +256,75 @@ void band_backward_bf16(int n, int d, int dv, const bf16 *q, long qs, const bf16
     uint32_t *pp = (uint32_t *)(dsb + tile), *dsp = pp + (long)qp * width, *dop = dsp + (long)qp * width;
     uint32_t *qpk = dop + (long)qp * dv;
     float *dka = (float *)(qpk + (long)qp * d), *dva = dka + (long)npad * d, *dqa = dva + (long)npad * dv;
-    int advance = spans_advance(n, lo, hi, qb), zeroed = 0, flushed = 0;
+    int advance = !segs && spans_advance(n, lo, hi, qb), zeroed = 0, flushed = 0;
     if (!probs) tpack(n, d, k, ks, ktp, npad, npad); /* only to recompute the probabilities */
     tpack(n, dv, v, vs, vtp, npad, npad);
     ipack(n, npad, d, k, ks, kp);
     for (int r0 = 0; r0 < n; r0 += qb) {
-        int r1 = r0 + qb < n ? r0 + qb : n, m = r1 - r0, mp = (m + 1) / 2;
-        span_t s = block_span(lo, hi, r0, r1);
-        if (s.L == 0) {
+        int r1 = r0 + qb < n ? r0 + qb : n, m = r1 - r0, mp = (m + 1) / 2, end = 0;
+        plan_t p = block_plan(lo, hi, r0, r1, segs, nseg, qb);
+        if (p.L == 0) {
             for (int i = r0; i < r1; i++) memset(dq + (long)i * dqs, 0, 2 * (size_t)d);
             continue;
         }
-        if (advance && flushed < s.ks) { /* rows no later block reaches */
-            rows_to_bf16(s.ks - flushed, d, dka + (long)flushed * d, d, dk + (long)flushed * dks, dks);
-            rows_to_bf16(s.ks - flushed, dv, dva + (long)flushed * dv, dv, dvv + (long)flushed * dvs, dvs);
-            flushed = s.ks;
+        if (advance && flushed < p.ks) { /* rows no later block reaches */
+            rows_to_bf16(p.ks - flushed, d, dka + (long)flushed * d, d, dk + (long)flushed * dks, dks);
+            rows_to_bf16(p.ks - flushed, dv, dva + (long)flushed * dv, dv, dvv + (long)flushed * dvs, dvs);
+            flushed = p.ks;
         }
-        if (zeroed < s.ks + s.L) { /* rows 0 .. zeroed hold sums (or zeros) already */
-            memset(dka + (long)zeroed * d, 0, 4 * (size_t)(s.ks + s.L - zeroed) * d);
-            memset(dva + (long)zeroed * dv, 0, 4 * (size_t)(s.ks + s.L - zeroed) * dv);
-            zeroed = s.ks + s.L;
+        for (int j = 0; j < p.nseg; j++)
+            if (seg_len(&p, j) && seg_start(&p, j) + seg_len(&p, j) > end) end = seg_start(&p, j) + seg_len(&p, j);
+        if (zeroed < end) { /* rows 0 .. zeroed hold sums (or zeros) already */
+            memset(dka + (long)zeroed * d, 0, 4 * (size_t)(end - zeroed) * d);
+            memset(dva + (long)zeroed * dv, 0, 4 * (size_t)(end - zeroed) * dv);
+            zeroed = end;
         }
-        const bf16 *qb_ = q + (long)r0 * qs, *db = dout + (long)r0 * dos, *p;
+        const bf16 *qb_ = q + (long)r0 * qs, *db = dout + (long)r0 * dos, *pk;
+        int L = p.L;
         if (probs) { /* kept by the forward */
-            p = probs + (long)(r0 / qb) * tile;
+            pk = probs + (long)(r0 / qb) * tile;
         } else {
-            gemm_bf16(m, s.L, d / 2, (const uint32_t *)qb_, qs / 2, 1, ktp + s.ks, npad, t1, s.L, 0, scale);
-            for (int i = r0; i < r1; i++)
-                probs_row_bf16(t1 + (long)(i - r0) * s.L, s.L, lo[i] - s.ks, hi[i] - s.ks, lse[i],
-                               pr + (long)(i - r0) * s.L);
-            p = pr;
+            for (int j = 0, off = 0; j < p.nseg; off += seg_len(&p, j), j++)
+                if (seg_len(&p, j))
+                    gemm_bf16(m, seg_len(&p, j), d / 2, (const uint32_t *)qb_, qs / 2, 1, ktp + seg_start(&p, j),
+                              npad, t1 + off, L, 0, scale);
+            for (int i = r0; i < r1; i++) {
+                int a, b;
+                row_columns(&p, t1 + (long)(i - r0) * L, lo[i], hi[i], &a, &b);
+                probs_row_bf16(t1 + (long)(i - r0) * L, L, a, b, lse[i], pr + (long)(i - r0) * L);
+            }
+            pk = pr;
         }
-        gemm_bf16(m, s.L, dv / 2, (const uint32_t *)db, dos / 2, 1, vtp + s.ks, npad, t2, s.L, 0, 1.0f);
-        for (int i = r0; i < r1; i++) { /* dS = P * (dP - D), D = rowsum(dO * O) */
+        for (int j = 0, off = 0; j < p.nseg; off += seg_len(&p, j), j++)
+            if (seg_len(&p, j))
+                gemm_bf16(m, seg_len(&p, j), dv / 2, (const uint32_t *)db, dos / 2, 1, vtp + seg_start(&p, j), npad,
+                          t2 + off, L, 0, 1.0f);
+        for (int i = r0; i < r1; i++) { /* dS = P * (dP - D), D = rowsum(dO * O) - dlse */
             __m512 acc = _mm512_setzero_ps();
             for (int c = 0; c < dv; c += 16)
                 acc = _mm512_fmadd_ps(bf16x16(db + (long)(i - r0) * dos + c), bf16x16(o + (long)i * os + c), acc);
-            __m512 di = _mm512_set1_ps(_mm512_reduce_add_ps(acc));
-            const bf16 *pi = p + (long)(i - r0) * s.L;
-            const float *g = t2 + (long)(i - r0) * s.L;
-            bf16 *out = dsb + (long)(i - r0) * s.L;
-            for (int c = 0; c < s.L; c += 16)
+            __m512 di = _mm512_set1_ps(_mm512_reduce_add_ps(acc) - (dlse ? dlse[i] : 0.0f));
+            const bf16 *pi = pk + (long)(i - r0) * L;
+            const float *g = t2 + (long)(i - r0) * L;
+            bf16 *out = dsb + (long)(i - r0) * L;
+            for (int c = 0; c < L; c += 16)
                 store_bf16x16(out + c, _mm512_mul_ps(bf16x16(pi + c), _mm512_sub_ps(_mm512_loadu_ps(g + c), di)));
         }
-        ipack(m, 2 * mp, s.L, p, s.L, pp);
-        ipack(m, 2 * mp, s.L, dsb, s.L, dsp);
+        ipack(m, 2 * mp, L, pk, L, pp);
+        ipack(m, 2 * mp, L, dsb, L, dsp);
         ipack(m, 2 * mp, dv, db, dos, dop);
         ipack(m, 2 * mp, d, qb_, qs, qpk);
-        gemm_bf16(m, d, s.L / 2, (const uint32_t *)dsb, s.L / 2, 1, kp + (long)s.ks / 2 * d, d, dqa, d, 0, scale);
+        /* dQ = dS K; dV += P^T dO and dK += dS^T Q per range: A is the pair-packed P (dS) read down its columns */
+        for (int j = 0, off = 0, first = 1; j < p.nseg; off += seg_len(&p, j), j++) {
+            int st = seg_start(&p, j), len = seg_len(&p, j);
+            if (!len) continue;
+            gemm_bf16(m, d, len / 2, (const uint32_t *)(dsb + off), L / 2, 1, kp + (long)st / 2 * d, d, dqa, d, !first,
+                      scale);
+            gemm_bf16(len, dv, mp, pp + off, 1, L, dop, dv, dva + (long)st * dv, dv, 1, 1.0f);
+            gemm_bf16(len, d, mp, dsp + off, 1, L, qpk, d, dka + (long)st * d, d, 1, scale);
+            first = 0;
+        }
         rows_to_bf16(m, d, dqa, d, dq + (long)r0 * dqs, dqs);
-        /* dV += P^T dO and dK += dS^T Q over the block's span: A is the pair-packed P (dS) read down its columns */
-        gemm_bf16(s.L, dv, mp, pp, 1, s.L, dop, dv, dva + (long)s.ks * dv, dv, 1, 1.0f);
-        gemm_bf16(s.L, d, mp, dsp, 1, s.L, qpk, d, dka + (long)s.ks * d, d, 1, scale);
     }
     if (zeroed < n) {
         memset(dka + (long)zeroed * d, 0, 4 * (size_t)(n - zeroed) * d);

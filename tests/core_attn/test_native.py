@@ -307,3 +307,83 @@ def test_bf16_with_padding_at_the_end_is_close_to_the_reference():
     assert out[1, :, 39:].abs().max() == 0 and grads[1][1, :, 30:].abs().max() == 0
     for got, want in zip([out, *grads], [ref, *ref_grads]):
         assert (got.double() - want).abs().max().item() < 0.03
+
+
+def _bigbird_errors(attn, q, k, v, pad, reference_dtype=torch.float64):
+    n = q.shape[2]
+    g = torch.randn(q.shape[:-1] + (v.shape[-1],), generator=torch.Generator().manual_seed(2)).to(q.dtype)
+    ins = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    out = attn(*ins, key_padding_mask=pad)
+    grads = torch.autograd.grad(out, ins, g)
+    ref_in = [t.detach().to(reference_dtype).requires_grad_() for t in (q, k, v)]
+    ref = reference_attention(*ref_in, mask=attn.pattern(n).dense_mask(n), key_padding_mask=pad).nan_to_num()
+    ref_grads = torch.autograd.grad(ref, ref_in, g.to(reference_dtype))
+    return [(a.double() - b.double()).abs().max().item() for a, b in zip([out, *grads], [ref, *ref_grads])]
+
+
+@needs_native
+@pytest.mark.parametrize("n,block,causal,padded", [(1000, 64, False, False), (700, 32, True, True),
+                                                   (520, 16, False, True), (2048, 64, True, False)])
+def test_bigbird_runs_its_blocks_on_native_and_matches_reference(n, block, causal, padded):
+    """BigBird's fused part (window, global and random key blocks of each query block) runs on the native
+    kernel as lists of key ranges; the global rows run blocked and merge with it by log-sum-exp."""
+    attn = core_attn.build_attention("bigbird", block_size=block, causal=causal, backend="native")
+    g = torch.Generator().manual_seed(n)
+    q, k, v = (torch.randn(2, 2, n, 32, generator=g) for _ in range(3))
+    pad = None
+    if padded:
+        pad = torch.zeros(2, n, dtype=torch.bool)
+        pad[1, n - 70:] = True
+    assert max(_bigbird_errors(attn, q, k, v, pad)) < 1e-4
+
+
+@needs_native
+def test_auto_picks_native_for_bigbird_at_long_lengths():
+    q = torch.randn(1, 2, 8192, 32)
+    assert core_attn.build_attention("bigbird", block_size=64).select_backend(q, q, q) == "native"
+
+
+@needs_bf16
+def test_bigbird_bf16_on_native_is_as_close_as_blocked():
+    n = 1024
+    g = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(1, 2, n, 64, generator=g).bfloat16() for _ in range(3))
+    auto = core_attn.build_attention("bigbird", block_size=64, backend="native")
+    blocked = core_attn.build_attention("bigbird", block_size=64, backend="blocked")
+    for err, their in zip(_bigbird_errors(auto, q, k, v, None), _bigbird_errors(blocked, q, k, v, None)):
+        assert err < 0.03 and err <= 1.25 * their + 1e-3, (err, their)
+
+
+@needs_native
+def test_part_attention_log_sum_exp_carries_its_gradient():
+    """The merge of partial softmaxes differentiates through each part's lse: the native part's (out, lse)
+    and their gradients equal the blocked kernel's on the same part."""
+    from core_attn.kernels import block_sparse_attention
+
+    n = 512
+    attn = core_attn.build_attention("bigbird", block_size=64)
+    part = attn.parts(n, torch.device("cpu"))[0]
+    assert native.part_reason(part) is None
+    g = torch.Generator().manual_seed(6)
+    q, k, v = (torch.randn(2, 2, n, 32, generator=g) for _ in range(3))
+    wo, wl = torch.randn(2, 2, n, 32, generator=g), torch.randn(2, 2, n, generator=g)
+    results = []
+    for fn in (lambda q, k, v: native.part_attention(q, k, v, part),
+               lambda q, k, v: block_sparse_attention(q, k, v, part)):
+        ins = [t.clone().requires_grad_() for t in (q, k, v)]
+        out, lse = fn(*ins)
+        results.append([out, lse, *torch.autograd.grad((out * wo).sum() + (lse * wl).sum(), ins)])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, atol=5e-5, rtol=1e-4)
+
+
+@needs_native
+def test_block_patterns_native_cannot_run_fall_back_to_blocked():
+    q = torch.randn(1, 2, 512, 32)
+    small = core_attn.build_attention("bigbird", block_size=8)  # key blocks of 8: not whole vectors
+    assert small.select_backend(q, q, q) == "blocked"
+    with pytest.raises(ValueError, match="native: needs a plain sliding window .* or a pattern whose first part "
+                                         "lists whole key blocks of a multiple of 16 keys"):
+        core_attn.build_attention("bigbird", block_size=8, backend="native")(q, q, q)
+    strided = core_attn.build_attention("sparse_strided", stride=32)
+    assert strided.select_backend(q, q, q) == "blocked"
