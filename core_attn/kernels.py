@@ -20,8 +20,6 @@ import threading
 import torch
 from torch import Tensor
 
-from core_attn.native import part_attention as native_part_attention
-from core_attn.native import part_reason as native_part_reason
 from core_attn.patterns import Part, Pattern
 
 # Elements of one chunk's score tensor (B * H * blocks * block_q * keys); ~8M fp32 = 32 MB.
@@ -830,7 +828,7 @@ def merge_partials(outs: list[Tensor], lses: list[Tensor]) -> tuple[Tensor, Tens
 
 def pattern_attention(q: Tensor, k: Tensor, v: Tensor, pattern: Pattern,
                       key_padding_mask: Tensor | None = None, scale: float | None = None,
-                      parts: list[Part] | None = None, packed: Tensor | None = None, native: bool = False) -> Tensor:
+                      parts: list[Part] | None = None, packed: Tensor | None = None) -> Tensor:
     """Exact attention restricted to ``pattern`` (self-attention: q, k, v share the length N).
 
     Args:
@@ -840,8 +838,6 @@ def pattern_attention(q: Tensor, k: Tensor, v: Tensor, pattern: Pattern,
         parts: precomputed ``pattern.parts(N)`` (cached by the attention modules).
         packed: optional (3, B, H, N, D) tensor with ``(q, k, v) == packed.unbind(0)`` (the layer's qkv
             projection): a pattern of one part in natural order then sends one gradient to it.
-        native: run the first part on the native kernel (:func:`core_attn.native.part_attention`) where
-            :func:`core_attn.native.part_reason` accepts it; the caller has checked the input.
 
     Returns:
         (B, H, N, Dv); a query that sees no key gets zeros.
@@ -853,12 +849,6 @@ def pattern_attention(q: Tensor, k: Tensor, v: Tensor, pattern: Pattern,
         key_pad = torch.nn.functional.pad(key_padding_mask.to(torch.bool), (0, 1), value=True)
     outs, lses, row_parts = [], [], []
     for p, part in enumerate(parts):
-        if native and p == 0 and native_part_reason(part) is None:  # the first part owns all its listed pairs
-            o, lse = native_part_attention(q, k, v, part, key_padding_mask=key_padding_mask,
-                                           causal=pattern.is_causal, scale=scale)
-            outs.append(o)
-            lses.append(lse)
-            continue
         earlier = [pp.mask for pp in parts[:p]]
 
         def part_mask(i, j, part=part, earlier=earlier):

@@ -39,8 +39,8 @@ FLAGS = {"AVX512": ["-mavx512f", "-mavx512dq", "-mavx512vl", "-mavx512bw", "-mav
          "AVX2": ["-mavx2", "-mfma"]}
 
 NOT_A_BAND = "needs a plain sliding window (local without global tokens or dilation)"
-NOT_BLOCKS = (f"needs a plain sliding window (local without global tokens or dilation) or a pattern whose "
-              f"first part lists whole key blocks of a multiple of {VECTOR} keys (bigbird)")
+NOT_NATIVE = (f"needs a plain sliding window (local without global tokens or dilation) or bigbird with "
+              f"blocks of a multiple of {VECTOR} tokens")
 
 _LOCK = threading.Lock()
 _LIB: ctypes.CDLL | None = None
@@ -88,10 +88,10 @@ def _compile(isa: str) -> Path:
 def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     p, i, l, f = ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_float
     lib.band_tile_width.argtypes, lib.band_tile_width.restype = [i, p, p, i, p, i], i
+    lib.band_probs_size.argtypes, lib.band_probs_size.restype = [i, p, p, i, p, i], l
     lib.band_scratch.argtypes, lib.band_scratch.restype = [i, i, i, i, i, i], l
     lib.band_forward.argtypes = [i, i, i, p, l, p, l, p, l, p, p, f, i, p, l, p, p, p, p, i]
-    lib.band_backward.argtypes = [i, i, i, p, l, p, l, p, l, p, l, p, l, p, p, p, f, i, p, l, p, l, p, l, p, p, p, p,
-                                  i]
+    lib.band_backward.argtypes = [i, i, i, p, l, p, l, p, l, p, l, p, l, p, p, p, f, i, p, l, p, l, p, l, p, p, p, i]
     if hasattr(lib, "band_forward_bf16"):
         lib.band_scratch_bf16.argtypes, lib.band_scratch_bf16.restype = [i, i, i, i, i, i], l
         lib.band_forward_bf16.argtypes = lib.band_forward.argtypes
@@ -122,22 +122,12 @@ def library() -> ctypes.CDLL | None:
         return _LIB
 
 
-def part_reason(part) -> str | None:
-    """``None`` when the native kernel can run this block-sparse part (a :class:`core_attn.patterns.Part`) as
-    lists of key ranges: every pair of its listed blocks visible (``exact``: BigBird's fused window, global
-    and random blocks), positions in natural order and shared by the batch, key blocks a multiple of 16."""
-    if part is None or not (part.exact and part.identity_q and part.identity_k) or part.q_pos.dim() != 1 \
-            or part.kv_index.dim() != 2 or part.block_k % VECTOR:
-        return NOT_BLOCKS
-    return None
-
-
 def unusable_reason(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None,
-                    band: tuple[int, int] | None, part=None) -> str | None:
+                    band: tuple[int, int] | None, blocks: tuple[Tensor, int] | None = None) -> str | None:
     """``None`` when the native kernel can run this input, else why not: ``band`` for a sliding window,
-    else ``part`` for the first part of a block pattern (see :func:`part_reason`)."""
-    if band is None and (part is None or part_reason(part) is not None):
-        return NOT_A_BAND if part is None else part_reason(part)
+    else ``blocks`` (:func:`block_ranges` and the query block size) for a block pattern."""
+    if band is None and blocks is None:
+        return NOT_NATIVE
     if q.device.type != "cpu":
         return f"runs on CPU only (input on {q.device.type})"
     if torch.compiler.is_compiling() or torch.jit.is_tracing():
@@ -224,7 +214,7 @@ def _keep_probs(q: Tensor, need: int) -> bool:
 
 
 def _forward(ctx, q: Tensor, k: Tensor, v: Tensor, lo: Tensor, hi: Tensor, scale: float, training: bool,
-             segs: Tensor | None = None, block: int = BLOCK_Q) -> tuple[Tensor, Tensor]:
+             segs: Tensor | None, block: int) -> Tensor:
     from core_attn.kernels import WORKSPACE, _new_heads
 
     lib = library()
@@ -237,7 +227,8 @@ def _forward(ctx, q: Tensor, k: Tensor, v: Tensor, lo: Tensor, hi: Tensor, scale
     width = max(lib.band_tile_width(n, lo[i].data_ptr(), hi[i].data_ptr(), block, seg_ptr, nseg)
                 for i in range(lo.shape[0]))
     sel = (lambda i: 0) if lo.shape[0] == 1 else (lambda i: i)
-    per_slice = -(-n // block) * block * width  # the probabilities of one (batch, head), in q's dtype
+    per_slice = max(lib.band_probs_size(n, lo[i].data_ptr(), hi[i].data_ptr(), block, seg_ptr, nseg)
+                    for i in range(lo.shape[0]))  # the probabilities of one (batch, head), in q's dtype
     probs = None
     if training and _keep_probs(q, b * h * per_slice * q.element_size()):  # to the workspace once released
         probs = WORKSPACE.take(b * h * per_slice, q.dtype, q.device)
@@ -252,11 +243,10 @@ def _forward(ctx, q: Tensor, k: Tensor, v: Tensor, lo: Tensor, hi: Tensor, scale
     ctx.save_for_backward(q, k, v, out, lse, lo, hi, probs, segs)
     ctx.per_slice, ctx.block = per_slice, block
     ctx.scale, ctx.width = scale, width
-    return out, lse
+    return out
 
 
-def _backward(ctx, dout: Tensor | None, grad: Tensor | None, dlse: Tensor | None = None
-              ) -> tuple[Tensor, Tensor, Tensor]:
+def _backward(ctx, dout: Tensor, grad: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
     from core_attn.kernels import _new_heads
 
     lib = library()
@@ -264,12 +254,8 @@ def _backward(ctx, dout: Tensor | None, grad: Tensor | None, dlse: Tensor | None
     kernel, scratch_of = _entry(lib, "band_backward", q.dtype), _entry(lib, "band_scratch", q.dtype)
     b, h, n, d = q.shape
     dv = v.shape[-1]
-    if dout is None:  # only the log-sum-exp was used
-        dout = torch.zeros_like(out)
     if dout.stride(-1) != 1 or dout.dtype != q.dtype:
         dout = dout.to(q.dtype).contiguous()
-    if dlse is not None:
-        dlse = dlse.to(torch.float32).contiguous()
     seg_ptr, nseg = (None, 0) if segs is None else (segs.data_ptr(), segs.shape[1])
     if grad is not None:
         dq, dk, dvv = grad.unbind(0)
@@ -283,7 +269,7 @@ def _backward(ctx, dout: Tensor | None, grad: Tensor | None, dlse: Tensor | None
                           v.stride(2), _ptr(out, bi, hi_), out.stride(2), _ptr(dout, bi, hi_), dout.stride(2),
                           _ptr(lse, bi, hi_), lo[sel(bi)].data_ptr(), hi[sel(bi)].data_ptr(), ctx.scale, ctx.block,
                           _ptr(dq, bi, hi_), dq.stride(2), _ptr(dk, bi, hi_), dk.stride(2), _ptr(dvv, bi, hi_),
-                          dvv.stride(2), scratch, kept, None if dlse is None else _ptr(dlse, bi, hi_), seg_ptr, nseg)
+                          dvv.stride(2), scratch, kept, seg_ptr, nseg)
 
     _run(one, b, h, scratch_of(n, d, dv, ctx.block, ctx.width, 1))
     return dq, dk, dvv
@@ -291,12 +277,12 @@ def _backward(ctx, dout: Tensor | None, grad: Tensor | None, dlse: Tensor | None
 
 class _BandAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, lo, hi, scale, training):
-        return _forward(ctx, q, k, v, lo, hi, scale, training)[0]
+    def forward(ctx, q, k, v, lo, hi, scale, training, segs, block):
+        return _forward(ctx, q, k, v, lo, hi, scale, training, segs, block)
 
     @staticmethod
     def backward(ctx, dout):
-        return (*_backward(ctx, dout, None), None, None, None, None)
+        return (*_backward(ctx, dout, None), None, None, None, None, None, None)
 
 
 class _PackedBandAttention(torch.autograd.Function):
@@ -304,9 +290,9 @@ class _PackedBandAttention(torch.autograd.Function):
     (see :class:`core_attn.kernels._PackedBlockSparseAttention`)."""
 
     @staticmethod
-    def forward(ctx, qkv, lo, hi, scale, training):
+    def forward(ctx, qkv, lo, hi, scale, training, segs, block):
         ctx.packed, ctx.dtype = (qkv.shape, qkv.stride()), qkv.dtype
-        return _forward(ctx, *qkv.unbind(0), lo, hi, scale, training)[0]
+        return _forward(ctx, *qkv.unbind(0), lo, hi, scale, training, segs, block)
 
     @staticmethod
     def backward(ctx, dout):
@@ -315,7 +301,7 @@ class _PackedBandAttention(torch.autograd.Function):
         shape, stride = ctx.packed
         grad = WORKSPACE.take(math.prod(shape), ctx.dtype, dout.device).as_strided(shape, stride)
         _backward(ctx, dout, grad)
-        return grad, None, None, None, None
+        return grad, None, None, None, None, None, None
 
 
 def band_attention(q: Tensor, k: Tensor, v: Tensor, left: int, right: int, *,
@@ -344,66 +330,45 @@ def run_band(q: Tensor, k: Tensor, v: Tensor, left: int, right: int, *, key_padd
              scale: float | None = None, packed: Tensor | None = None) -> Tensor:
     """:func:`band_attention` for an input :func:`unusable_reason` has already accepted (no second check)."""
     lengths = None if key_padding_mask is None else _suffix_lengths(key_padding_mask)
-    lo, hi = key_ranges(q.shape[2], left, right, lengths)
+    return _run_attention(q, k, v, *key_ranges(q.shape[2], left, right, lengths), None, BLOCK_Q, scale, packed)
+
+
+def block_ranges(kv_index: Tensor, block_k: int, n: int) -> Tensor:
+    """(query blocks, S, 2) int32 for :func:`run_blocks`: each query block's key blocks (``kv_index``, (query
+    blocks, C), -1 = none, each block listed once) as (start, length) ranges of keys, consecutive blocks merged,
+    unused slots (0, 0); a range stops at the kernel's padded length (n rounded up to 16)."""
+    kv = kv_index.cpu()
+    valid = kv >= 0
+    prev = torch.cat([torch.full_like(kv[:, :1], -2), kv[:, :-1]], 1)
+    first = valid & ~((prev >= 0) & (kv == prev + 1))  # a range starts here
+    slot = first.cumsum(1) - 1
+    rows = torch.arange(kv.shape[0])[:, None].expand_as(kv)
+    segs = torch.zeros(kv.shape[0], max(1, int(first.sum(1).max())), 2, dtype=torch.int64)
+    segs[rows[first], slot[first], 0] = kv[first] * block_k
+    segs[..., 1].index_put_((rows[valid], slot[valid]), torch.full_like(kv[valid], block_k), accumulate=True)
+    npad = -(-n // VECTOR) * VECTOR
+    segs[..., 1] = torch.minimum(segs[..., 1], npad - segs[..., 0]).clamp(min=0)
+    return segs.to(torch.int32).contiguous()
+
+
+def run_blocks(q: Tensor, k: Tensor, v: Tensor, segs: Tensor, block: int, *, causal: bool = False,
+               key_padding_mask: Tensor | None = None, scale: float | None = None,
+               packed: Tensor | None = None) -> Tensor:
+    """Exact attention where the queries of block b (``block`` rows) see the key ranges ``segs[b]``
+    (:func:`block_ranges`: disjoint, lengths multiples of 16), minus the keys after the query when ``causal``
+    and a padded suffix; for an input :func:`unusable_reason` has accepted. Arguments and result as for
+    :func:`band_attention`."""
+    lengths = None if key_padding_mask is None else _suffix_lengths(key_padding_mask)
+    n = q.shape[2]
+    lo, hi = key_ranges(n, n, 0 if causal else n, lengths)  # every key before the padding (and the query)
+    return _run_attention(q, k, v, lo, hi, segs, block, scale, packed)
+
+
+def _run_attention(q, k, v, lo, hi, segs, block, scale, packed) -> Tensor:
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     if packed is not None and packed.stride(-1) == 1:
-        return _PackedBandAttention.apply(packed, lo, hi, scale, torch.is_grad_enabled() and packed.requires_grad)
+        training = torch.is_grad_enabled() and packed.requires_grad
+        return _PackedBandAttention.apply(packed, lo, hi, scale, training, segs, block)
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     training = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-    return _BandAttention.apply(q, k, v, lo, hi, scale, training)
-
-
-class _PartAttention(torch.autograd.Function):
-    """(out, lse) over lists of key ranges per query block; the lse has a gradient (partial softmaxes merge)."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, lo, hi, segs, block, scale, training):
-        ctx.set_materialize_grads(False)
-        return _forward(ctx, q, k, v, lo, hi, scale, training, segs, block)
-
-    @staticmethod
-    def backward(ctx, dout, dlse):
-        return (*_backward(ctx, dout, None, dlse), None, None, None, None, None, None)
-
-
-def _segments(part, n: int) -> Tensor:
-    """(query blocks, S, 2) int32: each query block's listed key blocks as (start, length) ranges, consecutive
-    blocks merged, unused slots (0, 0); the last range stops at the kernel's padded length."""
-    key = ("native segments", n)
-    if key not in part.mask_cache:
-        kv, bk = part.kv_index.cpu(), part.block_k
-        valid = kv >= 0
-        prev = torch.cat([torch.full_like(kv[:, :1], -2), kv[:, :-1]], 1)
-        first = valid & ~((prev >= 0) & (kv == prev + 1))  # a range starts here
-        slot = first.cumsum(1) - 1
-        rows = torch.arange(kv.shape[0])[:, None].expand_as(kv)
-        segs = torch.zeros(kv.shape[0], max(1, int(first.sum(1).max())), 2, dtype=torch.int64)
-        segs[rows[first], slot[first], 0] = kv[first] * bk
-        segs[..., 1].index_put_((rows[valid], slot[valid]), torch.full_like(kv[valid], bk), accumulate=True)
-        npad = -(-n // VECTOR) * VECTOR
-        segs[..., 1] = torch.minimum(segs[..., 1], npad - segs[..., 0]).clamp(min=0)
-        part.mask_cache[key] = segs.to(torch.int32).contiguous()
-    return part.mask_cache[key]
-
-
-def part_attention(q: Tensor, k: Tensor, v: Tensor, part, *, key_padding_mask: Tensor | None = None,
-                   causal: bool = False, scale: float | None = None) -> tuple[Tensor, Tensor]:
-    """A block pattern's first part (one :func:`part_reason` accepts) on the native kernel.
-
-    Args:
-        q, k, v: (B, H, N, D) as for :func:`band_attention`.
-        part: the part; its query blocks are the kernel's blocks, its key blocks become ranges of keys.
-        key_padding_mask: (B, N) bool, padding a suffix of each row.
-        causal: hide keys after the query.
-
-    Returns:
-        ``out`` (B, H, N, Dv) and ``lse`` (B, H, N) fp32, as :func:`core_attn.kernels.block_sparse_attention`
-        returns them (rows with no visible key: 0 and -inf); both carry gradients.
-    """
-    n = q.shape[2]
-    lengths = None if key_padding_mask is None else _suffix_lengths(key_padding_mask)
-    lo, hi = key_ranges(n, n, 0 if causal else n, lengths)  # every key before the padding (and the query)
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
-    training = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-    return _PartAttention.apply(q, k, v, lo, hi, _segments(part, n), part.block_q, scale, training)
+    return _BandAttention.apply(q, k, v, lo, hi, scale, training, segs, block)

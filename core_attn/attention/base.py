@@ -96,9 +96,8 @@ class PatternAttention(AttentionBase):
         ``blocked``: our eager block-sparse kernel (forward and backward, any device).
         ``native``: the compiled kernel of :mod:`core_attn.native`: an x86 CPU, fp32 (bf16 where the CPU has
         AVX512-BF16), padding only at the end of a sequence, and either a plain sliding window (:meth:`band`)
-        or a pattern whose first part lists whole key blocks (BigBird's window, global and random blocks;
-        the other parts, such as the global rows, run blocked and merge); built on first use with the
-        system C compiler.
+        or blocks of queries that see ranges of keys (:meth:`native_blocks`: BigBird); built on first use
+        with the system C compiler.
         ``flex``: compiled FlexAttention with the pattern's ``BlockMask`` (no backward on CPU).
         ``dense``: SDPA with ``dense_mask(n)`` as an additive bias (:func:`masked_dense_attention`): O(N^2),
         for checking, for short inputs and for export (ONNX, torch.export).
@@ -160,6 +159,12 @@ class PatternAttention(AttentionBase):
         right, nothing else) at every length, else ``None``: what the ``banded`` backend needs."""
         return None
 
+    def native_blocks(self, n: int) -> tuple[Tensor, int] | None:
+        """For the ``native`` backend, a pattern that is whole blocks of queries seeing whole ranges of keys
+        (plus causality): ``(ranges, query block size)`` as :func:`core_attn.native.run_blocks` takes them,
+        else ``None`` (the default)."""
+        return None
+
     def density(self, n: int) -> float:
         """Fraction of the (n, n) score matrix the pattern allows (builds the mask; not kept)."""
         return float(self.pattern(n).dense_mask(n).float().mean())
@@ -178,11 +183,11 @@ class PatternAttention(AttentionBase):
         from core_attn import native
 
         grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-        band, part = self.band(), None
+        band, blocks = self.band(), None
         if band is None and q.device.type == "cpu" and not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
-            part = (self.parts(q.shape[-2], q.device) or [None])[0]  # native runs a block pattern's first part
+            blocks = self.native_blocks(q.shape[-2])
         reasons = {"blocked": None, "dense": None,
-                   "native": native.unusable_reason(q, k, v, key_padding_mask, band, part),
+                   "native": native.unusable_reason(q, k, v, key_padding_mask, band, blocks),
                    "flex": flex_mod.unusable_reason(q.device, grad, q.shape[-1]),
                    "banded": None if self.band() is not None else native.NOT_A_BAND}
         if self.backend == "auto":
@@ -226,12 +231,11 @@ class PatternAttention(AttentionBase):
                 return pattern_attention(q, k, v, self.pattern(n), key_padding_mask, parts=self.parts(n, q.device),
                                          packed=packed)
             if backend == "native":  # select_backend checked the input: run it without checking again
-                from core_attn.kernels import pattern_attention
-                from core_attn.native import run_band
+                from core_attn.native import run_band, run_blocks
 
-                if self.band() is None:  # the first part on the native kernel, the rest blocked
-                    return pattern_attention(q, k, v, self.pattern(n), key_padding_mask,
-                                             parts=self.parts(n, q.device), packed=packed, native=True)
+                if self.band() is None:
+                    return run_blocks(q, k, v, *self.native_blocks(n), causal=self.causal,
+                                      key_padding_mask=key_padding_mask, packed=packed)
                 return run_band(q, k, v, *self.band(), key_padding_mask=key_padding_mask, packed=packed)
             if backend == "flex":
                 from core_attn import flex as flex_mod

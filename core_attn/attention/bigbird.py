@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import math
 
+import torch
+from torch import Tensor
+
 from core_attn.attention.base import PatternAttention
 from core_attn.patterns import BlockLocal, Global, Pattern, RandomBlocks
 from core_attn.registry import register_attention
@@ -80,6 +83,27 @@ class BigBirdAttention(PatternAttention):
                 tokens.extend(range(b * bs, min(n, (b + 1) * bs)))
             self._globals[n] = Global(tokens)
         return self._globals[n]
+
+    def native_blocks(self, n: int) -> tuple[Tensor, int] | None:
+        """Each query block's keys as ranges for the native kernel: the fused plan's window, global and random
+        key blocks, and all keys for the global query blocks (their rows see everything); ``None`` for blocks
+        that are no multiple of 16 tokens, or a pattern without the fused plan."""
+        from core_attn import native
+
+        key = ("native", n)
+        if key not in self._parts_cache:
+            self._parts_cache[key] = None
+            parts = self.parts(n, torch.device("cpu"))
+            fused = parts[0]
+            rows = len(parts) - 1  # the global rows' part, if any
+            if (fused.exact and self.block_size % native.VECTOR == 0 and rows == (1 if self.num_global_blocks else 0)
+                    and fused.kv_index.shape[0] == math.ceil(n / self.block_size)):
+                ranges = native.block_ranges(fused.kv_index, self.block_size, n)
+                for b in self._global_blocks:  # global rows: one range of every key
+                    ranges[b % ranges.shape[0]] = 0
+                    ranges[b % ranges.shape[0], 0, 1] = -(-n // native.VECTOR) * native.VECTOR
+                self._parts_cache[key] = (ranges, self.block_size)
+        return self._parts_cache[key]
 
     def pattern(self, n: int) -> Pattern:
         comps = [self._window]

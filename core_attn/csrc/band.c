@@ -274,6 +274,14 @@ int band_tile_width(int n, const int32_t *lo, const int32_t *hi, int qb, const i
     return w;
 }
 
+/* elements of the probabilities training keeps: qb x L per block, block after block */
+long band_probs_size(int n, const int32_t *lo, const int32_t *hi, int qb, const int32_t *segs, int nseg) {
+    long size = 0;
+    for (int r0 = 0; r0 < n; r0 += qb)
+        size += (long)qb * block_plan(lo, hi, r0, r0 + qb < n ? r0 + qb : n, segs, nseg, qb).L;
+    return size;
+}
+
 static inline vf vmax(vf a, vf b) { return sel(a > b, a, b); }
 
 /* -inf in the columns of s outside [a, b) that share a vector with [a, b); returns the vector range */
@@ -339,12 +347,13 @@ long band_scratch(int n, int d, int dv, int qb, int width, int backward) {
 
 /* Forward of one slice. q, k, v, o: rows of d (dv) floats with row strides qs, ks, vs, os;
  * scratch: band_scratch(n, d, dv, qb, band_tile_width(...), 0) floats. probs: NULL, or room for the
- * probabilities of every block (ceil(n / qb) * qb * width floats), which the backward then reads.
+ * probabilities of every block (band_probs_size(...) floats), which the backward then reads.
  * segs, nseg: NULL, or the key ranges of every block (see plan_t). */
 void band_forward(int n, int d, int dv, const float *q, long qs, const float *k, long ks, const float *v, long vs,
                   const int32_t *lo, const int32_t *hi, float scale, int qb, float *o, long os, float *lse,
                   float *scratch, float *probs, const int32_t *segs, int nseg) {
-    int npad = (n + 15) & ~15, width = probs ? band_tile_width(n, lo, hi, qb, segs, nseg) : 0;
+    int npad = (n + 15) & ~15;
+    long kept = 0;
     float *kt = scratch, *vc = kt + (long)d * npad, *tile = vc + (long)n * dv;
     pack(n, dv, v, vs, vc);
     transpose(n, d, k, ks, kt, npad);
@@ -358,7 +367,8 @@ void band_forward(int n, int d, int dv, const float *q, long qs, const float *k,
             }
             continue;
         }
-        if (probs) tile = probs + (long)(r0 / qb) * qb * width;
+        if (probs) tile = probs + kept;
+        kept += (long)qb * p.L;
         for (int j = 0, off = 0; j < p.nseg; off += seg_len(&p, j), j++)
             if (seg_len(&p, j))
                 gemm(m, seg_len(&p, j), d, q + (long)r0 * qs, qs, 1, kt + seg_start(&p, j), npad, tile + off, p.L, 0,
@@ -382,13 +392,13 @@ void band_forward(int n, int d, int dv, const float *q, long qs, const float *k,
 }
 
 /* Backward of one slice: dq, dk, dv written (dk and dv accumulated in place);
- * scratch: band_scratch(n, d, dv, qb, band_tile_width(...), 1) floats. dlse: NULL, or the gradient of the
- * row log-sum-exp (the forward's lse is an output too where partial softmaxes are merged). */
+ * scratch: band_scratch(n, d, dv, qb, band_tile_width(...), 1) floats. */
 void band_backward(int n, int d, int dv, const float *q, long qs, const float *k, long ks, const float *v, long vs,
                    const float *o, long os, const float *dout, long dos, const float *lse, const int32_t *lo,
                    const int32_t *hi, float scale, int qb, float *dq, long dqs, float *dk, long dks, float *dvv,
-                   long dvs, float *scratch, const float *probs, const float *dlse, const int32_t *segs, int nseg) {
+                   long dvs, float *scratch, const float *probs, const int32_t *segs, int nseg) {
     int npad = (n + 15) & ~15, width = band_tile_width(n, lo, hi, qb, segs, nseg);
+    long kept = 0;
     float *kt = scratch, *vt = kt + (long)d * npad, *kc = vt + (long)dv * npad, *t1 = kc + (long)n * d;
     float *t2 = t1 + (long)qb * width, *qblk = t2 + (long)qb * width, *doblk = qblk + (long)qb * d;
     pack(n, d, k, ks, kc);
@@ -408,7 +418,8 @@ void band_backward(int n, int d, int dv, const float *q, long qs, const float *k
         pack(m, d, q + (long)r0 * qs, qs, qblk);
         pack(m, dv, dout + (long)r0 * dos, dos, doblk);
         if (probs) { /* kept by the forward */
-            t1 = (float *)probs + (long)(r0 / qb) * qb * width;
+            t1 = (float *)probs + kept;
+            kept += (long)qb * p.L;
         } else {
             for (int j = 0, off = 0; j < p.nseg; off += seg_len(&p, j), j++)
                 if (seg_len(&p, j))
@@ -422,11 +433,11 @@ void band_backward(int n, int d, int dv, const float *q, long qs, const float *k
         for (int j = 0, off = 0; j < p.nseg; off += seg_len(&p, j), j++)
             if (seg_len(&p, j))
                 gemm(m, seg_len(&p, j), dv, doblk, dv, 1, vt + seg_start(&p, j), npad, t2 + off, p.L, 0, 1.0f);
-        for (int i = r0; i < r1; i++) { /* dS = P * (dP - D), D = rowsum(dO * O) - dlse */
+        for (int i = r0; i < r1; i++) { /* dS = P * (dP - D), D = rowsum(dO * O) */
             const float *a = doblk + (long)(i - r0) * dv, *b = o + (long)i * os;
             vf acc = (vf){};
             for (int c = 0; c < dv; c += VL) acc += ld(a + c) * ld(b + c);
-            vf di = bc(hsum(acc) - (dlse ? dlse[i] : 0.0f));
+            vf di = bc(hsum(acc));
             float *pr = t1 + (long)(i - r0) * p.L, *g = t2 + (long)(i - r0) * p.L;
             for (int c = 0; c < p.L; c += VL) st(g + c, ld(pr + c) * (ld(g + c) - di));
         }

@@ -187,11 +187,12 @@ long band_scratch_bf16(int n, int d, int dv, int qb, int width, int backward) {
 }
 
 /* Forward of one slice (as band_forward). probs: NULL, or room for the bf16 probabilities of every block
- * (ceil(n / qb) * qb * width), which the backward then reads. */
+ * (band_probs_size(...)), which the backward then reads. */
 void band_forward_bf16(int n, int d, int dv, const bf16 *q, long qs, const bf16 *k, long ks, const bf16 *v, long vs,
                        const int32_t *lo, const int32_t *hi, float scale, int qb, bf16 *o, long os, float *lse,
                        void *scratch, bf16 *probs, const int32_t *segs, int nseg) {
     int npad = (n + 15) & ~15, width = band_tile_width(n, lo, hi, qb, segs, nseg);
+    long kept = 0;
     uint32_t *ktp = scratch, *vp = ktp + (long)d / 2 * npad;
     float *tile = (float *)(vp + (long)npad / 2 * dv);
     bf16 *pb = (bf16 *)(tile + (long)qb * width);
@@ -208,7 +209,8 @@ void band_forward_bf16(int n, int d, int dv, const bf16 *q, long qs, const bf16 
             }
             continue;
         }
-        if (probs) pb = probs + (long)(r0 / qb) * qb * width;
+        if (probs) pb = probs + kept;
+        kept += (long)qb * p.L;
         for (int j = 0, off = 0; j < p.nseg; off += seg_len(&p, j), j++)
             if (seg_len(&p, j))
                 gemm_bf16(m, seg_len(&p, j), d / 2, (const uint32_t *)(q + (long)r0 * qs), qs / 2, 1,
@@ -246,10 +248,10 @@ static int spans_advance(int n, const int32_t *lo, const int32_t *hi, int qb) {
 void band_backward_bf16(int n, int d, int dv, const bf16 *q, long qs, const bf16 *k, long ks, const bf16 *v,
                         long vs, const bf16 *o, long os, const bf16 *dout, long dos, const float *lse,
                         const int32_t *lo, const int32_t *hi, float scale, int qb, bf16 *dq, long dqs, bf16 *dk,
-                        long dks, bf16 *dvv, long dvs, void *scratch, const bf16 *probs, const float *dlse,
-                        const int32_t *segs, int nseg) {
+                        long dks, bf16 *dvv, long dvs, void *scratch, const bf16 *probs, const int32_t *segs,
+                        int nseg) {
     int npad = (n + 15) & ~15, width = band_tile_width(n, lo, hi, qb, segs, nseg), qp = (qb + 1) / 2;
-    long tile = (long)qb * width;
+    long tile = (long)qb * width, kept = 0;
     uint32_t *ktp = scratch, *vtp = ktp + (long)d / 2 * npad, *kp = vtp + (long)dv / 2 * npad;
     float *t1 = (float *)(kp + (long)npad / 2 * d), *t2 = t1 + tile;
     bf16 *pr = (bf16 *)(t2 + tile), *dsb = pr + tile;
@@ -282,7 +284,8 @@ void band_backward_bf16(int n, int d, int dv, const bf16 *q, long qs, const bf16
         const bf16 *qb_ = q + (long)r0 * qs, *db = dout + (long)r0 * dos, *pk;
         int L = p.L;
         if (probs) { /* kept by the forward */
-            pk = probs + (long)(r0 / qb) * tile;
+            pk = probs + kept;
+            kept += (long)qb * L;
         } else {
             for (int j = 0, off = 0; j < p.nseg; off += seg_len(&p, j), j++)
                 if (seg_len(&p, j))
@@ -299,11 +302,11 @@ void band_backward_bf16(int n, int d, int dv, const bf16 *q, long qs, const bf16
             if (seg_len(&p, j))
                 gemm_bf16(m, seg_len(&p, j), dv / 2, (const uint32_t *)db, dos / 2, 1, vtp + seg_start(&p, j), npad,
                           t2 + off, L, 0, 1.0f);
-        for (int i = r0; i < r1; i++) { /* dS = P * (dP - D), D = rowsum(dO * O) - dlse */
+        for (int i = r0; i < r1; i++) { /* dS = P * (dP - D), D = rowsum(dO * O) */
             __m512 acc = _mm512_setzero_ps();
             for (int c = 0; c < dv; c += 16)
                 acc = _mm512_fmadd_ps(bf16x16(db + (long)(i - r0) * dos + c), bf16x16(o + (long)i * os + c), acc);
-            __m512 di = _mm512_set1_ps(_mm512_reduce_add_ps(acc) - (dlse ? dlse[i] : 0.0f));
+            __m512 di = _mm512_set1_ps(_mm512_reduce_add_ps(acc));
             const bf16 *pi = pk + (long)(i - r0) * L;
             const float *g = t2 + (long)(i - r0) * L;
             bf16 *out = dsb + (long)(i - r0) * L;

@@ -283,7 +283,8 @@ def test_any_contiguous_key_range_per_query_matches_reference(dtype):
     j = torch.arange(n)
     mask = (j[None, :] >= lo[0, :, None]) & (j[None, :] < hi[0, :, None])
     q, k, v = (torch.randn(2, 2, n, d, generator=g).to(dtype) for _ in range(3))
-    out, grads = _grads(lambda q, k, v: native._BandAttention.apply(q, k, v, lo, hi, d ** -0.5, True), q, k, v)
+    out, grads = _grads(lambda q, k, v: native._BandAttention.apply(q, k, v, lo, hi, d ** -0.5, True, None,
+                                                                    native.BLOCK_Q), q, k, v)
     ref, ref_grads = _grads(lambda q, k, v: reference_attention(q, k, v, mask=mask).nan_to_num(),
                             q.double(), k.double(), v.double())
     assert out[:, :, 40:45].abs().max() == 0
@@ -325,8 +326,8 @@ def _bigbird_errors(attn, q, k, v, pad, reference_dtype=torch.float64):
 @pytest.mark.parametrize("n,block,causal,padded", [(1000, 64, False, False), (700, 32, True, True),
                                                    (520, 16, False, True), (2048, 64, True, False)])
 def test_bigbird_runs_its_blocks_on_native_and_matches_reference(n, block, causal, padded):
-    """BigBird's fused part (window, global and random key blocks of each query block) runs on the native
-    kernel as lists of key ranges; the global rows run blocked and merge with it by log-sum-exp."""
+    """BigBird runs on the native kernel as ranges of keys per query block: the window, global and random key
+    blocks, and every key for the global query blocks."""
     attn = core_attn.build_attention("bigbird", block_size=block, causal=causal, backend="native")
     g = torch.Generator().manual_seed(n)
     q, k, v = (torch.randn(2, 2, n, 32, generator=g) for _ in range(3))
@@ -338,9 +339,18 @@ def test_bigbird_runs_its_blocks_on_native_and_matches_reference(n, block, causa
 
 
 @needs_native
-def test_auto_picks_native_for_bigbird_at_long_lengths():
-    q = torch.randn(1, 2, 8192, 32)
-    assert core_attn.build_attention("bigbird", block_size=64).select_backend(q, q, q) == "native"
+def test_auto_picks_native_for_bigbird_at_long_lengths_with_one_gradient_for_packed_input():
+    n, h, d = 4096, 2, 32
+    attn = core_attn.build_attention("bigbird", block_size=64)
+    packed = torch.randn(1, n, 3, h, d).permute(2, 0, 3, 1, 4).detach().requires_grad_()
+    assert attn.select_backend(*packed.unbind(0)) == "native"
+    out = attn(*packed.unbind(0), packed=packed)
+    dout = torch.randn_like(out)
+    out.backward(dout)
+    assert packed.grad.stride() == packed.stride()
+    split = [t.detach().clone().requires_grad_() for t in packed.unbind(0)]
+    attn(*split).backward(dout)
+    torch.testing.assert_close(packed.grad, torch.stack([t.grad for t in split]), atol=0, rtol=0)
 
 
 @needs_bf16
@@ -355,35 +365,12 @@ def test_bigbird_bf16_on_native_is_as_close_as_blocked():
 
 
 @needs_native
-def test_part_attention_log_sum_exp_carries_its_gradient():
-    """The merge of partial softmaxes differentiates through each part's lse: the native part's (out, lse)
-    and their gradients equal the blocked kernel's on the same part."""
-    from core_attn.kernels import block_sparse_attention
-
-    n = 512
-    attn = core_attn.build_attention("bigbird", block_size=64)
-    part = attn.parts(n, torch.device("cpu"))[0]
-    assert native.part_reason(part) is None
-    g = torch.Generator().manual_seed(6)
-    q, k, v = (torch.randn(2, 2, n, 32, generator=g) for _ in range(3))
-    wo, wl = torch.randn(2, 2, n, 32, generator=g), torch.randn(2, 2, n, generator=g)
-    results = []
-    for fn in (lambda q, k, v: native.part_attention(q, k, v, part),
-               lambda q, k, v: block_sparse_attention(q, k, v, part)):
-        ins = [t.clone().requires_grad_() for t in (q, k, v)]
-        out, lse = fn(*ins)
-        results.append([out, lse, *torch.autograd.grad((out * wo).sum() + (lse * wl).sum(), ins)])
-    for a, b in zip(*results):
-        torch.testing.assert_close(a, b, atol=5e-5, rtol=1e-4)
-
-
-@needs_native
 def test_block_patterns_native_cannot_run_fall_back_to_blocked():
     q = torch.randn(1, 2, 512, 32)
     small = core_attn.build_attention("bigbird", block_size=8)  # key blocks of 8: not whole vectors
     assert small.select_backend(q, q, q) == "blocked"
-    with pytest.raises(ValueError, match="native: needs a plain sliding window .* or a pattern whose first part "
-                                         "lists whole key blocks of a multiple of 16 keys"):
+    with pytest.raises(ValueError, match=r"native: needs a plain sliding window \(local without global tokens or "
+                                         r"dilation\) or bigbird with blocks of a multiple of 16 tokens"):
         core_attn.build_attention("bigbird", block_size=8, backend="native")(q, q, q)
     strided = core_attn.build_attention("sparse_strided", stride=32)
     assert strided.select_backend(q, q, q) == "blocked"
