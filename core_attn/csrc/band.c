@@ -34,6 +34,30 @@ static inline void st(float *p, vf x) { *(vfu *)p = x; }
 static inline vf bc(float x) { return (vf){} + x; }
 static inline vf sel(vi m, vf a, vf b) { return (vf)(((vi)a & m) | ((vi)b & ~m)); }
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+
+/* exp(x) for x <= 88 (here x <= 0: scores minus their row maximum or log-sum-exp): Cephes' expf polynomial
+ * after x = n ln2 + r (about 1 ulp), the power of two applied by vscalefps, 0 below -87.3 (and for -inf) */
+static inline __m512 exp512(__m512 x) {
+    __mmask16 keep = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.3f), _CMP_GE_OQ);
+    x = _mm512_max_ps(x, _mm512_set1_ps(-87.3f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fmadd_ps(n, _mm512_set1_ps(-0.693359375f), x);
+    r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return _mm512_maskz_scalef_ps(keep, p, n);
+}
+
+static inline vf vexp(vf x) { return (vf)exp512((__m512)x); }
+#else
 /* exp for x in float range: Cephes' expf polynomial after x = n ln2 + r (about 1 ulp) */
 static inline vf vexp(vf x) {
     vi under = x < bc(-87.3f); /* exp underflows: 0, as for x = -inf */
@@ -52,6 +76,7 @@ static inline vf vexp(vf x) {
     p = p * r * r + r + 1.0f;
     return sel(under, (vf){}, p * (vf)((ni + 127) << 23));
 }
+#endif
 
 static inline float hmax(vf x) {
     float m = x[0];

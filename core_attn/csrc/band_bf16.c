@@ -119,25 +119,6 @@ static void rows_to_bf16(int m, int N, const float *t, long lt, bf16 *dst, long 
         for (int c = 0; c < N; c += 16) store_bf16x16(dst + (long)i * ld + c, _mm512_loadu_ps(t + (long)i * lt + c));
 }
 
-/* exp(x) for x <= 88 (here x <= 0: scores minus their row maximum or log-sum-exp): band.c's Cephes
- * polynomial, with the power of two applied by vscalefps and 0 below -87.3 (and for -inf) */
-static inline __m512 exp512(__m512 x) {
-    __mmask16 keep = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.3f), _CMP_GE_OQ);
-    x = _mm512_max_ps(x, _mm512_set1_ps(-87.3f));
-    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fmadd_ps(n, _mm512_set1_ps(-0.693359375f), x);
-    r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-    return _mm512_maskz_scalef_ps(keep, p, n);
-}
-
 /* softmax_row of band.c that leaves the row's exponentials in s and writes the probabilities as bf16 */
 static float softmax_row_bf16(float *s, int L, int a, int b, bf16 *out) {
     if (a >= b) {
