@@ -268,6 +268,24 @@ def _fill_context(factory: Callable, context: dict) -> dict:
             if v is not None and k in params and k not in bound and params[k].default is inspect.Parameter.empty}
 
 
+def _check_options(factory: Callable) -> None:
+    """A partial of a variant class with an option the class does not take (an experiment config's
+    ``attention.window`` for local, kept when the command line switches to ``attention=bigbird``) fails
+    here with the option's name, the variant's options and how to drop it."""
+    cls = getattr(factory, "func", None)
+    if not (inspect.isclass(cls) and issubclass(cls, AttentionBase)):
+        return
+    params = inspect.signature(cls).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = sorted(set(getattr(factory, "keywords", None) or {}) - set(params))
+    if unknown:
+        name = getattr(cls, "name", cls.__name__)
+        raise ValueError(f"attention {name!r} has no option {', '.join(map(repr, unknown))} (its options: "
+                         f"{', '.join(params)}); set by a config for another variant? Drop it on the command line: "
+                         f"{' '.join('~attention.' + k for k in unknown)}")
+
+
 def attention_factory(attention: AttentionSpec, context: dict | None = None) -> Callable[[], AttentionBase | None]:
     """Turn an ``attention`` argument (as :class:`TransformerEncoder` takes it) into a per-layer builder.
 
@@ -294,6 +312,7 @@ def attention_factory(attention: AttentionSpec, context: dict | None = None) -> 
         # a deep copy per layer: parametrised variants (e.g. linformer's projections) must not share weights
         return lambda: copy.deepcopy(attention)
     if callable(attention) and not isinstance(attention, nn.Module):
+        _check_options(attention)
         extra = _fill_context(attention, context or {})
 
         def build() -> AttentionBase:

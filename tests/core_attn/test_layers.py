@@ -192,6 +192,16 @@ def test_attention_factory_is_called_per_layer():
     assert enc2.blocks[0].attn.attention is not enc2.blocks[1].attn.attention
 
 
+def test_a_variant_option_the_class_does_not_take_names_it_and_how_to_drop_it():
+    """An experiment config sets attention.window for local; switching to attention=bigbird on the command
+    line keeps it: the error names the option, the variant's options and the Hydra override that drops it."""
+    from core_attn.attention.bigbird import BigBirdAttention
+
+    with pytest.raises(ValueError, match=r"attention 'bigbird' has no option 'window' \(its options: block_size, "
+                                         r"num_window_blocks, .*\); .* ~attention.window$"):
+        TransformerEncoder(8, 2, 2, attention=functools.partial(BigBirdAttention, window=128, causal=True))
+
+
 def test_encoder_bf16_autocast_cpu_close_to_fp32():
     enc = TransformerEncoder(32, 2, 4, attention=build_attention("local", window=8), positions="rotary")
     x = torch.randn(2, 64, 32)
