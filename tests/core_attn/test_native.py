@@ -98,6 +98,9 @@ def test_each_instruction_set_this_cpu_runs_matches_reference(isa, monkeypatch):
 
     monkeypatch.setattr(native, "_LIB", native._bind(ctypes.CDLL(str(native._compile(isa)))))
     _check(211, 30, 12, 32, 32)
+    bigbird = core_attn.build_attention("bigbird", block_size=32, causal=True, backend="native")  # key ranges
+    q, k, v = (torch.randn(1, 2, 400, 32, generator=torch.Generator().manual_seed(i)) for i in range(3))
+    assert max(_bigbird_errors(bigbird, q, k, v, None)) < 1e-4
 
 
 @needs_native
