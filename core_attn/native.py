@@ -333,10 +333,11 @@ def run_band(q: Tensor, k: Tensor, v: Tensor, left: int, right: int, *, key_padd
     return _run_attention(q, k, v, *key_ranges(q.shape[2], left, right, lengths), None, BLOCK_Q, scale, packed)
 
 
-def block_ranges(kv_index: Tensor, block_k: int, n: int) -> Tensor:
+def block_ranges(kv_index: Tensor, block_k: int, n: int, all_keys: tuple[int, ...] = ()) -> Tensor:
     """(query blocks, S, 2) int32 for :func:`run_blocks`: each query block's key blocks (``kv_index``, (query
     blocks, C), -1 = none, each block listed once) as (start, length) ranges of keys, consecutive blocks merged,
-    unused slots (0, 0); a range stops at the kernel's padded length (n rounded up to 16)."""
+    unused slots (0, 0); a range stops at the kernel's padded length (n rounded up to 16). The query blocks
+    in ``all_keys`` (negative: from the end) get one range of every key instead."""
     kv = kv_index.cpu()
     valid = kv >= 0
     prev = torch.cat([torch.full_like(kv[:, :1], -2), kv[:, :-1]], 1)
@@ -348,6 +349,9 @@ def block_ranges(kv_index: Tensor, block_k: int, n: int) -> Tensor:
     segs[..., 1].index_put_((rows[valid], slot[valid]), torch.full_like(kv[valid], block_k), accumulate=True)
     npad = -(-n // VECTOR) * VECTOR
     segs[..., 1] = torch.minimum(segs[..., 1], npad - segs[..., 0]).clamp(min=0)
+    for b in all_keys:
+        segs[b] = 0
+        segs[b, 0, 1] = npad
     return segs.to(torch.int32).contiguous()
 
 

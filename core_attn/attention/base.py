@@ -189,7 +189,7 @@ class PatternAttention(AttentionBase):
         reasons = {"blocked": None, "dense": None,
                    "native": native.unusable_reason(q, k, v, key_padding_mask, band, blocks),
                    "flex": flex_mod.unusable_reason(q.device, grad, q.shape[-1]),
-                   "banded": None if self.band() is not None else native.NOT_A_BAND}
+                   "banded": None if band is not None else native.NOT_A_BAND}
         if self.backend == "auto":
             n = q.shape[-2]
             key = ("auto", n, str(q.device), q.shape[-1])

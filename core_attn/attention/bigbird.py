@@ -98,10 +98,8 @@ class BigBirdAttention(PatternAttention):
             rows = len(parts) - 1  # the global rows' part, if any
             if (fused.exact and self.block_size % native.VECTOR == 0 and rows == (1 if self.num_global_blocks else 0)
                     and fused.kv_index.shape[0] == math.ceil(n / self.block_size)):
-                ranges = native.block_ranges(fused.kv_index, self.block_size, n)
-                for b in self._global_blocks:  # global rows: one range of every key
-                    ranges[b % ranges.shape[0]] = 0
-                    ranges[b % ranges.shape[0], 0, 1] = -(-n // native.VECTOR) * native.VECTOR
+                ranges = native.block_ranges(fused.kv_index, self.block_size, n,
+                                             all_keys=tuple(self._global_blocks))  # global rows see every key
                 self._parts_cache[key] = (ranges, self.block_size)
         return self._parts_cache[key]
 

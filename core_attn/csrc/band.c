@@ -152,8 +152,6 @@ static void gemm(int M, int N, int K, const float *a, long lda, long aks, const 
 }
 
 #if defined(__AVX512F__)
-#include <immintrin.h>
-
 /* r[i][j] <- r[j][i] for a 16 x 16 block of 32-bit lanes, in registers */
 static inline void tr16(__m512 r[16]) {
     __m512 t[16];

@@ -22,13 +22,6 @@
 
 typedef uint16_t bf16;
 
-static inline bf16 to_bf16(float x) { /* round to nearest even, as torch converts */
-    uint32_t u;
-    memcpy(&u, &x, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (bf16)((u >> 16) | 0x40); /* NaN stays NaN */
-    return (bf16)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-}
-
 static inline __m512 bf16x16(const bf16 *p) { /* 16 bf16 -> fp32 */
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const void *)p)), 16));
 }
