@@ -20,6 +20,9 @@ greedily: the eager fp32 network on each clip, and the eager and int8 models on 
 artefact's fixed length (the longest clip; the dense backend's mask fixes it): WER and CER of each.
 ``--test-windows N`` (the genomics DNA language model) scores N windows of the checkpoint's test split with
 the eager fp32 network and the int8 model: bits per base of each over the same scored bases.
+``--profile`` runs both ONNX models under onnxruntime's profiler (``--repeats`` calls each) and prints the time
+per operator type, and what bounds int8's gain: the int8 model's time outside its quantised operators, i.e.
+its speed against fp32 ONNX if the quantised products took no time at all.
 """
 
 from __future__ import annotations
@@ -43,6 +46,52 @@ from core_attn.training.cli import CONF_DIR
 from core_attn.training.export import checkpoint_network, load_exported
 
 APPS = ("vision", "audio", "genomics")
+# operators of onnxruntime's quantised graphs (dynamic and static); the rest of an int8 model runs in fp32
+QUANTISED_OPS = {"DynamicQuantizeMatMul", "MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeLinear",
+                 "ConvInteger", "QLinearMatMul", "QLinearConv", "QuantizeLinear", "DequantizeLinear"}
+
+
+def profile_onnx(path: str, x: torch.Tensor, threads: int, repeats: int) -> dict[str, float]:
+    """Milliseconds per call spent in each operator type of the ONNX model at ``path`` (onnxruntime's
+    profiler: the sum of its node kernel times over ``repeats`` calls after one warm-up, divided by
+    ``repeats``)."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.enable_profiling = True
+    with tempfile.TemporaryDirectory() as tmp:
+        options.profile_file_prefix = str(Path(tmp) / "profile")
+        session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        feed = {session.get_inputs()[0].name: x.numpy()}
+        for _ in range(repeats + 1):
+            session.run(None, feed)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == "model_run")
+    warm_up = runs[0]  # the first call (allocations, packing) is not counted
+    ms: dict[str, float] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and not warm_up[0] <= e["ts"] <= warm_up[1]:
+            ms[e["args"]["op_name"]] = ms.get(e["args"]["op_name"], 0.0) + e["dur"] / 1e3 / (len(runs) - 1)
+    return dict(sorted(ms.items(), key=lambda kv: -kv[1]))
+
+
+def print_profile(ops: dict[str, dict[str, float]], rows: list[dict]) -> None:
+    """The operator-type table of :func:`profile_onnx` for the fp32 and int8 ONNX models, and the bound on
+    int8's gain: fp32 ONNX time over the int8 model's time outside its quantised operators."""
+    fp32, int8 = ops["fp32 ONNX"], ops["int8 ONNX"]
+    print("onnxruntime profile, ms per call (kernel time by operator type):")
+    print("| operator | fp32 ONNX | int8 ONNX |")
+    print("|---|---|---|")
+    for op in sorted(set(fp32) | set(int8), key=lambda o: -max(fp32.get(o, 0.0), int8.get(o, 0.0))):
+        print(f"| {op}{' (quantised)' if op in QUANTISED_OPS else ''} | {fp32.get(op, 0.0):.2f} | "
+              f"{int8.get(op, 0.0):.2f} |")
+    total32, total8 = sum(fp32.values()), sum(int8.values())
+    rest = sum(v for op, v in int8.items() if op not in QUANTISED_OPS)
+    print(f"| total | {total32:.2f} | {total8:.2f} |")
+    print(f"int8 / fp32 ONNX speed from the profile {total32 / total8:.2f}x; the int8 model spends {rest:.2f} ms "
+          f"outside its quantised operators, so even if those took no time it would be at most "
+          f"{total32 / rest:.2f}x the fp32 ONNX model")
 
 
 def untrained_checkpoint(app: str, overrides: list[str], folder: Path) -> Path:
@@ -211,6 +260,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--test-windows", type=int, default=0, help="genomics (DNA LM): bits per base of fp32 and int8 "
                                                                "on this many test-split windows")
     p.add_argument("--limit", type=int, default=None, help="--test-manifest: at most this many clips")
+    p.add_argument("--profile", action="store_true", help="time per operator type of the fp32 and int8 ONNX models")
     a = p.parse_args(argv)
     if a.test_images and (a.app != "vision" or not a.ckpt):
         p.error("--test-images needs app vision and --ckpt (images of the checkpoint's stored data config)")
@@ -246,6 +296,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     t = time.perf_counter()
                     f(x)
                     times[k].append(time.perf_counter() - t)
+        if a.profile:
+            ops = {k: profile_onnx(result[key], x, a.threads, a.repeats)
+                   for k, key in (("fp32 ONNX", "path"), ("int8 ONNX", "int8_path"))}
         if a.test_images:
             test = on_test_images(ckpt, net, runs["int8 ONNX (onnxruntime)"][0], a.test_images)
         if a.test_windows:
@@ -285,6 +338,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
               f"/ {speech['fp32_padded_cer']:.2%}, int8 ONNX {speech['int8_padded_wer']:.2%} / "
               f"{speech['int8_padded_cer']:.2%}; same text {speech['same_text']:.1%} of clips")
         rows.append({"model": "test manifest", **speech})
+    if a.profile:
+        print_profile(ops, rows)
+        rows.append({"model": "profile (ms per call by operator type)", **ops})
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=2) + "\n")
     return rows

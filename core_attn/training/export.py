@@ -127,7 +127,31 @@ def _trace(model: nn.Module, x: Tensor, format: str, path: Path, dynamic_dims: S
     if format == "exported":
         torch.export.save(program, path)
     else:
+        share_constants(program.model)
         program.save(str(path))
+
+
+def share_constants(model: Any) -> int:
+    """Keep one copy of each ONNX initializer that repeats with the same dtype, shape and values (every banded
+    layer stores the same band bias and gather indices), pointing its users at the first; returns how many
+    copies were dropped. ``model`` is the exporter's ``onnx_ir`` model (``ONNXProgram.model``)."""
+    import hashlib
+
+    import numpy as np
+
+    graph, first, dropped = model.graph, {}, 0
+    for value in tuple(graph.initializers.values()):
+        tensor = value.const_value
+        if tensor is None:
+            continue
+        data = tensor.numpy()  # shape () stays (): a scalar index and a one-element list gather differently
+        key = (tensor.dtype, data.shape, hashlib.sha256(data.tobytes()).digest())
+        kept = first.setdefault(key, value)
+        if kept is not value and np.array_equal(kept.const_value.numpy(), data):
+            value.replace_all_uses_with(kept)
+            graph.initializers.pop(value.name)
+            dropped += 1
+    return dropped
 
 
 def _write(model: nn.Module, x: Tensor, format: str, path: Path, dynamic_dims: Sequence[int]) -> None:

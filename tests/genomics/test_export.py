@@ -68,6 +68,22 @@ def test_local_exports_with_dense_or_banded_backend(fmt, backend, tmp_path):
 
 
 @needs_onnx
+def test_banded_onnx_stores_each_constant_once(tmp_path):
+    """Every banded layer builds the same band bias and gather indices; the file keeps one copy of each."""
+    import onnx
+    from onnx import numpy_helper
+
+    net, ckpt = _checkpoint(tmp_path, _attention("local", window=8, causal=True), depth=3)
+    out = tmp_path / "lm.onnx"
+    assert export(ckpt_path=str(ckpt), format="onnx", out=str(out), attention_backend="banded")["max_abs_diff"] <= 1e-4
+    graph = onnx.load(out).graph
+    stored = [(t.data_type, tuple(t.dims), numpy_helper.to_array(t).tobytes()) for t in graph.initializer]
+    assert len(stored) == len(set(stored))
+    gathers = [n for n in graph.node if n.op_type == "Gather" and n.input[1] in {t.name for t in graph.initializer}]
+    assert len(gathers) >= 6 and len({n.input[1] for n in gathers}) == 1  # keys and values of 3 layers, one table
+
+
+@needs_onnx
 def test_int8_onnx_matches_eager(tmp_path):
     net, ckpt = _checkpoint(tmp_path, _attention("local", window=8, causal=True))
     result = export(ckpt_path=str(ckpt), format="onnx", batch_size=2, attention_backend="dense", quantize="int8")

@@ -247,13 +247,9 @@ def test_vision_export_int8_command_line(tmp_path):
 
 @needs_onnx
 def test_int8_benchmark_script(tmp_path):
-    import importlib.util
-    from pathlib import Path
+    from tests.audio.conftest import bench_script
 
-    script = Path(__file__).resolve().parents[2] / "benchmarks" / "int8_export.py"
-    spec = importlib.util.spec_from_file_location("int8_export", script)  # benchmarks/ is not a package
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = bench_script("int8_export")
     tiny = ["model.dim=16", "model.depth=1", "model.num_heads=2", "data.window=64", "attention.window=8"]
     rows = bench.main(["genomics", *(a for o in tiny for a in ("-o", o)), "--repeats", "1",
                        "--json", str(tmp_path / "rows.json")])
@@ -261,3 +257,20 @@ def test_int8_benchmark_script(tmp_path):
                                           "fp32 ONNX (onnxruntime)", "int8 ONNX (onnxruntime)"]
     assert rows[3]["size_mb"] < rows[2]["size_mb"] and rows[3]["rel_diff"] <= INT8_TOL
     assert (tmp_path / "rows.json").is_file()
+
+
+@needs_onnx
+def test_int8_benchmark_profile(tmp_path, capsys):
+    """``--profile``: onnxruntime's time per operator type for both ONNX models; the int8 model's includes its
+    quantised products, the fp32 model's none, and the bound line is printed."""
+    from tests.audio.conftest import bench_script
+
+    bench = bench_script("int8_export")
+    tiny = ["model.dim=16", "model.depth=1", "model.num_heads=2", "data.window=64", "attention.window=8"]
+    rows = bench.main(["genomics", *(a for o in tiny for a in ("-o", o)), "--repeats", "2", "--profile"])
+    ops = rows[-1]
+    assert ops["model"] == "profile (ms per call by operator type)"
+    fp32, int8 = ops["fp32 ONNX"], ops["int8 ONNX"]
+    assert not set(fp32) & bench.QUANTISED_OPS and "DynamicQuantizeMatMul" in int8
+    assert all(v >= 0 for v in [*fp32.values(), *int8.values()]) and sum(fp32.values()) > 0
+    assert "even if those took no time it would be at most" in capsys.readouterr().out
