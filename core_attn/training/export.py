@@ -22,8 +22,10 @@ and the reason (:func:`untraceable_reasons`).
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +110,29 @@ def artefact_path(ckpt_path: str | Path, format: str, out: str | Path | None = N
     return Path(out) if out else Path(ckpt_path).with_suffix(SUFFIX.get(format, ".bin"))
 
 
+@contextlib.contextmanager
+def _quiet_onnx_tools() -> Iterator[None]:
+    """The ONNX exporter, its optimizer and onnxruntime's quantiser log every pass and skipped fold at INFO
+    (onnxruntime's quantiser on the root logger), ~150 lines under a Hydra run: keep their warnings only, less
+    the quantiser's advice to pre-process the model (measured: 3% faster int8 DNA model, none for vision)."""
+    loggers = [logging.getLogger(name) for name in ("", "onnxscript", "onnx_ir", "torch.onnx")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(max(lg.getEffectiveLevel(), logging.WARNING))
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # notes on torchvision ops the model does not use
+
+    def advice(record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Please consider to run pre-processing")
+
+    loggers[0].addFilter(advice)
+    try:
+        yield
+    finally:
+        loggers[0].removeFilter(advice)
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
 def _trace(model: nn.Module, x: Tensor, format: str, path: Path, dynamic_dims: Sequence[int]) -> None:
     """torch.export / the dynamo ONNX exporter; a failure to trace becomes a ``ValueError`` that says why."""
     shapes = ({d: torch.export.Dim.DYNAMIC for d in dynamic_dims},) if dynamic_dims else None
@@ -115,8 +140,9 @@ def _trace(model: nn.Module, x: Tensor, format: str, path: Path, dynamic_dims: S
         if format == "exported":
             program = torch.export.export(model, (x,), dynamic_shapes=shapes)
         else:
-            program = torch.onnx.export(model, (x,), dynamo=True, input_names=["input"], output_names=["output"],
-                                        dynamic_shapes=shapes, verbose=False)
+            with _quiet_onnx_tools():
+                program = torch.onnx.export(model, (x,), dynamo=True, input_names=["input"],
+                                            output_names=["output"], dynamic_shapes=shapes, verbose=False)
     except Exception as e:  # noqa: BLE001 - torch.export raises many types; all mean "could not trace"
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
         reasons = untraceable_reasons(model, dynamic=bool(dynamic_dims))
@@ -266,8 +292,9 @@ def quantize_onnx(model: nn.Module, onnx_path: str | Path, inputs: Sequence[Tens
     path = int8_path(onnx_path)
     model.eval()
     with torch.no_grad(), temporary_dir_beside(path) as tmp_dir:
-        quantize_dynamic(str(onnx_path), str(tmp_dir / path.name), weight_type=QuantType.QInt8,
-                         op_types_to_quantize=INT8_OPS)
+        with _quiet_onnx_tools():
+            quantize_dynamic(str(onnx_path), str(tmp_dir / path.name), weight_type=QuantType.QInt8,
+                             op_types_to_quantize=INT8_OPS)
         run = load_exported(tmp_dir / path.name, "onnx")
         diff, rel, same, rows = 0.0, 0.0, 0, 0
         for x in inputs:

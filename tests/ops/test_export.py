@@ -274,3 +274,19 @@ def test_int8_benchmark_profile(tmp_path, capsys):
     assert not set(fp32) & bench.QUANTISED_OPS and "DynamicQuantizeMatMul" in int8
     assert all(v >= 0 for v in [*fp32.values(), *int8.values()]) and sum(fp32.values()) > 0
     assert "even if those took no time it would be at most" in capsys.readouterr().out
+
+
+@needs_onnx
+def test_int8_export_keeps_the_onnx_tools_quiet(tmp_path, caplog):
+    """Under a Hydra run (root logger at INFO) the exporter's optimizer passes and onnxruntime's quantiser would
+    log ~150 INFO lines; the export keeps them out and leaves every logger's level as it was."""
+    import logging
+
+    caplog.set_level(logging.INFO)
+    before = {name: logging.getLogger(name).level for name in ("", "onnxscript", "onnx_ir", "torch.onnx")}
+    _, ckpt = _checkpoint(tmp_path)
+    export(ckpt_path=str(ckpt), format="onnx", attention_backend="dense", quantize="int8")
+    noisy = [r for r in caplog.records if r.name == "root" or r.name.split(".")[0] in ("onnxscript", "onnx_ir")]
+    assert not noisy, [r.getMessage()[:100] for r in noisy[:3]]
+    assert {name: logging.getLogger(name).level for name in before} == before
+    assert not logging.getLogger().filters
