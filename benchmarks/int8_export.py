@@ -76,7 +76,7 @@ def profile_onnx(path: str, x: torch.Tensor, threads: int, repeats: int) -> dict
     return dict(sorted(ms.items(), key=lambda kv: -kv[1]))
 
 
-def print_profile(ops: dict[str, dict[str, float]], rows: list[dict]) -> None:
+def print_profile(ops: dict[str, dict[str, float]]) -> None:
     """The operator-type table of :func:`profile_onnx` for the fp32 and int8 ONNX models, and the bound on
     int8's gain: fp32 ONNX time over the int8 model's time outside its quantised operators."""
     fp32, int8 = ops["fp32 ONNX"], ops["int8 ONNX"]
@@ -339,7 +339,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
               f"{speech['int8_padded_cer']:.2%}; same text {speech['same_text']:.1%} of clips")
         rows.append({"model": "test manifest", **speech})
     if a.profile:
-        print_profile(ops, rows)
+        print_profile(ops)
         rows.append({"model": "profile (ms per call by operator type)", **ops})
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=2) + "\n")

@@ -168,7 +168,7 @@ def share_constants(model: Any) -> int:
     graph, first, dropped = model.graph, {}, 0
     for value in tuple(graph.initializers.values()):
         tensor = value.const_value
-        if tensor is None:
+        if tensor is None or value.is_graph_input() or value.is_graph_output():  # a name the caller sees stays
             continue
         data = tensor.numpy()  # shape () stays (): a scalar index and a one-element list gather differently
         key = (tensor.dtype, data.shape, hashlib.sha256(data.tobytes()).digest())

@@ -290,3 +290,30 @@ def test_int8_export_keeps_the_onnx_tools_quiet(tmp_path, caplog):
     assert not noisy, [r.getMessage()[:100] for r in noisy[:3]]
     assert {name: logging.getLogger(name).level for name in before} == before
     assert not logging.getLogger().filters
+
+
+@needs_onnx
+def test_share_constants_merges_only_equal_initializers():
+    """Same dtype, shape and values: one copy; a scalar and a one-element list, other dtypes or values, and an
+    initializer that is a graph output stay as they are."""
+    import numpy as np
+    import onnx_ir as ir
+
+    from core_attn.training.export import share_constants
+
+    def const(name, array):
+        return ir.Value(name=name, const_value=ir.tensor(np.asarray(array), name=name))
+
+    x = ir.Value(name="x", type=ir.TensorType(ir.DataType.FLOAT), shape=ir.Shape([2]))
+    consts = {"a": const("a", np.ones(2, np.float32)), "b": const("b", np.ones(2, np.float32)),
+              "c": const("c", np.full(2, 2, np.float32)), "d": const("d", np.ones(2, np.float64)),
+              "s": const("s", np.int64(1)), "l": const("l", np.array([1], np.int64)),
+              "o": const("o", np.ones(2, np.float32))}
+    nodes = [ir.node("Add", [x, consts[n]]) for n in "abc"]
+    nodes += [ir.node("Cast", [consts["d"]], attributes={"to": 1}), ir.node("Gather", [x, consts["s"]]),
+              ir.node("Gather", [x, consts["l"]])]
+    graph = ir.Graph([x], [nodes[0].outputs[0], consts["o"]], nodes=nodes, initializers=list(consts.values()),
+                     opset_imports={"": 20})
+    assert share_constants(ir.Model(graph, ir_version=10)) == 1
+    assert sorted(graph.initializers) == ["a", "c", "d", "l", "o", "s"]
+    assert nodes[1].inputs[1] is consts["a"] and nodes[2].inputs[1] is consts["c"]
