@@ -166,9 +166,10 @@ def share_constants(model: Any) -> int:
     import numpy as np
 
     graph, first, dropped = model.graph, {}, 0
+    named = {id(v) for v in (*graph.inputs, *graph.outputs)}  # names the caller sees stay
     for value in tuple(graph.initializers.values()):
         tensor = value.const_value
-        if tensor is None or value.is_graph_input() or value.is_graph_output():  # a name the caller sees stays
+        if tensor is None or id(value) in named:
             continue
         data = tensor.numpy()  # shape () stays (): a scalar index and a one-element list gather differently
         key = (tensor.dtype, data.shape, hashlib.sha256(data.tobytes()).digest())
