@@ -269,7 +269,7 @@ def _fill_context(factory: Callable, context: dict) -> dict:
 
 
 def _check_options(factory: Callable) -> None:
-    """A partial of a variant class with an option the class does not take (an experiment config's
+    """A partial of a variant class with an option the class does not take (a user's config that sets
     ``attention.window`` for local, kept when the command line switches to ``attention=bigbird``) fails
     here with the option's name, the variant's options and how to drop it."""
     cls = getattr(factory, "func", None)

@@ -39,8 +39,7 @@ FLAGS = {"AVX512": ["-mavx512f", "-mavx512dq", "-mavx512vl", "-mavx512bw", "-mav
          "AVX2": ["-mavx2", "-mfma"]}
 
 NOT_A_BAND = "needs a plain sliding window (local without global tokens or dilation)"
-NOT_NATIVE = (f"needs a plain sliding window (local without global tokens or dilation) or bigbird with "
-              f"blocks of a multiple of {VECTOR} tokens")
+NOT_NATIVE = f"{NOT_A_BAND} or bigbird with blocks of a multiple of {VECTOR} tokens"
 
 _LOCK = threading.Lock()
 _LIB: ctypes.CDLL | None = None

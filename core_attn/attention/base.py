@@ -233,10 +233,11 @@ class PatternAttention(AttentionBase):
             if backend == "native":  # select_backend checked the input: run it without checking again
                 from core_attn.native import run_band, run_blocks
 
-                if self.band() is None:
+                band = self.band()
+                if band is None:
                     return run_blocks(q, k, v, *self.native_blocks(n), causal=self.causal,
                                       key_padding_mask=key_padding_mask, packed=packed)
-                return run_band(q, k, v, *self.band(), key_padding_mask=key_padding_mask, packed=packed)
+                return run_band(q, k, v, *band, key_padding_mask=key_padding_mask, packed=packed)
             if backend == "flex":
                 from core_attn import flex as flex_mod
 

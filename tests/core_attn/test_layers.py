@@ -193,8 +193,8 @@ def test_attention_factory_is_called_per_layer():
 
 
 def test_a_variant_option_the_class_does_not_take_names_it_and_how_to_drop_it():
-    """An experiment config sets attention.window for local; switching to attention=bigbird on the command
-    line keeps it: the error names the option, the variant's options and the Hydra override that drops it."""
+    """A config sets attention.window for local; switching to attention=bigbird on the command line keeps
+    it: the error names the option, the variant's options and the Hydra override that drops it."""
     from core_attn.attention.bigbird import BigBirdAttention
 
     with pytest.raises(ValueError, match=r"attention 'bigbird' has no option 'window' \(its options: block_size, "

@@ -19,6 +19,9 @@ ATTENTION = {"local": partial(LocalAttention, window=4), "dense": DenseAttention
              "local_dense": partial(LocalAttention, window=4, backend="dense")}  # the same pattern through SDPA
 MODEL = dict(img_size=32, in_chans=1, num_classes=3, patch_size=4, dim=16, depth=1, num_heads=2)  # 64 tokens
 INT8_TOL = 0.05  # the default int8_tolerance: max |int8 - eager| <= 5% of max |eager|
+# benchmarks/int8_export.py overrides for a tiny untrained genomics model
+TINY_GENOMICS = [a for o in ("model.dim=16", "model.depth=1", "model.num_heads=2", "data.window=64",
+                             "attention.window=8") for a in ("-o", o)]
 
 
 def _formats():
@@ -250,8 +253,7 @@ def test_int8_benchmark_script(tmp_path):
     from tests.audio.conftest import bench_script
 
     bench = bench_script("int8_export")
-    tiny = ["model.dim=16", "model.depth=1", "model.num_heads=2", "data.window=64", "attention.window=8"]
-    rows = bench.main(["genomics", *(a for o in tiny for a in ("-o", o)), "--repeats", "1",
+    rows = bench.main(["genomics", *TINY_GENOMICS, "--repeats", "1",
                        "--json", str(tmp_path / "rows.json")])
     assert [r["model"] for r in rows] == ["fp32 eager (torch)", "int8 eager (torch quantize_dynamic)",
                                           "fp32 ONNX (onnxruntime)", "int8 ONNX (onnxruntime)"]
@@ -266,8 +268,7 @@ def test_int8_benchmark_profile(tmp_path, capsys):
     from tests.audio.conftest import bench_script
 
     bench = bench_script("int8_export")
-    tiny = ["model.dim=16", "model.depth=1", "model.num_heads=2", "data.window=64", "attention.window=8"]
-    rows = bench.main(["genomics", *(a for o in tiny for a in ("-o", o)), "--repeats", "2", "--profile"])
+    rows = bench.main(["genomics", *TINY_GENOMICS, "--repeats", "2", "--profile"])
     ops = rows[-1]
     assert ops["model"] == "profile (ms per call by operator type)"
     fp32, int8 = ops["fp32 ONNX"], ops["int8 ONNX"]
